@@ -1,0 +1,100 @@
+"""Private helpers shared by every layer of the package (imports nothing from otcollapse)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = Any  # numpy array, numpy memmap, torch tensor or nested sequence
+
+#: rows per block when a large array is scanned (finite checks, streaming statistics)
+SCAN_ROWS = 8192
+
+
+def is_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def to_numpy(x: ArrayLike, dtype: Any = None) -> np.ndarray:
+    """NumPy view of ``x`` (a tensor is detached and moved to the CPU); no copy when possible."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def to_tensor(
+    x: ArrayLike, *, dtype: torch.dtype | None = None, device: Any = None
+) -> torch.Tensor:
+    """Torch tensor of ``x`` on ``device`` (default: where ``x`` already is, else the CPU)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device=device if device is not None else x.device, dtype=dtype)
+    return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+
+
+def check_finite(x: ArrayLike, what: str) -> None:
+    """Raise a ValueError naming ``what`` if ``x`` holds NaN or inf; scans large arrays by rows."""
+    n_nan = n_inf = 0
+    for block in iter_rows(x):
+        if isinstance(block, torch.Tensor):
+            n_nan += int(torch.isnan(block).sum())
+            n_inf += int(torch.isinf(block).sum())
+        else:
+            block = np.asarray(block)
+            n_nan += int(np.isnan(block).sum())
+            n_inf += int(np.isinf(block).sum())
+    if n_nan or n_inf:
+        raise ValueError(
+            f"{what} contains {n_nan} NaN and {n_inf} infinite values; "
+            "remove or impute those samples before the analysis."
+        )
+
+
+def iter_rows(x: ArrayLike, block: int = SCAN_ROWS) -> Iterator[Any]:
+    """Blocks of rows of ``x``; a memory-mapped array is never read whole."""
+    n = len(x)
+    if n <= block:
+        yield x
+        return
+    for start in range(0, n, block):
+        yield x[start : start + block]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path`` atomically.
+
+    A killed process leaves either the old file or the new one, never a truncated file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def rng(seed: int) -> np.random.Generator:
+    """A fresh NumPy generator; every random choice in otcollapse goes through one."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    return np.random.default_rng(int(seed))
