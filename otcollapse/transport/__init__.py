@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,7 @@ from otcollapse.transport.result import TransportResult
 from otcollapse.transport.sliced import solve_sliced
 
 __all__ = [
+    "ConvergenceWarning",
     "PointCloudCost",
     "TransportResult",
     "bures_map",
@@ -37,6 +40,10 @@ __all__ = [
 
 Solver = Callable[..., TransportResult]
 
+
+class ConvergenceWarning(UserWarning):
+    """A solver stopped before meeting its tolerance; the result says ``converged=False``."""
+
 #: method name -> solver(geom, a, b, **options); adding a solver is one function and one line here
 _SOLVERS: dict[str, Solver] = {
     "exact": solve_exact,
@@ -44,13 +51,13 @@ _SOLVERS: dict[str, Solver] = {
     "sinkhorn": solve_sinkhorn,
     "sliced": solve_sliced,
     "gaussian": solve_gaussian,
-    "gromov": solve_gromov,
 }
+# Gromov–Wasserstein compares intra-space distances, so it takes the clouds, not one geometry
 
 
 def transport_methods() -> tuple[str, ...]:
     """The names ``wasserstein(..., method=...)`` accepts."""
-    return ("auto", *_SOLVERS)
+    return ("auto", *_SOLVERS, "gromov")
 
 
 def _check_cloud(x: ArrayLike, what: str) -> torch.Tensor:
@@ -143,7 +150,7 @@ def wasserstein(
     ----------
     Peyré & Cuturi, "Computational Optimal Transport", Found. Trends ML 2019.
     """
-    if method not in _SOLVERS and method != "auto":
+    if method not in transport_methods():
         raise ValueError(f"unknown method {method!r}; choose one of {list(transport_methods())}.")
     xt = _check_cloud(x, "x")
     yt = _check_cloud(y, "y")
@@ -153,23 +160,32 @@ def wasserstein(
     xt, yt = xt.to(dtype), yt.to(dtype)
     at = _check_weights(a, xt.shape[0], "a", device)
     bt = _check_weights(b, yt.shape[0], "b", device)
-    if method == "gromov":
-        return solve_gromov(xt, yt, at, bt, max_dense_bytes=max_dense_bytes, **options)
-    if xt.shape[1] != yt.shape[1]:
+    if method != "gromov" and xt.shape[1] != yt.shape[1]:
         raise ValueError(
             f"x has dimension {xt.shape[1]} and y {yt.shape[1]}; W2 needs one space. Use "
             "method='gromov' (a different quantity), or map both to one space first "
             "(Trajectory.project, or the block's shortcut image)."
         )
     t0 = time.perf_counter()
-    geom = PointCloudCost(xt, yt, max_dense_bytes=max_dense_bytes)
     auto_reason = None
-    if method == "auto":
-        method, auto_reason = _choose(geom, at, bt)
-    res = _SOLVERS[method](geom, at, bt, **options)
+    if method == "gromov":
+        res = solve_gromov(xt, yt, at, bt, max_dense_bytes=max_dense_bytes, **options)
+    else:
+        geom = PointCloudCost(xt, yt, max_dense_bytes=max_dense_bytes)
+        if method == "auto":
+            method, auto_reason = _choose(geom, at, bt)
+        res = _SOLVERS[method](geom, at, bt, **options)
     if auto_reason is not None:
         params = {**res.params, "auto": auto_reason}
-        res = _replace(res, params=params, seconds=time.perf_counter() - t0)
+        res = dataclasses.replace(res, params=params, seconds=time.perf_counter() - t0)
+    if not res.converged:
+        warnings.warn(
+            f"{res.method} did not converge ({res.gap_kind or 'check'}: {res.gap}); "
+            f"the value {res.cost:.6g} is not certified. Raise max_iter or eps (or GeomLoss's "
+            "scaling), or use an exact method.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     return res
 
 
@@ -181,9 +197,3 @@ def _choose(geom: PointCloudCost, a: torch.Tensor, b: torch.Tensor) -> tuple[str
     return "sinkhorn", (
         f"dense cost ({geom.dense_bytes() / 1e9:.1f} GB) exceeds max_dense_bytes: chunked Sinkhorn"
     )
-
-
-def _replace(res: TransportResult, **changes: Any) -> TransportResult:
-    import dataclasses
-
-    return dataclasses.replace(res, **changes)

@@ -1,0 +1,192 @@
+"""Transport benchmark: otcollapse's solvers against the plain POT loop, in one run.
+
+    python benchmarks/transport.py            # full table (several minutes on 2 cores)
+    python benchmarks/transport.py --quick    # smoke run with small n
+
+Writes benchmarks/results/transport.{json,md}. Every case runs in a fresh subprocess so that its
+peak resident memory (ru_maxrss) is its own. The POT way is ``ot.dist`` + ``ot.emd2`` with a
+large ``numItermax``, its convergence flag checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def data(kind: str, n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    g = np.random.default_rng(seed)
+    x = g.normal(size=(n, d))
+    if kind == "residual":  # y = x + 0.3 tanh(x W), W Gaussian / sqrt(d)
+        W = g.normal(size=(d, d)) / np.sqrt(d)
+        return x, x + 0.3 * np.tanh(x @ W)
+    return x, g.normal(size=(n, d))  # unrelated Gaussian clouds
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def case_pot(kind: str, n: int, d: int) -> dict:
+    import ot
+
+    x, y = data(kind, n, d)
+    t0 = time.perf_counter()
+    M = ot.dist(x, y)
+    a = np.full(n, 1 / n)
+    val, log = ot.emd2(a, a, M, numItermax=10**9, log=True)
+    sec = time.perf_counter() - t0
+    return {"value": float(val), "seconds": sec, "converged": log["result_code"] == 1,
+            "warning": log["warning"]}
+
+
+def case_ours(kind: str, n: int, d: int, method: str, opts: dict) -> dict:
+    import torch
+
+    from otcollapse import wasserstein
+
+    x, y = data(kind, n, d)
+    if opts.pop("float32", False):
+        x, y = (torch.as_tensor(v, dtype=torch.float32) for v in (x, y))
+    t0 = time.perf_counter()
+    res = wasserstein(x, y, method=method, **opts)
+    sec = time.perf_counter() - t0
+    return {"value": res.cost, "seconds": sec, "converged": res.converged, "method": res.method,
+            "quantity": res.quantity, "n_iter": res.n_iter, "gap": res.gap,
+            "eps": res.params.get("eps"), "mode": res.params.get("mode")}
+
+
+def case_sinkhorn_iter(n: int, d: int) -> dict:
+    """Seconds per Sinkhorn iteration (one f and one g update) at size n, chunked, float32."""
+    import torch
+
+    from otcollapse.transport import PointCloudCost
+    from otcollapse.transport.entropic import softmin
+
+    x, y = data("residual", n, d)
+    geom = PointCloudCost(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32),
+                          max_dense_bytes=0)
+    log_w = torch.full((n,), -np.log(n), dtype=torch.float32)
+    eps = 1e-3 * geom.mean_cost(log_w.exp(), log_w.exp())
+    g = torch.zeros(n, dtype=torch.float32)
+    gt = geom.transposed()
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        f = softmin(geom, g, log_w, eps)
+        g = softmin(gt, f, log_w, eps)
+        times.append(time.perf_counter() - t0)
+    return {"seconds_per_iteration": float(np.median(times)), "block_rows": geom.block_rows()}
+
+
+def run_case(spec: dict) -> dict:
+    """Run one case in a subprocess; returns its record with its own peak memory."""
+    out = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def warm_up() -> None:
+    """First calls into torch, BLAS and POT pay one-off set-up costs: pay them before timing."""
+    import ot
+
+    from otcollapse import wasserstein
+
+    x, y = data("residual", 64, 8)
+    wasserstein(x, y)
+    ot.emd2([], [], ot.dist(x, y))
+
+
+def child(spec: dict) -> None:
+    warm_up()
+    kind = spec["case"]
+    if kind == "pot":
+        rec = case_pot(spec["data"], spec["n"], spec["d"])
+    elif kind == "ours":
+        rec = case_ours(spec["data"], spec["n"], spec["d"], spec["method"], dict(spec.get("opts", {})))
+    else:
+        rec = case_sinkhorn_iter(spec["n"], spec["d"])
+    rec["peak_mb"] = peak_mb()
+    print(json.dumps(rec))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.case:
+        child(json.loads(args.case))
+        return
+    d = 128
+    sizes = [300, 600] if args.quick else [1000, 4000, 8000]
+    big, huge, sub = (2000, 3000, 500) if args.quick else (20000, 50000, 4000)
+    rows = []
+
+    def show(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    for kind in ("residual", "unrelated"):
+        for n in sizes:
+            pot = run_case({"case": "pot", "data": kind, "n": n, "d": d})
+            show({"data": kind, "n": n, "method": "POT loop (ot.dist + ot.emd2)", **pot, "ratio": 1.0})
+            methods = [("auto", {}), ("assignment", {}), ("sinkhorn", {"float32": True})]
+            if n <= 4000:
+                methods.insert(2, ("exact", {}))
+            for method, opts in methods:
+                rec = run_case({"case": "ours", "data": kind, "n": n, "d": d, "method": method, "opts": opts})
+                if "value" in rec and "value" in pot:
+                    rec["rel_diff_vs_pot"] = abs(rec["value"] - pot["value"]) / pot["value"]
+                    rec["ratio"] = pot["seconds"] / rec["seconds"]
+                label = method + (" (float32)" if opts.get("float32") else "")
+                if method == "auto" and "method" in rec:
+                    label = f"auto -> {rec['method']}"
+                show({"data": kind, "n": n, **rec, "method": label})
+    # chunked Sinkhorn at sizes where no dense matrix is built
+    rec = run_case({"case": "ours", "data": "residual", "n": big, "d": d, "method": "sinkhorn",
+                    "opts": {"float32": True, "max_dense_bytes": 0}})
+    show({"data": "residual", "n": big, **rec, "method": "sinkhorn chunked (float32), whole solve"})
+    rec = run_case({"case": "iter", "n": huge, "d": d})
+    show({"data": "residual", "n": huge, "method": "sinkhorn chunked (float32), per iteration", **rec})
+    ex = run_case({"case": "ours", "data": "residual", "n": sub, "d": d, "method": "exact"})
+    show({"data": "residual", "n": sub, **ex, "method": "exact (subsample check)"})
+    sk = run_case({"case": "ours", "data": "residual", "n": sub, "d": d, "method": "sinkhorn",
+                   "opts": {"float32": True, "max_dense_bytes": 0}})
+    if "value" in sk and "value" in ex:
+        sk["rel_diff_vs_exact"] = (sk["value"] - ex["value"]) / ex["value"]
+    show({"data": "residual", "n": sub, **sk, "method": "sinkhorn chunked (subsample check)"})
+
+    meta = {"python": platform.python_version(), "machine": platform.machine(),
+            "processor": platform.processor(), "quick": args.quick, "d": d}
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    name = "transport_quick" if args.quick else "transport"
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    cols = ["data", "n", "method", "seconds", "ratio", "value", "rel_diff_vs_pot", "converged",
+            "peak_mb", "seconds_per_iteration", "rel_diff_vs_exact", "n_iter"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
