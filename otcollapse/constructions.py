@@ -46,7 +46,9 @@ def simplex_etf(K: int, d: int | None = None, seed: int | None = 0) -> np.ndarra
         raise ValueError(f"a simplex ETF needs K >= 2 vertices; got K = {K}.")
     d = K if d is None else int(d)
     if d < K - 1:
-        raise ValueError(f"a simplex ETF of K = {K} vertices needs d >= K - 1 = {K - 1}; got d = {d}.")
+        raise ValueError(
+            f"a simplex ETF of K = {K} vertices needs d >= K - 1 = {K - 1}; got d = {d}."
+        )
     centred = np.eye(K) - 1.0 / K
     q, _ = np.linalg.qr(centred[:, : K - 1])  # orthonormal basis of 1-perp
     if seed is None:
@@ -155,4 +157,6 @@ def discrete_geodesic(
         raise ValueError(f"n_layers must be >= 1; got {n_layers}.")
     t = np.arange(n_layers + 1) / n_layers
     layers = [(1 - u) * x0 + u * x1[s] for u in t]
-    return Trajectory.from_arrays(layers, labels=labels, metadata={"construction": "discrete_geodesic"})
+    return Trajectory.from_arrays(
+        layers, labels=labels, metadata={"construction": "discrete_geodesic"}
+    )

@@ -82,6 +82,8 @@ class LayerMeasure:
 def _as_2d_layer(x: ArrayLike, name: str) -> Any:
     if isinstance(x, torch.Tensor):
         arr = x.detach()
+        if not (arr.is_floating_point() or arr.is_complex()) and arr.dtype != torch.bool:
+            arr = arr.double()
     elif isinstance(x, np.ndarray):  # includes np.memmap: keep it mapped
         arr = x
     else:
@@ -91,7 +93,9 @@ def _as_2d_layer(x: ArrayLike, name: str) -> Any:
             f"layer {name!r} has shape {tuple(arr.shape)}; every layer must be a 2-D array "
             "(n_samples, n_features): flatten or pool feature maps first (e.g. x.reshape(n, -1))."
         )
-    if not (arr.dtype.is_floating_point if isinstance(arr, torch.Tensor) else arr.dtype.kind in "fiu"):
+    if not (
+        arr.dtype.is_floating_point if isinstance(arr, torch.Tensor) else arr.dtype.kind in "fiu"
+    ):
         raise ValueError(f"layer {name!r} has dtype {arr.dtype}; features must be real numbers.")
     if isinstance(arr, np.ndarray) and arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)
@@ -222,16 +226,20 @@ class Trajectory:
     def __post_init__(self) -> None:
         if len(self.layers) == 0:
             raise ValueError("a Trajectory needs at least one layer; got an empty list.")
-        names = tuple(self.names) if self.names else tuple(f"layer{i}" for i in range(len(self.layers)))
+        names = (
+            tuple(self.names) if self.names else tuple(f"layer{i}" for i in range(len(self.layers)))
+        )
         if len(names) != len(self.layers):
             raise ValueError(f"{len(names)} names given for {len(self.layers)} layers.")
         if len(set(names)) != len(names):
             raise ValueError(f"layer names must be unique; got {list(names)}.")
-        layers = tuple(_as_2d_layer(x, nm) for x, nm in zip(self.layers, names))
+        layers = tuple(_as_2d_layer(x, nm) for x, nm in zip(self.layers, names, strict=True))
         n = int(layers[0].shape[0])
         if n == 0:
-            raise ValueError(f"layer {names[0]!r} has no samples; a measure needs at least one point.")
-        for x, nm in zip(layers, names):
+            raise ValueError(
+                f"layer {names[0]!r} has no samples; a measure needs at least one point."
+            )
+        for x, nm in zip(layers, names, strict=True):
             if int(x.shape[0]) != n:
                 raise ValueError(
                     f"layer {nm!r} has {int(x.shape[0])} samples but layer {names[0]!r} has {n}; "
@@ -271,14 +279,18 @@ class Trajectory:
             if b is not None:
                 b = to_numpy(b, dtype=np.float64).reshape(-1)
                 if b.shape[0] != W.shape[0]:
-                    raise ValueError(f"classifier bias has length {b.shape[0]}, W has {W.shape[0]} rows.")
+                    raise ValueError(
+                        f"classifier bias has length {b.shape[0]}, W has {W.shape[0]} rows."
+                    )
             check_finite(W, "classifier W")
             classifier = (W, b)
         logits = None
         if self.logits is not None:
             logits = to_numpy(self.logits, dtype=np.float64)
             if logits.ndim != 2 or logits.shape[0] != n:
-                raise ValueError(f"logits have shape {logits.shape}; they must be (n, K) with n = {n}.")
+                raise ValueError(
+                    f"logits have shape {logits.shape}; they must be (n, K) with n = {n}."
+                )
             check_finite(logits, "logits")
         set_ = object.__setattr__
         set_(self, "layers", layers)
@@ -296,7 +308,9 @@ class Trajectory:
 
     def __getitem__(self, l: int) -> LayerMeasure:
         if isinstance(l, slice):
-            raise TypeError("index a Trajectory with an int; use .take_layers(...) for a sub-trajectory.")
+            raise TypeError(
+                "index a Trajectory with an int; use .take_layers(...) for a sub-trajectory."
+            )
         l = range(len(self))[l]
         return LayerMeasure(self.layers[l], self.weights, self.labels, self.names[l])
 
@@ -327,7 +341,9 @@ class Trajectory:
     def classes(self) -> np.ndarray:
         """The distinct labels, sorted."""
         if self.labels is None:
-            raise ValueError("this trajectory has no labels; pass labels= to Trajectory.from_arrays.")
+            raise ValueError(
+                "this trajectory has no labels; pass labels= to Trajectory.from_arrays."
+            )
         return np.unique(self.labels)
 
     @property
@@ -358,7 +374,9 @@ class Trajectory:
         ``(P_# mu_l, mu_{l+1})``. Otherwise a ValueError says what to do.
         """
         if not 0 <= l < self.n_steps:
-            raise ValueError(f"step {l} -> {l + 1} does not exist; the trajectory has {self.n_steps} steps.")
+            raise ValueError(
+                f"step {l} -> {l + 1} does not exist; the trajectory has {self.n_steps} steps."
+            )
         target = self[l + 1]
         if l in self.shortcuts:
             src = LayerMeasure(self.shortcuts[l], self.weights, self.labels, f"P({self.names[l]})")
@@ -462,7 +480,12 @@ class Trajectory:
             return self
         sub = self.take(self.subsample_indices(n, seed))
         meta = dict(sub.metadata)
-        meta["subsample"] = {"n": int(n), "of": self.n_samples, "seed": int(seed), "stratified": self.labels is not None}
+        meta["subsample"] = {
+            "n": int(n),
+            "of": self.n_samples,
+            "seed": int(seed),
+            "stratified": self.labels is not None,
+        }
         return sub.replace(metadata=meta)
 
     def project(self, dim: int, method: str = "random", seed: int = 0) -> Trajectory:
@@ -490,7 +513,9 @@ class Trajectory:
                 maps[d] = g.standard_normal((d, dim)) / np.sqrt(dim)
             else:
                 maps[d] = _pooled_pca(
-                    [x for x, dd in zip(self.layers, self.dims) if dd == d], self.masses(), dim
+                    [x for x, dd in zip(self.layers, self.dims, strict=True) if dd == d],
+                    self.masses(),
+                    dim,
                 )
 
         def apply(x: Any) -> Any:
@@ -512,6 +537,7 @@ class Trajectory:
 
     def to(self, device: Any, dtype: torch.dtype | None = None) -> Trajectory:
         """A copy whose layers (and shortcut images) are torch tensors on ``device``."""
+
         def move(x: Any) -> torch.Tensor:
             t = to_tensor(x, device=device)
             return t if dtype is None else t.to(dtype)
@@ -529,7 +555,11 @@ class Trajectory:
         if idx.size == 0:
             raise ValueError(f"class {k} has no samples; classes present: {self.classes.tolist()}.")
         x = self.layers[range(len(self))[l]]
-        pts = x[torch.as_tensor(idx, device=x.device)] if isinstance(x, torch.Tensor) else np.asarray(x[idx])
+        pts = (
+            x[torch.as_tensor(idx, device=x.device)]
+            if isinstance(x, torch.Tensor)
+            else np.asarray(x[idx])
+        )
         w = None
         if self.weights is not None:
             w = self.weights[idx] / self.weights[idx].sum()
@@ -551,5 +581,5 @@ def _pooled_pca(layers: list[Any], w: np.ndarray, dim: int) -> np.ndarray:
             second += (b * wb[:, None]).T @ b
     mean = total / len(layers)
     cov = second / len(layers) - np.outer(mean, mean)
-    vals, vecs = np.linalg.eigh(cov)
+    _, vecs = np.linalg.eigh(cov)
     return vecs[:, ::-1][:, :dim].copy()

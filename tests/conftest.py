@@ -9,4 +9,3 @@ def as_input(request):
     if request.param == "numpy":
         return lambda x: np.asarray(x)
     return lambda x: torch.as_tensor(np.asarray(x))
-

@@ -8,7 +8,9 @@ import pytest
 from otcollapse import discrete_geodesic, etf_clusters, simplex_etf, transparent_model
 
 
-@pytest.mark.parametrize(("K", "d", "seed"), [(2, 1, 0), (3, 2, None), (4, 6, 1), (10, 10, 2), (5, 40, 3)])
+@pytest.mark.parametrize(
+    ("K", "d", "seed"), [(2, 1, 0), (3, 2, None), (4, 6, 1), (10, 10, 2), (5, 40, 3)]
+)
 def test_simplex_etf_gram(K, d, seed):
     M = simplex_etf(K, d, seed)
     assert M.shape == (d, K)

@@ -34,7 +34,7 @@ def test_round_trip(tmp_path, compressed):
     path = save_trajectory(tmp_path / "t.npz", traj, compressed=compressed)
     back = load_trajectory(path)
     assert back.names == traj.names and back.metadata == traj.metadata
-    for a, b in zip(traj.layers, back.layers):
+    for a, b in zip(traj.layers, back.layers, strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     assert np.array_equal(back.labels, traj.labels) and np.array_equal(back.weights, traj.weights)
     assert np.array_equal(back.shortcuts[0], traj.shortcuts[0])
@@ -65,9 +65,13 @@ def test_failed_write_leaves_the_old_file(tmp_path):
 
 def test_refuses_pickled_content(tmp_path):
     path = tmp_path / "evil.npz"
-    np.savez(path, header=np.array('{"format": "otcollapse.trajectory", "version": 1, '
-                                   '"n_layers": 1, "names": ["a"]}'),
-             layer_0=np.array([{"a": 1}], dtype=object))
+    np.savez(
+        path,
+        header=np.array(
+            '{"format": "otcollapse.trajectory", "version": 1, "n_layers": 1, "names": ["a"]}'
+        ),
+        layer_0=np.array([{"a": 1}], dtype=object),
+    )
     with pytest.raises(ValueError, match="pickle"):
         load_trajectory(path)
 

@@ -42,8 +42,10 @@ def test_default_names_and_segments():
         ({"layers": [np.zeros((0, 2))]}, "no samples"),
         ({"layers": [np.zeros(5)]}, "2-D"),
         ({"layers": [np.zeros((5, 2)), np.zeros((4, 2))]}, "'layer1' has 4 samples"),
-        ({"layers": [np.zeros((3, 2)), np.array([[np.nan, 1], [np.inf, 2], [np.nan, 0]])]},
-         "'layer1' contains 2 NaN and 1 infinite"),
+        (
+            {"layers": [np.zeros((3, 2)), np.array([[np.nan, 1], [np.inf, 2], [np.nan, 0]])]},
+            "'layer1' contains 2 NaN and 1 infinite",
+        ),
         ({"layers": [np.zeros((3, 2))], "labels": [0, 1]}, "labels have length 2"),
         ({"layers": [np.zeros((3, 2))], "labels": [0.5, 1, 1]}, "integers"),
         ({"layers": [np.zeros((3, 2))], "weights": [0.5, 0.6, -0.1]}, "non-negative"),
@@ -91,11 +93,11 @@ def test_shortcut_steps_are_measured_in_the_output_space():
     src, dst = traj.step_measures(0)
     assert src.dim == dst.dim == 5 and np.allclose(src.points, h0 @ P)
     no_sc = Trajectory.from_arrays([h0, h1])
-    with pytest.raises(ValueError, match="gromov.*project"):
+    with pytest.raises(ValueError, match=r"gromov.*project"):
         no_sc.step_measures(0)
     with pytest.raises(ValueError, match=r"must be \(n, d_\{l\+1\}\)"):
         Trajectory.from_arrays([h0, h1], shortcuts={0: h0})
-    with pytest.raises(ValueError, match="only steps 0..0 exist"):
+    with pytest.raises(ValueError, match=r"only steps 0\.\.0 exist"):
         Trajectory.from_arrays([h0, h1], shortcuts={1: h0 @ P})
 
 

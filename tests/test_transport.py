@@ -91,7 +91,9 @@ def test_brute_force_on_tiny_problems(method):
     g = np.random.default_rng(5)
     for _ in range(5):
         x, y = g.normal(size=(6, 3)), g.normal(size=(6, 3))
-        assert wasserstein(x, y, method=method).cost == pytest.approx(brute_force_w2sq(x, y), rel=1e-12)
+        assert wasserstein(x, y, method=method).cost == pytest.approx(
+            brute_force_w2sq(x, y), rel=1e-12
+        )
 
 
 @pytest.mark.parametrize("method", ["exact", "assignment", "gaussian"])
@@ -104,7 +106,9 @@ def test_translation(method):
 
 # hypothesis: W2 axioms on small random clouds
 clouds = st.integers(min_value=0, max_value=2**31 - 1).map(
-    lambda s: np.random.default_rng(s).normal(size=(12, 3)) * np.random.default_rng(s + 1).uniform(0.5, 3)
+    lambda s: (
+        np.random.default_rng(s).normal(size=(12, 3)) * np.random.default_rng(s + 1).uniform(0.5, 3)
+    )
 )
 
 
@@ -186,7 +190,9 @@ def test_sinkhorn_plan_cost_matches_pot_sinkhorn():
     eps = 0.5
     res = wasserstein(x, y, method="sinkhorn", eps=eps, tol=1e-12, max_iter=20000)
     a = np.full(40, 1 / 40)
-    ref = ot.sinkhorn2(a, a, ot.dist(x, y), eps, method="sinkhorn_log", numItermax=100000, stopThr=1e-13)
+    ref = ot.sinkhorn2(
+        a, a, ot.dist(x, y), eps, method="sinkhorn_log", numItermax=100000, stopThr=1e-13
+    )
     assert res.converged and res.quantity == "<plan, C>"
     assert res.cost == pytest.approx(float(ref), rel=1e-9)
     # OT_eps = <pi, C> + eps KL(pi | a x b) >= <pi, C>
@@ -231,8 +237,12 @@ def test_sinkhorn_reports_non_convergence():
 def test_sinkhorn_float32_and_torch_input():
     x, y = residual_pair(200, 8)
     r64 = wasserstein(x, y, method="sinkhorn", eps=4.0)
-    r32 = wasserstein(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32),
-                      method="sinkhorn", eps=4.0)
+    r32 = wasserstein(
+        torch.as_tensor(x, dtype=torch.float32),
+        torch.as_tensor(y, dtype=torch.float32),
+        method="sinkhorn",
+        eps=4.0,
+    )
     assert r32.params["dtype"] == "float32" and r32.params["tol"] == 1e-3
     assert r64.converged and r32.converged
     assert r32.cost == pytest.approx(r64.cost, rel=1e-4)
@@ -276,22 +286,35 @@ def test_geomloss_backend_agrees_after_unit_conversion(debias):
 def test_auto_reports_its_choice():
     x, y = residual_pair(60, 3)
     assert wasserstein(x, y).method == "assignment"
-    res = wasserstein(x, y, max_dense_bytes=1000)
+    res = wasserstein(x, y, max_dense_bytes=1000, eps=2.0)
     assert res.method == "sinkhorn" and "chunked Sinkhorn" in res.params["auto"]
     assert res.params["mode"] in ("dense", "chunked")
+
+
+def test_memory_budget_counts_the_matrices_each_solver_holds():
+    x, y = residual_pair(60, 3)  # one float64 60 x 60 matrix: 28.1 KiB
+    budget = 50_000  # fits the assignment (1.5 matrices), not the network simplex (2)
+    assert wasserstein(x, y, max_dense_bytes=budget).method == "assignment"
+    with pytest.raises(ValueError, match=r"needs 56.2 KiB .* budget of 48.8 KiB"):
+        wasserstein(x, y, method="exact", max_dense_bytes=budget)
+    a = np.full(60, 1 / 60)
+    a[:2] = [1 / 120, 1 / 40]
+    res = wasserstein(x, y, a=a, max_dense_bytes=budget, eps=2.0)
+    assert res.method == "sinkhorn" and "56.2 KiB" in res.params["auto"]
 
 
 def test_exact_refuses_oversized_problems_naming_alternatives():
     x, y = residual_pair(60, 3)
     for method in ("exact", "assignment"):
-        with pytest.raises(ValueError, match="sinkhorn.*sliced"):
+        with pytest.raises(ValueError, match=r"sinkhorn.*sliced"):
             wasserstein(x, y, method=method, max_dense_bytes=1000)
 
 
 def test_result_to_dict_is_json_safe():
     x, y = residual_pair(30, 3)
     for method in ("exact", "assignment", "sinkhorn", "sliced", "gaussian"):
-        d = wasserstein(x, y, method=method).to_dict()
+        opts = {"eps": 2.0} if method == "sinkhorn" else {}
+        d = wasserstein(x, y, method=method, **opts).to_dict()
         json.dumps(d, allow_nan=False)
         assert d["method"] == method and d["distance"] == pytest.approx(np.sqrt(max(d["cost"], 0)))
 

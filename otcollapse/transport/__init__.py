@@ -21,9 +21,15 @@ import torch
 
 from otcollapse._utils import ArrayLike, check_finite, to_numpy
 from otcollapse.transport.entropic import solve_sinkhorn
-from otcollapse.transport.exact import is_uniform, solve_assignment, solve_exact
+from otcollapse.transport.exact import (
+    ASSIGNMENT_COPIES,
+    EXACT_COPIES,
+    is_uniform,
+    solve_assignment,
+    solve_exact,
+)
 from otcollapse.transport.gaussian import bures_map, gaussian_w2, solve_gaussian
-from otcollapse.transport.geometry import DEFAULT_MAX_DENSE_BYTES, PointCloudCost
+from otcollapse.transport.geometry import DEFAULT_MAX_DENSE_BYTES, PointCloudCost, format_bytes
 from otcollapse.transport.gromov import solve_gromov
 from otcollapse.transport.result import TransportResult
 from otcollapse.transport.sliced import solve_sliced
@@ -43,6 +49,7 @@ Solver = Callable[..., TransportResult]
 
 class ConvergenceWarning(UserWarning):
     """A solver stopped before meeting its tolerance; the result says ``converged=False``."""
+
 
 #: method name -> solver(geom, a, b, **options); adding a solver is one function and one line here
 _SOLVERS: dict[str, Solver] = {
@@ -87,7 +94,9 @@ def _check_weights(w: ArrayLike | None, n: int, what: str, device: torch.device)
         raise ValueError(f"{what} must be non-negative; {int((t < 0).sum())} entries are negative.")
     total = float(t.sum())
     if abs(total - 1.0) > 1e-6:
-        raise ValueError(f"{what} sums to {total:.8g}, not 1; normalise it ({what} / {what}.sum()).")
+        raise ValueError(
+            f"{what} sums to {total:.8g}, not 1; normalise it ({what} / {what}.sum())."
+        )
     return t
 
 
@@ -122,8 +131,9 @@ def wasserstein(
         :func:`otcollapse.transport.entropic.solve_sinkhorn`), ``"sliced"``, ``"gaussian"``
         (Bures), ``"gromov"`` (Gromov–Wasserstein, for different dimensions).
     max_dense_bytes : int
-        Memory budget for one dense float64 cost matrix (default 2 GiB); exact methods refuse
-        larger problems with a message naming ``sinkhorn`` and ``sliced``.
+        Memory budget for the dense (n, m) float64 matrices a solver holds (default 2 GiB; the
+        network simplex holds two, the assignment one and a half); exact methods refuse larger
+        problems with a message naming ``sinkhorn`` and ``sliced``.
     **options
         Passed to the solver (e.g. ``eps``, ``debias``, ``tol`` for Sinkhorn; ``n_projections``,
         ``seed`` for sliced; ``return_plan``, ``return_potentials``).
@@ -190,10 +200,11 @@ def wasserstein(
 
 
 def _choose(geom: PointCloudCost, a: torch.Tensor, b: torch.Tensor) -> tuple[str, str]:
-    if geom.fits():
-        if geom.n == geom.m and is_uniform(a) and is_uniform(b):
-            return "assignment", "uniform measures of equal size whose dense cost fits: assignment"
+    if geom.n == geom.m and is_uniform(a) and is_uniform(b) and geom.fits(ASSIGNMENT_COPIES):
+        return "assignment", "uniform measures of equal size whose dense cost fits: assignment"
+    if geom.fits(EXACT_COPIES):
         return "exact", "dense cost fits: network simplex"
     return "sinkhorn", (
-        f"dense cost ({geom.dense_bytes() / 1e9:.1f} GB) exceeds max_dense_bytes: chunked Sinkhorn"
+        f"dense matrices ({format_bytes(geom.dense_bytes(EXACT_COPIES))}) exceed max_dense_bytes "
+        f"({format_bytes(geom.max_dense_bytes)}): chunked Sinkhorn"
     )

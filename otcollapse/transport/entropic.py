@@ -45,13 +45,13 @@ def softmin(geom: PointCloudCost, h: torch.Tensor, log_w: torch.Tensor, eps: flo
     GEMM scaled and shifted in place, then a log-sum-exp over the row.
     """
     out = torch.empty(geom.n, dtype=geom.dtype, device=geom.device)
-    shift = (h - geom.yy) / eps + log_w
+    shift = ((h - geom.yy) / eps + log_w)[None, :]
     yT = geom.y.T
     rows = geom.block_rows()
     for start in range(0, geom.n, rows):
         stop = min(geom.n, start + rows)
-        s = geom.x[start:stop] @ yT
-        s.mul_(2.0 / eps).add_(shift)
+        # one fused GEMM gives the scaled, shifted block: no extra passes over it
+        s = torch.addmm(shift, geom.x[start:stop], yT, alpha=2.0 / eps)
         out[start:stop] = geom.xx[start:stop] - eps * torch.logsumexp(s, dim=1)
     return out
 
@@ -74,9 +74,13 @@ def entropic_plan_cost(
     total = torch.zeros((), dtype=torch.float64, device=geom.device)
     row = torch.empty(geom.n, dtype=torch.float64, device=geom.device)
     col = torch.zeros(geom.m, dtype=torch.float64, device=geom.device)
-    plan = torch.empty((geom.n, geom.m), dtype=geom.dtype, device=geom.device) if want_plan else None
+    plan = (
+        torch.empty((geom.n, geom.m), dtype=geom.dtype, device=geom.device) if want_plan else None
+    )
     for start, stop, c in geom.blocks():
-        logp = (f[start:stop, None] + g[None, :] - c) / eps + log_a[start:stop, None] + log_b[None, :]
+        logp = (
+            (f[start:stop, None] + g[None, :] - c) / eps + log_a[start:stop, None] + log_b[None, :]
+        )
         p = torch.exp(logp)
         total += (p * c).sum(dtype=torch.float64)
         row[start:stop] = p.sum(1, dtype=torch.float64)
@@ -90,7 +94,7 @@ def entropic_plan_cost(
 def _schedule(geom: PointCloudCost, eps: float, scaling: float) -> list[float]:
     """Geometric annealing from the squared diameter down to ``eps`` (one update per stage)."""
     eps0 = max(geom.diameter_sq_bound(), eps)
-    n_stages = int(math.ceil(math.log(eps0 / eps) / -math.log(scaling))) if eps0 > eps else 0
+    n_stages = math.ceil(math.log(eps0 / eps) / -math.log(scaling)) if eps0 > eps else 0
     return [max(eps, eps0 * scaling**k) for k in range(n_stages)]
 
 
@@ -151,13 +155,14 @@ def solve_sinkhorn(
     b: torch.Tensor,
     *,
     eps: float | None = None,
-    eps_rel: float = 1e-3,
+    eps_rel: float = 1e-2,
     debias: bool = False,
     tol: float | None = None,
     max_iter: int = 2000,
-    scaling: float = 0.5,
+    scaling: float | None = None,
     dtype: str | None = None,
     backend: str = "torch",
+    geomloss_backend: str = "tensorized",
     return_plan: bool = False,
     return_potentials: bool = False,
     **unused: Any,
@@ -183,8 +188,10 @@ def solve_sinkhorn(
     max_iter : int
         Iterations at the target ``eps`` (after the annealing stages). ``converged`` is False,
         and a warning is the caller's to raise, when the marginal error is still above ``tol``.
-    scaling : float
-        Annealing factor in (0, 1): ``eps_k = max(eps, diameter^2 * scaling^k)``.
+    scaling : float, optional
+        Annealing factor in (0, 1): ``eps_k = max(eps, diameter^2 * scaling^k)``. Default 0.5,
+        and 0.95 for the GeomLoss backend, whose fixed schedule has no tolerance: with 0.5 its
+        plan can miss the marginals by O(1).
     dtype : {"float32", "float64"}, optional
         Computation dtype; default the input's.
     backend : {"torch", "geomloss"}
@@ -193,7 +200,11 @@ def solve_sinkhorn(
         ``blur^2 = eps / 2`` in our units; its potentials are doubled back into our units, and
         ``<pi_eps, C>`` and the marginal error are computed from them here. GeomLoss runs a fixed
         annealing schedule with no tolerance: ``converged`` says whether its plan met ``tol``.
-        GeomLoss (and pykeops, if installed) is imported only when this backend is asked for.
+        Note that POT's ``import ot`` already imports GeomLoss, and GeomLoss imports pykeops
+        whenever it is installed: never install pykeops on a CPU-only machine.
+    geomloss_backend : {"tensorized", "online", "multiscale"}
+        GeomLoss's own backend; ``online`` and ``multiscale`` need pykeops (a GPU and the
+        ``keops`` extra).
     return_plan, return_potentials : bool
         The dense plan (refused beyond the dense memory budget) and ``(f, g)``.
     """
@@ -201,21 +212,31 @@ def solve_sinkhorn(
         raise ValueError(f"method='sinkhorn' takes no option(s) {sorted(unused)}.")
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}.")
+    if scaling is None:
+        scaling = 0.95 if backend == "geomloss" else 0.5
     if not 0 < scaling < 1:
         raise ValueError(f"scaling must lie in (0, 1); got {scaling}.")
     if backend not in ("torch", "geomloss"):
         raise ValueError(f"backend must be 'torch' or 'geomloss'; got {backend!r}.")
+    if geomloss_backend not in ("tensorized", "online", "multiscale"):
+        raise ValueError(
+            f"geomloss_backend must be 'tensorized', 'online' or 'multiscale'; got {geomloss_backend!r}."
+        )
     if return_plan and not geom.fits():
         raise ValueError("return_plan=True needs the dense plan, over max_dense_bytes.")
     t0 = time.perf_counter()
     if _DTYPES[dtype] is not None and _DTYPES[dtype] != geom.dtype:
-        geom = PointCloudCost(geom.x.to(_DTYPES[dtype]), geom.y.to(_DTYPES[dtype]), geom.max_dense_bytes)
+        geom = PointCloudCost(
+            geom.x.to(_DTYPES[dtype]), geom.y.to(_DTYPES[dtype]), geom.max_dense_bytes
+        )
     if tol is None:
         tol = 1e-3 if geom.dtype == torch.float32 else 1e-5
     if eps is None:
         eps = eps_rel * geom.mean_cost(a, b)
     if not eps > 0:
-        raise ValueError(f"eps must be positive; got {eps} (are the two measures identical points?).")
+        raise ValueError(
+            f"eps must be positive; got {eps} (are the two measures identical points?)."
+        )
     eps = float(eps)
     log_a = a.to(geom.dtype).log()
     log_b = b.to(geom.dtype).log()
@@ -231,9 +252,10 @@ def solve_sinkhorn(
         "block_rows": geom.block_rows(),
     }
     if backend == "geomloss":
-        f, g, value_debiased = _geomloss(geom, a, b, eps, scaling, debias)
+        f, g, value_debiased = _geomloss(geom, a, b, eps, scaling, debias, geomloss_backend)
         n_iter = None
         params["geomloss_blur"] = math.sqrt(eps / 2)
+        params["geomloss_backend"] = geomloss_backend
         sym_ok = True
     else:
         f, g, n_iter, _ = _sinkhorn_ab(geom, log_a, log_b, eps, scaling, tol, max_iter)
@@ -241,17 +263,37 @@ def solve_sinkhorn(
         value_debiased = None
         sym_ok = True
         if debias:
-            fx, itx, errx = _sinkhorn_sym(PointCloudCost(geom.x, geom.x, geom.max_dense_bytes), log_a, eps, scaling, tol, max_iter)
-            fy, ity, erry = _sinkhorn_sym(PointCloudCost(geom.y, geom.y, geom.max_dense_bytes), log_b, eps, scaling, tol, max_iter)
+            fx, _, errx = _sinkhorn_sym(
+                PointCloudCost(geom.x, geom.x, geom.max_dense_bytes),
+                log_a,
+                eps,
+                scaling,
+                tol,
+                max_iter,
+            )
+            fy, _, erry = _sinkhorn_sym(
+                PointCloudCost(geom.y, geom.y, geom.max_dense_bytes),
+                log_b,
+                eps,
+                scaling,
+                tol,
+                max_iter,
+            )
             ot_xx = 2 * float(a.to(geom.dtype) @ fx)
             ot_yy = 2 * float(b.to(geom.dtype) @ fy)
-            params.update(ot_eps_xx=ot_xx, ot_eps_yy=ot_yy, marginal_error_xx=errx, marginal_error_yy=erry)
+            params.update(
+                ot_eps_xx=ot_xx, ot_eps_yy=ot_yy, marginal_error_xx=errx, marginal_error_yy=erry
+            )
             sym_ok = errx <= tol and erry <= tol
     ot_ab = float(a.to(geom.dtype) @ f + b.to(geom.dtype) @ g)
     params["ot_eps"] = ot_ab
     plan_cost, err, plan = entropic_plan_cost(geom, f, g, log_a, log_b, eps, want_plan=return_plan)
     if debias:
-        cost = value_debiased if value_debiased is not None else ot_ab - 0.5 * (params["ot_eps_xx"] + params["ot_eps_yy"])
+        cost = (
+            value_debiased
+            if value_debiased is not None
+            else ot_ab - 0.5 * (params["ot_eps_xx"] + params["ot_eps_yy"])
+        )
         quantity = "S_eps"
         params["plan_cost"] = plan_cost
     else:
@@ -267,20 +309,28 @@ def solve_sinkhorn(
         gap_kind="marginal error (L1)",
         seconds=time.perf_counter() - t0,
         plan=None if plan is None else plan.double().cpu().numpy(),
-        potentials=(f.double().cpu().numpy(), g.double().cpu().numpy()) if return_potentials else None,
+        potentials=(f.double().cpu().numpy(), g.double().cpu().numpy())
+        if return_potentials
+        else None,
     )
 
 
 def _geomloss(
-    geom: PointCloudCost, a: torch.Tensor, b: torch.Tensor, eps: float, scaling: float, debias: bool
+    geom: PointCloudCost,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    eps: float,
+    scaling: float,
+    debias: bool,
+    backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
     """Potentials (our units) from GeomLoss's tensorized solver, and its S_eps when debiased."""
-    from geomloss import SamplesLoss  # imported only here: it may import pykeops
+    from geomloss import SamplesLoss
 
     blur = math.sqrt(eps / 2)
     x, y = geom.x.contiguous(), geom.y.contiguous()
     wa, wb = a.to(geom.dtype).contiguous(), b.to(geom.dtype).contiguous()
-    kw = {"p": 2, "blur": blur, "scaling": scaling, "backend": "tensorized"}
+    kw = {"p": 2, "blur": blur, "scaling": scaling, "backend": backend}
     F, G = SamplesLoss("sinkhorn", debias=False, potentials=True, **kw)(wa, x, wb, y)
     value = None
     if debias:

@@ -15,6 +15,10 @@ from otcollapse.transport.result import TransportResult
 
 __all__ = ["is_uniform", "solve_assignment", "solve_exact"]
 
+#: dense float64 (n, m) matrices the network simplex holds: the cost and POT's plan
+EXACT_COPIES = 2.0
+#: the assignment holds a float32 cost and scipy's float64 copy
+ASSIGNMENT_COPIES = 1.5
 #: network-simplex iteration cap: POT's default (1e5) stops early, non-optimally, from n ~ 2000
 EMD_MAX_ITER = 2_000_000_000
 
@@ -38,7 +42,7 @@ def solve_exact(
     """
     _no_options(unused, "exact")
     t0 = time.perf_counter()
-    C = geom.dense(torch.float64).cpu().numpy()
+    C = geom.dense(torch.float64, copies=EXACT_COPIES).cpu().numpy()
     a_np, b_np = a.double().cpu().numpy(), b.double().cpu().numpy()
     plan, log = ot.emd(a_np, b_np, C, numItermax=num_iter_max, log=True)
     u, v = log["u"], log["v"]
@@ -47,8 +51,12 @@ def solve_exact(
     rows, cols = np.nonzero(plan)
     diff = geom.x.double()[rows] - geom.y.double()[cols]
     cost = float(plan[rows, cols] @ (diff * diff).sum(1).cpu().numpy())
-    gap = abs(float(np.sum(plan * C)) - float(a_np @ u + b_np @ v))
-    violation = float(np.max(u[:, None] + v[None, :] - C))
+    gap = abs(float(plan[rows, cols] @ C[rows, cols]) - float(a_np @ u + b_np @ v))
+    step = max(1, (64 * 1024**2) // (8 * max(1, geom.m)))  # row blocks: no n x m temporary
+    violation = max(
+        float(np.max(u[i : i + step, None] + v[None, :] - C[i : i + step]))
+        for i in range(0, geom.n, step)
+    )
     scale = max(float(C.max()), 1e-300)
     converged = int(log.get("result_code", 0)) == 1 and violation <= 1e-9 * scale
     seconds = time.perf_counter() - t0
@@ -108,7 +116,7 @@ def solve_assignment(
     t0 = time.perf_counter()
     dtype = torch.float32 if cost_dtype == "float32" else torch.float64
     # scipy solves in float64 and its own cast of a float32 matrix is slow: torch's is threaded
-    C = geom.dense(dtype).to(torch.float64).cpu().numpy()
+    C = geom.dense(dtype, copies=ASSIGNMENT_COPIES).to(torch.float64).cpu().numpy()
     rows, cols = linear_sum_assignment(C)
     del C
     order = np.empty(geom.n, dtype=np.int64)
@@ -141,7 +149,9 @@ def solve_assignment(
 
 def is_uniform(w: torch.Tensor) -> bool:
     """Whether the masses are all ``1/len(w)`` (to 1e-12 relative)."""
-    return bool(torch.allclose(w.double(), torch.full_like(w.double(), 1.0 / len(w)), rtol=1e-12, atol=0))
+    return bool(
+        torch.allclose(w.double(), torch.full_like(w.double(), 1.0 / len(w)), rtol=1e-12, atol=0)
+    )
 
 
 def _no_options(unused: dict[str, Any], method: str) -> None:

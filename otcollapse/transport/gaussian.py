@@ -30,7 +30,12 @@ def gaussian_w2(m0: np.ndarray, S0: np.ndarray, m1: np.ndarray, S1: np.ndarray) 
     S0, S1 = np.asarray(S0, dtype=np.float64), np.asarray(S1, dtype=np.float64)
     r1 = sqrtm_psd(S1)
     cross = np.linalg.eigvalsh(r1 @ S0 @ r1)
-    val = float(np.sum((m0 - m1) ** 2) + np.trace(S0) + np.trace(S1) - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
+    val = float(
+        np.sum((m0 - m1) ** 2)
+        + np.trace(S0)
+        + np.trace(S1)
+        - 2 * np.sqrt(np.clip(cross, 0, None)).sum()
+    )
     return max(val, 0.0)
 
 

@@ -13,12 +13,21 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["DEFAULT_MAX_DENSE_BYTES", "PointCloudCost"]
+__all__ = ["DEFAULT_MAX_DENSE_BYTES", "PointCloudCost", "format_bytes"]
 
 #: memory budget for a dense float64 cost matrix (and the exact solvers' copies of it)
 DEFAULT_MAX_DENSE_BYTES = 2 * 1024**3
 #: target size of one row block of the cost when it is streamed
 BLOCK_BYTES = 64 * 1024**2
+
+
+def format_bytes(n: float) -> str:
+    """``1536 -> '1.5 KiB'``: sizes in binary units, readable at any scale."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 class PointCloudCost:
@@ -32,7 +41,9 @@ class PointCloudCost:
         Budget for one dense float64 matrix; :meth:`dense` refuses beyond it.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES):
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES
+    ):
         shift = 0.5 * (x.mean(0) + y.mean(0))
         self.x = x - shift
         self.y = y - shift
@@ -56,35 +67,46 @@ class PointCloudCost:
     def device(self) -> torch.device:
         return self.x.device
 
-    def dense_bytes(self) -> int:
-        return self.n * self.m * 8
+    def dense_bytes(self, copies: float = 1.0) -> int:
+        """Bytes of ``copies`` dense float64 (n, m) matrices."""
+        return int(self.n * self.m * 8 * copies)
 
-    def fits(self) -> bool:
-        """Whether a dense float64 cost matrix fits in the budget."""
-        return self.dense_bytes() <= self.max_dense_bytes
+    def fits(self, copies: float = 1.0) -> bool:
+        """Whether ``copies`` dense float64 (n, m) matrices fit in the budget."""
+        return self.dense_bytes(copies) <= self.max_dense_bytes
 
-    def dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The dense (n, m) cost matrix, or a ValueError when it exceeds the budget."""
-        if not self.fits():
+    def dense(self, dtype: torch.dtype | None = None, *, copies: float = 1.0) -> torch.Tensor:
+        """The dense (n, m) cost matrix, or a ValueError when the solver's ``copies`` of float64
+        (n, m) matrices would exceed the budget."""
+        if not self.fits(copies):
             raise ValueError(
-                f"the dense {self.n} x {self.m} cost matrix needs {self.dense_bytes() / 1e9:.1f} GB, "
-                f"over the budget of {self.max_dense_bytes / 1e9:.1f} GB (max_dense_bytes); use "
-                "method='sinkhorn' (chunked, O(n d) memory) or method='sliced', subsample, or "
-                "raise max_dense_bytes if the machine has the memory."
+                f"this solver needs {format_bytes(self.dense_bytes(copies))} of dense {self.n} x "
+                f"{self.m} matrices, over the budget of {format_bytes(self.max_dense_bytes)} "
+                "(max_dense_bytes); use method='sinkhorn' (chunked, O(n d) memory) or "
+                "method='sliced', subsample, or raise max_dense_bytes if the machine has the memory."
             )
         return self.block(0, self.n, dtype)
 
     def block(self, start: int, stop: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Rows ``start:stop`` of the cost, from one GEMM, clamped at zero."""
+        """Rows ``start:stop`` of the cost from one GEMM, clamped at zero.
+
+        ``C = [x, ||x||^2, 1] [-2y, 1, ||y||^2]^T``: the norms ride along in two extra columns,
+        so the block is written once, with no broadcast sums before or after the product.
+        """
         dtype = dtype or self.dtype
         xb = self.x[start:stop].to(dtype)
-        c = torch.addmm(
-            self.xx[start:stop, None].to(dtype) + self.yy[None, :].to(dtype),
-            xb,
-            self.y.to(dtype).T,
-            alpha=-2.0,
-        )
-        return c.clamp_(min=0)
+        ones = torch.ones((stop - start, 1), dtype=dtype, device=self.device)
+        left = torch.cat([xb, self.xx[start:stop, None].to(dtype), ones], dim=1)
+        return (left @ self._right(dtype).T).clamp_(min=0)
+
+    def _right(self, dtype: torch.dtype) -> torch.Tensor:
+        """``[-2y, 1, ||y||^2]`` in ``dtype``, built once per dtype."""
+        cache = self.__dict__.setdefault("_right_cache", {})
+        if dtype not in cache:
+            y = self.y.to(dtype)
+            ones = torch.ones((self.m, 1), dtype=dtype, device=self.device)
+            cache[dtype] = torch.cat([-2 * y, ones, self.yy[:, None].to(dtype)], dim=1)
+        return cache[dtype]
 
     def block_rows(self, itemsize: int | None = None) -> int:
         """Rows per block so that one block of the cost takes about ``BLOCK_BYTES``."""

@@ -56,17 +56,27 @@ def solve_gromov(
     C1, C2 = ot.dist(xd, xd), ot.dist(yd, yd)
     a_np, b_np = a.double().cpu().numpy(), b.double().cpu().numpy()
     value, log = ot.gromov.gromov_wasserstein2(
-        C1, C2, a_np, b_np, loss_fun="square_loss", log=True, max_iter=max_iter,
-        tol_rel=tol, tol_abs=tol,
+        C1,
+        C2,
+        a_np,
+        b_np,
+        loss_fun="square_loss",
+        log=True,
+        max_iter=max_iter,
+        tol_rel=tol,
+        tol_abs=tol,
     )
     n_iter = max(0, len(log.get("loss", [])) - 1)
     return TransportResult(
         cost=float(value),
         quantity="GW",
         method="gromov",
-        params={"solver": "POT conditional gradient (ot.gromov.gromov_wasserstein2)",
-                "loss": "square_loss on squared Euclidean distances", "tol": tol,
-                "max_iter": max_iter},
+        params={
+            "solver": "POT conditional gradient (ot.gromov.gromov_wasserstein2)",
+            "loss": "square_loss on squared Euclidean distances",
+            "tol": tol,
+            "max_iter": max_iter,
+        },
         converged=n_iter < max_iter,
         n_iter=n_iter,
         gap=None,
