@@ -43,6 +43,9 @@ def test_round_trip(tmp_path, compressed):
     assert np.array_equal(back.logits, traj.logits)
     # nothing but the file itself is left in the folder (the temporary file was renamed)
     assert os.listdir(tmp_path) == ["t.npz"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~mask
 
 
 def test_suffix_added_and_overwrite_is_atomic(tmp_path):

@@ -48,6 +48,14 @@ def test_exact_methods_agree_with_pot(kind, method, as_input):
     assert res.distance == pytest.approx(np.sqrt(ref), rel=1e-9)
 
 
+def test_exact_weighted_distance_to_itself_is_zero():
+    g = np.random.default_rng(12)
+    x = g.normal(size=(50, 4))
+    a = g.random(50)
+    a /= a.sum()
+    assert wasserstein(x, x, a=a, b=a, method="exact").distance == 0.0
+
+
 def test_exact_with_weights_and_unequal_sizes_agrees_with_pot():
     g = np.random.default_rng(3)
     x, y = g.normal(size=(150, 5)), g.normal(size=(90, 5)) * 2

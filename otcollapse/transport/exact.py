@@ -48,7 +48,9 @@ def solve_exact(
     u, v = log["u"], log["v"]
     # the value from the differences on the plan's support: the GEMM form of C loses the
     # small costs to cancellation (W2(x, x) would come out ~1e-8 instead of 0)
-    rows, cols = np.nonzero(plan)
+    # entries below 1e-12 of their row's mass are the simplex's rounding residue (~1e-17), not
+    # transport: counted, they turn a zero W2 into ~1e-8
+    rows, cols = np.nonzero(plan > 1e-12 * a_np[:, None])
     diff = geom.x.double()[rows] - geom.y.double()[cols]
     cost = float(plan[rows, cols] @ (diff * diff).sum(1).cpu().numpy())
     gap = abs(float(plan[rows, cols] @ C[rows, cols]) - float(a_np @ u + b_np @ v))
