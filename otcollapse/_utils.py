@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary file, fsync, rename)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def progress_bar(items: Any = None, *, progress: bool, desc: str, total: int | None = None) -> Any:
+    """tqdm over ``items``, shown only when asked for and stderr is a terminal."""
+    from tqdm import tqdm
+
+    show = bool(progress) and sys.stderr.isatty()
+    return tqdm(items, desc=desc, total=total, disable=not show, leave=False)
 
 
 def rng(seed: int) -> np.random.Generator:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -35,9 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
-from tqdm import tqdm
 
-from otcollapse._utils import ArrayLike, rng, to_numpy, to_tensor
+from otcollapse._utils import ArrayLike, progress_bar, rng, to_numpy, to_tensor
 from otcollapse.measures import LayerMeasure, Trajectory
 from otcollapse.transport import TransportResult, bures_map, gaussian_w2, wasserstein
 from otcollapse.transport.geometry import DEFAULT_MAX_DENSE_BYTES
@@ -101,9 +99,7 @@ def _json(v: Any) -> Any:
 
 
 def _progress(items: Iterable[Any], progress: bool, desc: str, total: int | None = None) -> Any:
-    """tqdm over ``items``, shown only when asked for and stderr is a terminal."""
-    show = bool(progress) and sys.stderr.isatty()
-    return tqdm(items, desc=desc, total=total, disable=not show, leave=False)
+    return progress_bar(items, progress=progress, desc=desc, total=total)
 
 
 def _f64(x: ArrayLike) -> torch.Tensor:

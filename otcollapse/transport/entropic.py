@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from otcollapse._utils import progress_bar
 from otcollapse.transport.geometry import PointCloudCost
 from otcollapse.transport.result import TransportResult
 
@@ -106,6 +107,7 @@ def _sinkhorn_ab(
     scaling: float,
     tol: float,
     max_iter: int,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """Alternating log-domain updates with eps-scaling; returns f, g, iterations, last row error."""
     geom_t = geom.transposed()
@@ -117,6 +119,7 @@ def _sinkhorn_ab(
     a = log_a.exp()
     err = math.inf
     it = 0
+    bar = progress_bar(progress=progress, desc="sinkhorn", total=max_iter)
     while it < max_iter:
         f_new = softmin(geom, g, log_b, eps)
         # row marginal of the plan (f, g) is a_i exp((f_i - f_new_i) / eps): the error is free
@@ -124,8 +127,11 @@ def _sinkhorn_ab(
         f = f_new
         g = softmin(geom_t, f, log_a, eps)
         it += 1
+        bar.update(1)
+        bar.set_postfix(marginal_error=f"{err:.2e}", refresh=False)
         if err <= tol:
             break
+    bar.close()
     return f, g, it, err
 
 
@@ -165,6 +171,7 @@ def solve_sinkhorn(
     geomloss_backend: str = "tensorized",
     return_plan: bool = False,
     return_potentials: bool = False,
+    progress: bool = False,
     **unused: Any,
 ) -> TransportResult:
     """Entropic transport by log-domain Sinkhorn with eps-scaling, in torch on the input's device.
@@ -207,6 +214,8 @@ def solve_sinkhorn(
         ``keops`` extra).
     return_plan, return_potentials : bool
         The dense plan (refused beyond the dense memory budget) and ``(f, g)``.
+    progress : bool
+        A progress bar over the iterations (shown only on a terminal).
     """
     if unused:
         raise ValueError(f"method='sinkhorn' takes no option(s) {sorted(unused)}.")
@@ -258,7 +267,7 @@ def solve_sinkhorn(
         params["geomloss_backend"] = geomloss_backend
         sym_ok = True
     else:
-        f, g, n_iter, _ = _sinkhorn_ab(geom, log_a, log_b, eps, scaling, tol, max_iter)
+        f, g, n_iter, _ = _sinkhorn_ab(geom, log_a, log_b, eps, scaling, tol, max_iter, progress)
         params["max_iter"] = max_iter
         value_debiased = None
         sym_ok = True
