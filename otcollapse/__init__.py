@@ -20,6 +20,7 @@ from otcollapse.collapse import (
     w2sq_to_class_means,
 )
 from otcollapse.constructions import discrete_geodesic, etf_clusters, simplex_etf, transparent_model
+from otcollapse.data import Dataset, load_dataset
 from otcollapse.geodesic import (
     GeodesicReport,
     LayerComparison,
@@ -39,6 +40,7 @@ from otcollapse.geodesic import (
 )
 from otcollapse.io import load_trajectory, save_trajectory
 from otcollapse.measures import LayerMeasure, Trajectory
+from otcollapse.nets import TrainHistory, capture, train
 from otcollapse.transport import TransportResult, transport_methods, wasserstein
 
 __version__ = "0.1.0"
@@ -46,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ClassStatistics",
     "CollapseProfile",
+    "Dataset",
     "DecayFit",
     "GeodesicReport",
     "LSSResult",
@@ -55,11 +58,13 @@ __all__ = [
     "McCannFit",
     "PFCStatistic",
     "SegmentReport",
+    "TrainHistory",
     "Trajectory",
     "TrajectoryComparison",
     "TransportPair",
     "TransportProfile",
     "TransportResult",
+    "capture",
     "cdnv",
     "cdnv_matrix",
     "class_statistics",
@@ -69,6 +74,7 @@ __all__ = [
     "etf_clusters",
     "geodesic_test",
     "layer_collapse",
+    "load_dataset",
     "load_trajectory",
     "lss",
     "mccann_interpolate",
@@ -82,6 +88,7 @@ __all__ = [
     "separation_fuzziness",
     "simplex_etf",
     "split_half_floor",
+    "train",
     "transparent_model",
     "transport_methods",
     "transport_profile",

@@ -1,0 +1,319 @@
+"""Residual networks and their plain twins, written so that :func:`capture` can find their parts.
+
+Every model here has the same three parts, as attributes:
+
+- ``stem``: maps the input to the input of the first block (layer 0 of a trajectory);
+- ``blocks``: an ``nn.ModuleList`` of the blocks, in forward order (also :meth:`block_modules`);
+- ``head``: the ``nn.Linear`` classifier applied to the (pooled) output of the last block.
+
+A residual block computes ``h_{l+1} = S h_l + f(h_l)`` with ``S`` the identity or, where the shape
+changes, a 1x1-convolution shortcut ``P`` (He et al. 2016); the *plain twin* (``plain=True``) has
+the same layers but no skip connection, ``h_{l+1} = f(h_l)`` — the comparison of Gai & Zhang.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "BasicBlock",
+    "ConvResNet",
+    "MLPBlock",
+    "ResNet",
+    "ResidualMLP",
+    "resnet18_layout",
+]
+
+
+def _norm1d(width: int, batchnorm: bool) -> nn.Module:
+    return nn.BatchNorm1d(width) if batchnorm else nn.Identity()
+
+
+def _norm2d(width: int, batchnorm: bool) -> nn.Module:
+    return nn.BatchNorm2d(width) if batchnorm else nn.Identity()
+
+
+class _BlockNet(nn.Module):
+    """Shared forward: ``head(pool(blocks(stem(x))))``."""
+
+    stem: nn.Module
+    blocks: nn.ModuleList
+    head: nn.Linear
+
+    def block_modules(self) -> list[nn.Module]:
+        """The blocks in forward order (their outputs are layers ``1..L`` of a trajectory)."""
+        return list(self.blocks)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the last block (before pooling and the head)."""
+        h = self.stem(x)
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+    def pool(self, h: torch.Tensor) -> torch.Tensor:
+        """Global average pooling of feature maps; vectors pass unchanged."""
+        return h.mean(dim=tuple(range(2, h.ndim))) if h.ndim > 2 else h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)))
+
+
+class MLPBlock(nn.Module):
+    """Fully connected residual block ``h + W_2 σ(N(W_1 h))`` (plain: ``W_2 σ(N(W_1 h))``).
+
+    $$h_{l+1} = h_l + W_2\\,\\sigma(N(W_1 h_l + c_1)) + c_2$$
+
+    with ``σ`` the ReLU and ``N`` a batch normalisation or the identity. There is no activation
+    after the sum, so a block is a displacement ``h -> h + f(h)`` of its input in one space.
+    """
+
+    def __init__(self, width: int, *, plain: bool = False, batchnorm: bool = False) -> None:
+        super().__init__()
+        self.plain = plain
+        self.fc1 = nn.Linear(width, width)
+        self.norm = _norm1d(width, batchnorm)
+        self.fc2 = nn.Linear(width, width)
+
+    def residual(self, h: torch.Tensor) -> torch.Tensor:
+        """The residual branch ``f(h)``."""
+        return self.fc2(F.relu(self.norm(self.fc1(h))))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        f = self.residual(h)
+        return f if self.plain else h + f
+
+
+class ResidualMLP(_BlockNet):
+    """Constant-width residual MLP: every block lives in ``R^width``.
+
+    $$h_0 = \\sigma(N(A\\,\\mathrm{vec}(x) + a)), \\quad h_{l+1} = h_l + f_l(h_l), \\quad
+    \\mathrm{logits} = W h_L + b$$
+
+    The setting where the Wasserstein-geodesic view applies to every block (Gai & Zhang).
+
+    Parameters
+    ----------
+    d_in : int
+        Number of input features (inputs are flattened).
+    width : int
+    n_blocks : int
+    n_classes : int
+    plain : bool
+        The plain twin: same layers, ``h_{l+1} = f_l(h_l)``.
+    batchnorm : bool
+        Batch normalisation in the stem and inside each block.
+
+    Examples
+    --------
+    >>> net = ResidualMLP(64, 32, 4, 10)
+    >>> net(torch.zeros(5, 1, 8, 8)).shape
+    torch.Size([5, 10])
+
+    References
+    ----------
+    K. He, X. Zhang, S. Ren, J. Sun, "Deep residual learning for image recognition", CVPR 2016.
+    Y. Gai, Z. Zhang, "Deep residual networks learn the geodesic curve in the Wasserstein space".
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        width: int,
+        n_blocks: int,
+        n_classes: int,
+        *,
+        plain: bool = False,
+        batchnorm: bool = False,
+    ) -> None:
+        super().__init__()
+        if min(d_in, width, n_blocks, n_classes) < 1:
+            raise ValueError("d_in, width, n_blocks and n_classes must be positive integers.")
+        self.plain = plain
+        self.stem = nn.Sequential(
+            nn.Flatten(), nn.Linear(d_in, width), _norm1d(width, batchnorm), nn.ReLU()
+        )
+        self.blocks = nn.ModuleList(
+            MLPBlock(width, plain=plain, batchnorm=batchnorm) for _ in range(n_blocks)
+        )
+        self.head = nn.Linear(width, n_classes)
+
+
+class BasicBlock(nn.Module):
+    """The BasicBlock of He et al. (2016): two 3x3 convolutions and a shortcut.
+
+    $$h_{l+1} = \\sigma\\big(S h_l + N_2(C_2\\,\\sigma(N_1(C_1 h_l)))\\big)$$
+
+    ``S`` is the identity when the shape is kept, else ``P`` = 1x1 convolution with the stride
+    (and a batch normalisation), stored as ``self.shortcut``. The plain twin drops ``S h_l``.
+    """
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        plain: bool = False,
+        batchnorm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.plain = plain
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=not batchnorm)
+        self.bn1 = _norm2d(planes, batchnorm)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=not batchnorm)
+        self.bn2 = _norm2d(planes, batchnorm)
+        self.shortcut: nn.Module | None
+        if plain:
+            self.shortcut = None
+        elif stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=not batchnorm),
+                _norm2d(planes, batchnorm),
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    def residual(self, h: torch.Tensor) -> torch.Tensor:
+        """The residual branch ``f(h)`` (before the final ReLU)."""
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(h)))))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        f = self.residual(h)
+        if self.shortcut is not None:
+            f = f + self.shortcut(h)
+        return F.relu(f)
+
+
+class ConvResNet(_BlockNet):
+    """Constant-width convolutional residual net without downsampling.
+
+    A 3x3 stem to ``width`` channels, ``n_blocks`` BasicBlocks of stride 1 (all in one space,
+    ``width x H x W``), global average pooling and a linear head.
+
+    Parameters
+    ----------
+    in_channels, width, n_blocks, n_classes : int
+    plain : bool
+        The plain twin (no skip connections).
+    batchnorm : bool
+
+    References
+    ----------
+    K. He et al., CVPR 2016; Y. Gai, Z. Zhang (plain twins).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        n_blocks: int,
+        n_classes: int,
+        *,
+        plain: bool = False,
+        batchnorm: bool = True,
+    ) -> None:
+        super().__init__()
+        if min(in_channels, width, n_blocks, n_classes) < 1:
+            raise ValueError("in_channels, width, n_blocks and n_classes must be positive.")
+        self.plain = plain
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=not batchnorm),
+            _norm2d(width, batchnorm),
+            nn.ReLU(),
+        )
+        self.blocks = nn.ModuleList(
+            BasicBlock(width, width, 1, plain=plain, batchnorm=batchnorm) for _ in range(n_blocks)
+        )
+        self.head = nn.Linear(width, n_classes)
+
+
+class ResNet(_BlockNet):
+    """CIFAR-style ResNet (He et al. 2016) for any input channels and image size.
+
+    A 3x3 stem to ``widths[0]`` channels, then stages ``s = 0..S-1`` of ``blocks_per_stage[s]``
+    BasicBlocks of width ``widths[s]``; the first block of every stage after the first has stride
+    2 and a 1x1-convolution shortcut ``P``. Global average pooling and a linear head. The blocks
+    of all stages are listed in order in ``self.blocks``; ``self.stage_of[i]`` is block i's stage.
+
+    Parameters
+    ----------
+    widths : sequence of int
+        Channels per stage, e.g. ``(64, 128, 256, 512)``.
+    blocks_per_stage : sequence of int
+        Blocks per stage, e.g. ``(2, 2, 2, 2)`` (ResNet-18).
+    in_channels : int
+    n_classes : int
+    plain : bool
+        The plain twin: same layers without skip connections (and without ``P``).
+    batchnorm : bool
+
+    References
+    ----------
+    K. He, X. Zhang, S. Ren, J. Sun, "Deep residual learning for image recognition", CVPR 2016.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        blocks_per_stage: Sequence[int] = (2, 2, 2, 2),
+        *,
+        in_channels: int = 3,
+        n_classes: int = 10,
+        plain: bool = False,
+        batchnorm: bool = True,
+    ) -> None:
+        super().__init__()
+        widths, blocks_per_stage = list(widths), list(blocks_per_stage)
+        if not widths or len(widths) != len(blocks_per_stage):
+            raise ValueError(
+                f"widths {widths} and blocks_per_stage {blocks_per_stage} must be non-empty and "
+                "of equal length (one entry per stage)."
+            )
+        if min(widths) < 1 or min(blocks_per_stage) < 1:
+            raise ValueError("every stage needs a positive width and at least one block.")
+        self.plain = plain
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=not batchnorm),
+            _norm2d(widths[0], batchnorm),
+            nn.ReLU(),
+        )
+        blocks: list[nn.Module] = []
+        self.stage_of: list[int] = []
+        in_planes = widths[0]
+        for s, (w, nb) in enumerate(zip(widths, blocks_per_stage, strict=True)):
+            for j in range(nb):
+                stride = 2 if (s > 0 and j == 0) else 1
+                blocks.append(BasicBlock(in_planes, w, stride, plain=plain, batchnorm=batchnorm))
+                self.stage_of.append(s)
+                in_planes = w
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Linear(in_planes, n_classes)
+
+
+def resnet18_layout(
+    *,
+    in_channels: int = 3,
+    n_classes: int = 10,
+    width: int = 64,
+    plain: bool = False,
+    batchnorm: bool = True,
+) -> ResNet:
+    """ResNet-18 (CIFAR variant): widths ``width * (1, 2, 4, 8)``, two BasicBlocks per stage.
+
+    References
+    ----------
+    K. He et al., "Deep residual learning for image recognition", CVPR 2016.
+    """
+    return ResNet(
+        [width, 2 * width, 4 * width, 8 * width],
+        [2, 2, 2, 2],
+        in_channels=in_channels,
+        n_classes=n_classes,
+        plain=plain,
+        batchnorm=batchnorm,
+    )
