@@ -101,7 +101,7 @@ def main() -> None:
     t_geo = time.perf_counter() - t0
     seg = rep.segments[0]
     print(f"otcollapse: profile {t_prof:.1f}s, geodesic_test {t_geo:.1f}s", flush=True)
-    print(rep.table(), flush=True)
+    print(rep.format_table(), flush=True)
 
     # ------------------------------------------------------------------ the plain POT loop
     ok_all = True
@@ -227,7 +227,7 @@ def main() -> None:
             f"| {r['part']} | {r['otcollapse_s']:.2f} | {r['pot_s']:.2f} | {r['ratio']:.1f}x "
             f"| {r['solves_otcollapse']} / {r['solves_pot']} | {r['max_rel_diff']:.2e} |"
         )
-    md += ["", f"OTS: otcollapse {seg.ots:.6g}, POT {pot_ots:.6g}", "", rep.table(), ""]
+    md += ["", f"OTS: otcollapse {seg.ots:.6g}, POT {pot_ots:.6g}", "", rep.format_table(), ""]
     text = "\n".join(md)
     print(text)
     out = Path(args.out)

@@ -38,16 +38,24 @@ from otcollapse.geodesic import (
     split_half_floor,
     transport_profile,
 )
-from otcollapse.io import load_trajectory, save_trajectory
+from otcollapse.io import load_json, load_trajectory, save_json, save_trajectory
 from otcollapse.measures import LayerMeasure, Trajectory
 from otcollapse.nets import TrainHistory, capture, train
-from otcollapse.transport import TransportResult, transport_methods, wasserstein
+from otcollapse.transport import (
+    ConvergenceWarning,
+    TransportResult,
+    bures_map,
+    gaussian_w2,
+    transport_methods,
+    wasserstein,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ClassStatistics",
     "CollapseProfile",
+    "ConvergenceWarning",
     "Dataset",
     "DecayFit",
     "GeodesicReport",
@@ -64,6 +72,7 @@ __all__ = [
     "TransportPair",
     "TransportProfile",
     "TransportResult",
+    "bures_map",
     "capture",
     "cdnv",
     "cdnv_matrix",
@@ -72,9 +81,11 @@ __all__ = [
     "compare_trajectories",
     "discrete_geodesic",
     "etf_clusters",
+    "gaussian_w2",
     "geodesic_test",
     "layer_collapse",
     "load_dataset",
+    "load_json",
     "load_trajectory",
     "lss",
     "mccann_interpolate",
@@ -84,6 +95,7 @@ __all__ = [
     "nc3",
     "nc4",
     "ots",
+    "save_json",
     "save_trajectory",
     "separation_fuzziness",
     "simplex_etf",

@@ -785,7 +785,14 @@ class TrajectoryComparison:
             }
         )
 
-    def table(self) -> str:
+    def table(self) -> list[dict[str, Any]]:
+        """One JSON-safe dict per compared layer."""
+        return [c.to_dict() for c in self.layers]
+
+    def __str__(self) -> str:
+        return self.format_table()
+
+    def format_table(self) -> str:
         """A markdown table, one row per compared layer."""
         lines = [
             "| layer | a | b | distance | paired rms | paired mean | floor a | floor b |",

@@ -301,14 +301,14 @@ def test_auto_reports_its_choice():
 
 def test_memory_budget_counts_the_matrices_each_solver_holds():
     x, y = residual_pair(60, 3)  # one float64 60 x 60 matrix: 28.1 KiB
-    budget = 50_000  # fits the assignment (1.5 matrices), not the network simplex (2)
+    budget = 50_000  # fits the assignment (1.5 matrices), not the network simplex (5)
     assert wasserstein(x, y, max_dense_bytes=budget).method == "assignment"
-    with pytest.raises(ValueError, match=r"needs 56.2 KiB .* budget of 48.8 KiB"):
+    with pytest.raises(ValueError, match=r"needs 140.6 KiB .* budget of 48.8 KiB"):
         wasserstein(x, y, method="exact", max_dense_bytes=budget)
     a = np.full(60, 1 / 60)
     a[:2] = [1 / 120, 1 / 40]
     res = wasserstein(x, y, a=a, max_dense_bytes=budget, eps=2.0)
-    assert res.method == "sinkhorn" and "56.2 KiB" in res.params["auto"]
+    assert res.method == "sinkhorn" and "140.6 KiB" in res.params["auto"]
 
 
 def test_exact_refuses_oversized_problems_naming_alternatives():
@@ -354,3 +354,14 @@ def test_unknown_option_is_refused():
 def test_bad_input(x, y, kw, match):
     with pytest.raises(ValueError, match=match):
         wasserstein(x, y, **kw)
+
+
+def test_geomloss_backend_option_is_validated():
+    x, y = residual_pair(20, 3)
+    with pytest.raises(ValueError, match="only with backend='geomloss'"):
+        wasserstein(x, y, method="sinkhorn", geomloss_backend="tensorized")
+    import importlib.util
+
+    if importlib.util.find_spec("pykeops") is None:
+        with pytest.raises(ValueError, match="needs pykeops"):
+            wasserstein(x, y, method="sinkhorn", backend="geomloss", geomloss_backend="online")

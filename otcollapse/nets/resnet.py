@@ -117,7 +117,7 @@ class ResidualMLP(_BlockNet):
     References
     ----------
     K. He, X. Zhang, S. Ren, J. Sun, "Deep residual learning for image recognition", CVPR 2016.
-    Y. Gai, Z. Zhang, "Deep residual networks learn the geodesic curve in the Wasserstein space".
+    K. Gai, S. Zhang, "Deep residual networks learn the geodesic curve in the Wasserstein space".
     """
 
     def __init__(
@@ -204,7 +204,7 @@ class ConvResNet(_BlockNet):
 
     References
     ----------
-    K. He et al., CVPR 2016; Y. Gai, Z. Zhang (plain twins).
+    K. He et al., CVPR 2016; K. Gai, S. Zhang (plain twins).
     """
 
     def __init__(

@@ -131,9 +131,9 @@ def wasserstein(
         :func:`otcollapse.transport.entropic.solve_sinkhorn`), ``"sliced"``, ``"gaussian"``
         (Bures), ``"gromov"`` (Gromov–Wasserstein, for different dimensions).
     max_dense_bytes : int
-        Memory budget for the dense (n, m) float64 matrices a solver holds (default 2 GiB; the
-        network simplex holds two, the assignment one and a half); exact methods refuse larger
-        problems with a message naming ``sinkhorn`` and ``sliced``.
+        Memory budget for the dense (n, m) float64 matrices a solver holds at its peak (default
+        2 GiB; the network simplex about five, the assignment one and a half); exact methods
+        refuse larger problems with a message naming ``sinkhorn`` and ``sliced``.
     **options
         Passed to the solver (e.g. ``eps``, ``debias``, ``tol`` for Sinkhorn; ``n_projections``,
         ``seed`` for sliced; ``return_plan``, ``return_potentials``).

@@ -168,7 +168,7 @@ def solve_sinkhorn(
     scaling: float | None = None,
     dtype: str | None = None,
     backend: str = "torch",
-    geomloss_backend: str = "tensorized",
+    geomloss_backend: str | None = None,
     return_plan: bool = False,
     return_potentials: bool = False,
     progress: bool = False,
@@ -209,9 +209,9 @@ def solve_sinkhorn(
         annealing schedule with no tolerance: ``converged`` says whether its plan met ``tol``.
         Note that POT's ``import ot`` already imports GeomLoss, and GeomLoss imports pykeops
         whenever it is installed: never install pykeops on a CPU-only machine.
-    geomloss_backend : {"tensorized", "online", "multiscale"}
-        GeomLoss's own backend; ``online`` and ``multiscale`` need pykeops (a GPU and the
-        ``keops`` extra).
+    geomloss_backend : {"tensorized", "online", "multiscale"}, optional
+        GeomLoss's own backend (with ``backend="geomloss"`` only; default ``"tensorized"``);
+        ``online`` and ``multiscale`` need pykeops (a GPU and the ``keops`` extra).
     return_plan, return_potentials : bool
         The dense plan (refused beyond the dense memory budget) and ``(f, g)``.
     progress : bool
@@ -227,10 +227,21 @@ def solve_sinkhorn(
         raise ValueError(f"scaling must lie in (0, 1); got {scaling}.")
     if backend not in ("torch", "geomloss"):
         raise ValueError(f"backend must be 'torch' or 'geomloss'; got {backend!r}.")
+    if geomloss_backend is not None and backend != "geomloss":
+        raise ValueError("geomloss_backend applies only with backend='geomloss'.")
+    geomloss_backend = geomloss_backend or "tensorized"
     if geomloss_backend not in ("tensorized", "online", "multiscale"):
         raise ValueError(
             f"geomloss_backend must be 'tensorized', 'online' or 'multiscale'; got {geomloss_backend!r}."
         )
+    if geomloss_backend != "tensorized":
+        import importlib.util
+
+        if importlib.util.find_spec("pykeops") is None:
+            raise ValueError(
+                f"geomloss_backend={geomloss_backend!r} needs pykeops (the 'keops' extra, on a "
+                "GPU machine); use geomloss_backend='tensorized' or backend='torch'."
+            )
     if return_plan and not geom.fits():
         raise ValueError("return_plan=True needs the dense plan, over max_dense_bytes.")
     t0 = time.perf_counter()

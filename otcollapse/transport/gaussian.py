@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from otcollapse.transport.geometry import PointCloudCost
+from otcollapse.transport.geometry import PointCloudCost, format_bytes
 from otcollapse.transport.result import TransportResult
 
 __all__ = ["bures_map", "gaussian_w2", "solve_gaussian", "sqrtm_psd"]
@@ -79,7 +79,8 @@ def solve_gaussian(
     d = int(geom.x.shape[1])
     if 3 * d * d * 8 > geom.max_dense_bytes:
         raise ValueError(
-            f"method='gaussian' needs d x d covariances (d = {d}), over max_dense_bytes; "
+            f"method='gaussian' needs {format_bytes(3 * d * d * 8)} of d x d matrices (d = {d}), "
+            f"over max_dense_bytes ({format_bytes(geom.max_dense_bytes)}); "
             "project the layers first (Trajectory.project) or use method='sliced'."
         )
     t0 = time.perf_counter()

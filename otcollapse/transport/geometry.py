@@ -38,7 +38,8 @@ class PointCloudCost:
     x, y : Tensor
         Point clouds on one device, of one floating dtype.
     max_dense_bytes : int
-        Budget for one dense float64 matrix; :meth:`dense` refuses beyond it.
+        Budget for the dense float64 (n, m) matrices a solver holds at once; :meth:`dense`
+        refuses beyond it (its ``copies`` says how many the caller holds).
     """
 
     def __init__(

@@ -8,6 +8,7 @@ from typing import Any
 import ot
 import torch
 
+from otcollapse.transport.geometry import format_bytes
 from otcollapse.transport.result import TransportResult
 
 __all__ = ["solve_gromov"]
@@ -47,7 +48,8 @@ def solve_gromov(
     need = (n * n + m * m + 2 * n * m) * 8
     if need > max_dense_bytes:
         raise ValueError(
-            f"method='gromov' needs {need / 1e9:.1f} GB of dense matrices, over max_dense_bytes; "
+            f"method='gromov' needs {format_bytes(need)} of dense matrices, over max_dense_bytes "
+            f"({format_bytes(max_dense_bytes)}); "
             "subsample the measures (Trajectory.subsample) or project to one dimension and use "
             "method='sinkhorn' or 'sliced'."
         )

@@ -1,0 +1,18 @@
+"""Unconstrained-feature surrogate models around one float64 solver core.
+
+``fit_ufm`` (the single-layer UFM) and ``fit_mufm`` (the multilayer, transport-regularised UFM)
+live in :mod:`otcollapse.surrogates.mufm`; :mod:`otcollapse.surrogates.core` holds the L-BFGS
+(strong-Wolfe) solver and its :class:`SolverRecord`, shared by every surrogate model.
+"""
+
+from otcollapse.surrogates.core import SolverRecord, minimize_lbfgs
+from otcollapse.surrogates.mufm import MUFMSolution, UFMSolution, fit_mufm, fit_ufm
+
+__all__ = [
+    "MUFMSolution",
+    "SolverRecord",
+    "UFMSolution",
+    "fit_mufm",
+    "fit_ufm",
+    "minimize_lbfgs",
+]

@@ -1,0 +1,690 @@
+r"""The unconstrained feature model (UFM) and its multilayer, transport-regularised form (MUFM).
+
+UFM (Mixon, Parshall & Pi 2020; normalisation of Zhu et al. 2021): free features
+$H \in \mathbb R^{N\times d}$ (row $h_i$ for sample $i$), a linear classifier
+$W \in \mathbb R^{K\times d}$ and bias $b \in \mathbb R^K$,
+
+$$\min_{H, W, b}\; \frac1N\sum_{i=1}^N \ell(W h_i + b, y_i)
+  + \frac{\lambda_W}2\|W\|_F^2 + \frac{\lambda_b}2\|b\|^2 + \frac{\lambda_H}2\|H\|_F^2 .$$
+
+MUFM (this toolkit's formalisation of Wang, Gai & Zhang, "Progressive Feedforward Collapse of
+ResNet Training"): layers $H_0 = X, H_1, \dots, H_L$ joined by a transport regulariser,
+
+$$\min_{H_1..H_L, W, b}\; \frac1N\sum_i \ell(W h_{L,i} + b, y_i)
+  + \frac{\lambda_W}2\|W\|_F^2 + \frac{\lambda_b}2\|b\|^2 + \frac{\lambda_H}2\|H_L\|_F^2
+  + \frac{\lambda_{OT}}2\, L \sum_{l=1}^L c(H_{l-1}, H_l),$$
+
+with the paired (kinetic) cost $c(A, B) = \|B - A\|_F^2$ or $c(A, B) = N\,W_2^2(\mu_A, \mu_B)$
+(``coupling="wasserstein"``), summed over samples like the other terms.
+The paper describes the MUFM in words, as a UFM whose layers are connected by an optimal-transport
+regulariser with an optimum "inconsistent with NC but more concentrated relative to the input
+data"; the normalisation above and the two couplings are this toolkit's formalisation of that
+description, not a formula copied from the paper.
+
+$\ell$ is the cross-entropy (``loss="ce"``) or the squared error to the one-hot target,
+$\ell(z, y) = \tfrac12\|z - e_y\|^2$ (``loss="mse"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from otcollapse._utils import ArrayLike, check_finite, is_tensor, to_numpy
+from otcollapse.measures import Trajectory
+from otcollapse.surrogates.core import SolverRecord, minimize_lbfgs
+from otcollapse.transport import wasserstein
+
+__all__ = ["MUFMSolution", "UFMSolution", "fit_mufm", "fit_ufm"]
+
+_LOSSES = ("ce", "mse")
+_SOLVERS = ("reduced", "full")
+_COUPLINGS = ("paired", "wasserstein")
+_EMBEDS = ("pad", "random", "pca")
+
+
+# --------------------------------------------------------------------------- validation
+def _check_lambda(name: str, value: float) -> float:
+    v = float(value)
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
+    return v
+
+
+def _check_labels(y: ArrayLike, n: int | None = None) -> tuple[np.ndarray, int]:
+    labels = to_numpy(y)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array; got shape {labels.shape}.")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+            raise ValueError("labels must be integers 0..K-1.")
+    labels = labels.astype(np.int64)
+    if n is not None and labels.size != n:
+        raise ValueError(
+            f"labels have length {labels.size} but X has {n} samples; pass one label per row of X."
+        )
+    if labels.min() < 0:
+        raise ValueError(f"labels must be integers 0..K-1; got a label {labels.min()}.")
+    K = int(labels.max()) + 1
+    if K < 2:
+        raise ValueError(f"an unconstrained feature model needs K >= 2 classes; got K = {K}.")
+    missing = np.setdiff1d(np.arange(K), labels)
+    if missing.size:
+        raise ValueError(
+            f"labels must cover 0..K-1 = 0..{K - 1}; classes {missing.tolist()} have no sample. "
+            "Relabel the classes consecutively."
+        )
+    return labels, K
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}.")
+    return value
+
+
+# --------------------------------------------------------------------------- objective
+def _data_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    if loss == "ce":
+        return torch.nn.functional.cross_entropy(logits, y, reduction="mean")
+    target = torch.nn.functional.one_hot(y, logits.shape[1]).to(logits.dtype)
+    return 0.5 * (logits - target).pow(2).sum() / logits.shape[0]
+
+
+def _terms(
+    HL: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor | None,
+    y: torch.Tensor,
+    *,
+    loss: str,
+    lambda_w: float,
+    lambda_h: float,
+    lambda_b: float,
+) -> dict[str, torch.Tensor]:
+    logits = HL @ W.T
+    if b is not None:
+        logits = logits + b
+    zero = HL.new_zeros(())
+    return {
+        "loss": _data_loss(logits, y, loss),
+        "reg_w": 0.5 * lambda_w * W.pow(2).sum(),
+        "reg_b": zero if b is None else 0.5 * lambda_b * b.pow(2).sum(),
+        "reg_h": 0.5 * lambda_h * HL.pow(2).sum(),
+    }
+
+
+def _floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+# --------------------------------------------------------------------------- results
+def _json(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _json(v.tolist())
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    return v
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class UFMSolution:
+    r"""A fitted single-layer unconstrained feature model.
+
+    Attributes
+    ----------
+    H : ndarray, shape (N, d)
+        Features, one row per sample.
+    W : ndarray, shape (K, d)
+        Classifier; row ``k`` belongs to class ``k``.
+    b : ndarray, shape (K,), or None
+        Bias (None when ``bias=False``).
+    labels : ndarray of int, shape (N,)
+    objective : float
+        The objective value at the returned point.
+    terms : dict str -> float
+        ``loss`` $\frac1N\sum_i\ell$, ``reg_w``, ``reg_b``, ``reg_h`` (each with its
+        $\lambda/2$ factor); they sum to ``objective``.
+    grad_norm : float
+        $\|\nabla f\|_2$ over all optimised variables at the returned point.
+    n_iter : int
+    converged : bool
+    record : SolverRecord
+        The solver's full record.
+    params : dict
+        The model and solver settings.
+    trajectory : Trajectory
+        One layer (``H``) with labels and the classifier ``(W, b)``.
+    """
+
+    H: np.ndarray
+    W: np.ndarray
+    b: np.ndarray | None
+    labels: np.ndarray
+    objective: float
+    terms: dict[str, float]
+    grad_norm: float
+    n_iter: int
+    converged: bool
+    record: SolverRecord
+    params: dict[str, Any]
+    trajectory: Trajectory
+
+    @property
+    def rel_grad_norm(self) -> float:
+        """Gradient norm relative to ``max(1, initial gradient norm)``, compared with ``tol``."""
+        return self.record.rel_grad_norm
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary: scalars, settings, ``W`` and ``b``; the features are left out."""
+        return _json(
+            {
+                "objective": self.objective,
+                "terms": self.terms,
+                "grad_norm": self.grad_norm,
+                "n_iter": self.n_iter,
+                "converged": self.converged,
+                "record": self.record.to_dict(),
+                "params": self.params,
+                "W": self.W,
+                "b": self.b,
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MUFMSolution:
+    r"""A fitted multilayer unconstrained feature model.
+
+    Attributes
+    ----------
+    layers : tuple of ndarray, each shape (N, d)
+        $H_0 = X$ (embedded), $H_1, \dots, H_L$, row $i$ following input sample $i$. For the
+        Wasserstein coupling $h_{l,i} = (1 - \frac lL) x_i + \frac lL h_{L,\sigma(i)}$, so the
+        last layer is ``H[assignment]``.
+    H : ndarray, shape (N, d)
+        The fitted last layer $H_L$, row $j$ the feature of sample $j$ (label ``labels[j]``).
+    W : ndarray, shape (K, d)
+    b : ndarray, shape (K,), or None
+    labels : ndarray of int, shape (N,)
+    objective : float
+    terms : dict str -> float
+        ``loss``, ``reg_w``, ``reg_b``, ``reg_h`` (on $H_L$) and ``transport``
+        $\frac{\lambda_{OT}}2 L\sum_l c(H_{l-1}, H_l)$; they sum to ``objective``.
+    grad_norm : float
+        $\|\nabla f\|_2$ over the optimised variables ($H_L, W, b$ for ``solver="reduced"``,
+        $H_1..H_L, W, b$ for ``solver="full"``).
+    n_iter : int
+    converged : bool
+    record : SolverRecord
+    params : dict
+    embedding : ndarray, shape (d_X, d), or None
+        The linear map applied to the data, $H_0 = X E$; None when ``X`` was used as given.
+    assignment : ndarray of int, shape (N,), or None
+        Wasserstein coupling only: the optimal permutation $\sigma$, $x_i \mapsto h_{L,\sigma(i)}$.
+    mismatch_fraction : float or None
+        Wasserstein coupling only: the fraction of samples $i$ with $y_{\sigma(i)} \ne y_i$.
+    trajectory : Trajectory
+        The ``L + 1`` layers with labels and the classifier, ready for ``transport_profile``,
+        ``geodesic_test`` and ``collapse_profile``.
+    """
+
+    layers: tuple[np.ndarray, ...]
+    H: np.ndarray
+    W: np.ndarray
+    b: np.ndarray | None
+    labels: np.ndarray
+    objective: float
+    terms: dict[str, float]
+    grad_norm: float
+    n_iter: int
+    converged: bool
+    record: SolverRecord
+    params: dict[str, Any]
+    embedding: np.ndarray | None
+    assignment: np.ndarray | None
+    mismatch_fraction: float | None
+    trajectory: Trajectory
+
+    @property
+    def X(self) -> np.ndarray:
+        """The (embedded) input $H_0$, shape (N, d)."""
+        return self.layers[0]
+
+    @property
+    def n_layers(self) -> int:
+        """``L``, the number of transport steps."""
+        return len(self.layers) - 1
+
+    @property
+    def rel_grad_norm(self) -> float:
+        """Gradient norm relative to ``max(1, initial gradient norm)``, compared with ``tol``."""
+        return self.record.rel_grad_norm
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary: scalars, settings, ``W`` and ``b``; the layers are left out."""
+        return _json(
+            {
+                "objective": self.objective,
+                "terms": self.terms,
+                "grad_norm": self.grad_norm,
+                "n_iter": self.n_iter,
+                "converged": self.converged,
+                "record": self.record.to_dict(),
+                "params": self.params,
+                "W": self.W,
+                "b": self.b,
+                "mismatch_fraction": self.mismatch_fraction,
+            }
+        )
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().cpu().numpy().astype(np.float64, copy=True)
+
+
+# --------------------------------------------------------------------------- UFM
+def fit_ufm(
+    y: ArrayLike,
+    *,
+    dim: int,
+    lambda_w: float,
+    lambda_h: float,
+    lambda_b: float = 0.0,
+    loss: str = "ce",
+    bias: bool = True,
+    seed: int = 0,
+    tol: float = 1e-9,
+    max_iter: int = 5000,
+    device: Any = None,
+) -> UFMSolution:
+    r"""Fit the unconstrained feature model (one free feature layer, no input).
+
+    $$\min_{H, W, b}\; \frac1N\sum_{i=1}^N \ell(W h_i + b, y_i)
+      + \frac{\lambda_W}2\|W\|_F^2 + \frac{\lambda_b}2\|b\|^2 + \frac{\lambda_H}2\|H\|_F^2,$$
+
+    with $\ell$ the cross-entropy or $\tfrac12\|z - e_y\|^2$, solved in float64 by L-BFGS with a
+    strong-Wolfe line search from a seeded random start.
+
+    Known optima (balanced classes, $n$ per class, $d \ge K$), used as the solver's tests:
+    cross-entropy with bias (Zhu et al. 2021) and MSE with an unregularised bias give class means
+    on a simplex ETF, zero within-class variability and $W$ aligned with the class means; MSE
+    without bias gives an orthogonal frame. With $q = \sqrt{n\lambda_W\lambda_H}$ the cross-entropy
+    optimum ($\lambda_b > 0$, so $b^* = 0$) has margin $x = \ln\frac{1-(K-1)q}{q}$ and
+    $\|h_k\|^2 = \frac{K-1}K x\sqrt{\lambda_W/(n\lambda_H)}$ when $q < 1/K$ (else $H = 0$); the
+    bias-free MSE optimum has $W h_i = (1 - Kq)\, e_{y_i}$.
+
+    Parameters
+    ----------
+    y : array-like of int, shape (N,)
+        Labels ``0..K-1``, every class present.
+    dim : int
+        Feature dimension ``d``.
+    lambda_w, lambda_h, lambda_b : float
+        Weight decays of ``W``, ``H`` and ``b`` (all >= 0).
+    loss : {"ce", "mse"}
+    bias : bool
+        Fit a bias ``b`` (default True).
+    seed : int
+        Seeds the random start.
+    tol : float
+        Relative gradient-norm tolerance (see :func:`~otcollapse.surrogates.core.minimize_lbfgs`).
+    max_iter : int
+        L-BFGS iteration cap; reaching it gives ``converged=False`` and a ``ConvergenceWarning``.
+    device : torch device, optional
+        Where to run (default CPU).
+
+    Returns
+    -------
+    UFMSolution
+
+    Raises
+    ------
+    ValueError
+        Negative or non-finite λ, K < 2, labels not covering ``0..K-1``, ``dim < 1``, unknown
+        ``loss``.
+
+    References
+    ----------
+    Mixon, Parshall & Pi, "Neural collapse with unconstrained features", 2020.
+    Zhu et al., "A Geometric Analysis of Neural Collapse with Unconstrained Features", NeurIPS 2021.
+    Zhou et al., "On the Optimization Landscape of Neural Collapse under MSE Loss", ICML 2022.
+    Tirer & Bruna, "Extended Unconstrained Features Model for Exploring Deep Neural Collapse",
+    ICML 2022.
+    """
+    lambda_w = _check_lambda("lambda_w", lambda_w)
+    lambda_h = _check_lambda("lambda_h", lambda_h)
+    lambda_b = _check_lambda("lambda_b", lambda_b)
+    _check_choice("loss", loss, _LOSSES)
+    labels, K = _check_labels(y)
+    d = int(dim)
+    if d < 1:
+        raise ValueError(f"dim must be >= 1; got {dim}.")
+    N = labels.size
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    gen = torch.Generator().manual_seed(int(seed))
+    opts = dict(dtype=torch.float64)
+    H = (torch.randn(N, d, generator=gen, **opts) / np.sqrt(d)).to(dev).requires_grad_()
+    W = (torch.randn(K, d, generator=gen, **opts) / np.sqrt(d)).to(dev).requires_grad_()
+    b = torch.zeros(K, device=dev, **opts).requires_grad_() if bias else None
+    yt = torch.as_tensor(labels, device=dev)
+    kw = dict(loss=loss, lambda_w=lambda_w, lambda_h=lambda_h, lambda_b=lambda_b)
+
+    def fun() -> torch.Tensor:
+        return sum(_terms(H, W, b, yt, **kw).values())
+
+    params = [H, W] + ([b] if b is not None else [])
+    record = minimize_lbfgs(fun, params, tol=tol, max_iter=max_iter, what="fit_ufm")
+    with torch.no_grad():
+        terms = _floats(_terms(H, W, b, yt, **kw))
+    settings = {
+        "model": "ufm",
+        "dim": d,
+        "n_classes": K,
+        "n_samples": N,
+        "lambda_w": lambda_w,
+        "lambda_h": lambda_h,
+        "lambda_b": lambda_b,
+        "loss": loss,
+        "bias": bool(bias),
+        "seed": int(seed),
+        "tol": float(tol),
+        "max_iter": int(max_iter),
+    }
+    Hn, Wn, bn = _np(H), _np(W), _np(b)
+    traj = Trajectory.from_arrays(
+        [Hn], labels=labels, names=["H"], classifier=(Wn, bn), metadata=settings
+    )
+    return UFMSolution(
+        H=Hn,
+        W=Wn,
+        b=bn,
+        labels=labels,
+        objective=float(sum(terms.values())),
+        terms=terms,
+        grad_norm=record.grad_norm,
+        n_iter=record.n_iter,
+        converged=record.converged,
+        record=record,
+        params=settings,
+        trajectory=traj,
+    )
+
+
+# --------------------------------------------------------------------------- MUFM
+def _embed(
+    X: torch.Tensor, dim: int | None, embed: str, seed: int
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    dx = X.shape[1]
+    if dim is None or int(dim) == dx:
+        return X, None
+    d = int(dim)
+    if d < 1:
+        raise ValueError(f"dim must be >= 1; got {dim}.")
+    if embed == "pad":
+        if d < dx:
+            raise ValueError(
+                f"embed='pad' needs dim >= the data dimension {dx}; got dim = {d}. "
+                "Use embed='pca' to reduce the dimension."
+            )
+        E = np.eye(dx, d)
+    elif embed == "random":
+        if d < dx:
+            raise ValueError(
+                f"embed='random' is an isometric embedding and needs dim >= {dx}; got dim = {d}. "
+                "Use embed='pca' to reduce the dimension."
+            )
+        g = np.random.default_rng(seed).standard_normal((d, dx))
+        q, r = np.linalg.qr(g)
+        E = (q * np.sign(np.diag(r))).T  # (dx, d), orthonormal rows
+    else:  # pca
+        if d > dx:
+            raise ValueError(
+                f"embed='pca' reduces the dimension and needs dim <= {dx}; got dim = {d}. "
+                "Use embed='pad' or 'random' to raise it."
+            )
+        Xn = X.detach().cpu().numpy()
+        _, _, vt = np.linalg.svd(Xn - Xn.mean(axis=0), full_matrices=False)
+        E = vt[:d].T  # (dx, d), top principal directions
+    return X @ torch.as_tensor(E, dtype=X.dtype, device=X.device), E
+
+
+def fit_mufm(
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    n_layers: int,
+    lambda_ot: float,
+    lambda_w: float,
+    lambda_h: float,
+    lambda_b: float = 0.0,
+    loss: str = "ce",
+    coupling: str = "paired",
+    bias: bool = True,
+    dim: int | None = None,
+    embed: str = "pad",
+    solver: str = "reduced",
+    seed: int = 0,
+    tol: float = 1e-9,
+    max_iter: int = 5000,
+) -> MUFMSolution:
+    r"""Fit the multilayer unconstrained feature model with a transport regulariser.
+
+    $$\min_{H_1..H_L, W, b}\; \frac1N\sum_{i=1}^N \ell(W h_{L,i} + b, y_i)
+      + \frac{\lambda_W}2\|W\|_F^2 + \frac{\lambda_b}2\|b\|^2 + \frac{\lambda_H}2\|H_L\|_F^2
+      + \frac{\lambda_{OT}}2\, L\sum_{l=1}^L c(H_{l-1}, H_l),\qquad H_0 = X,$$
+
+    with $c$ the paired cost $\|H_l - H_{l-1}\|_F^2$ or $N\,W_2^2$ (``coupling``).
+
+    For fixed endpoints the intermediate layers minimising the transport term are the equally
+    spaced interpolation $H_l = X + \frac lL (H_L - X)$ (paired; McCann for $W_2$), and the
+    term then equals $\frac{\lambda_{OT}}2 c(X, H_L)$ whatever $L$ is. ``solver="reduced"`` optimises
+    $H_L, W, b$ only and fills in that interpolation; ``solver="full"`` optimises
+    $H_1, \dots, H_L, W, b$ together (each solver checks the other). $\lambda_{OT} = 0$ is the
+    UFM; $\lambda_{OT}\to\infty$ pins $H_L$ to $X$ (paired) or $\mu_{H_L}$ to $\mu_X$ ($W_2$). With $\lambda_{OT} = 0$ the full solver's
+    intermediate layers do not enter the objective and stay at their starting point ($X$).
+
+    This normalisation and the paired coupling are this toolkit's formalisation of the MUFM that
+    Wang, Gai & Zhang describe in words (a UFM whose layers are joined by an optimal-transport
+    regulariser); see ``docs/mufm.md``. The module docstring gives the normalisation.
+
+    Parameters
+    ----------
+    X : array-like or Tensor, shape (N, d_X)
+        The input of the residual stack, $H_0$. Computation runs in float64 on its device.
+    y : array-like of int, shape (N,)
+        Labels ``0..K-1``, every class present.
+    n_layers : int
+        ``L >= 1``, the number of transport steps (the trajectory has ``L + 1`` layers).
+    lambda_ot, lambda_w, lambda_h, lambda_b : float
+        Transport weight and weight decays (all >= 0).
+    loss : {"ce", "mse"}
+    coupling : {"paired", "wasserstein"}
+        ``"paired"``: the kinetic cost $c(A, B) = \|B - A\|_F^2$ (row $i$ to row $i$).
+        ``"wasserstein"``: $c(A, B) = N\,W_2^2(\mu_A, \mu_B)
+        = \min_\sigma \sum_i \|a_i - b_{\sigma(i)}\|^2$ (uniform measures, an optimal
+        assignment), never above the paired cost; its gradient is taken at the optimal
+        permutation held fixed (envelope theorem), and the intermediate layers are the McCann
+        interpolation $h_{l,i} = (1 - \frac lL) x_i + \frac lL h_{L,\sigma(i)}$, indexed by the
+        input sample. Solved with ``solver="reduced"`` only. The result reports the permutation
+        and the fraction of samples matched to another class; the trajectory's labels are the
+        inputs' and ``metadata["matched_labels"]`` holds $y_{\sigma(i)}$.
+    bias : bool
+    dim : int, optional
+        Feature dimension ``d``; defaults to ``d_X``. When it differs, ``X`` is embedded as
+        $X E$: ``embed="pad"`` appends zero coordinates ($E = [I\ 0]$, ``d > d_X``),
+        ``"random"`` a seeded random isometry (``d > d_X``), ``"pca"`` the coordinates on the
+        top ``d`` principal axes of the centred data (``d < d_X``). ``E`` is returned as
+        ``embedding``.
+    embed : {"pad", "random", "pca"}
+    solver : {"reduced", "full"}
+    seed : int
+        Seeds the classifier's random start (and ``embed="random"``); $H_L$ starts at $X$.
+    tol, max_iter : float, int
+        Relative gradient-norm tolerance and iteration cap; not converging gives
+        ``converged=False`` and a ``ConvergenceWarning``.
+
+    Returns
+    -------
+    MUFMSolution
+
+    Raises
+    ------
+    ValueError
+        Negative λ, K < 2, ``n_layers < 1``, NaN/inf in ``X``, labels of the wrong length or not
+        covering ``0..K-1``, an embedding that cannot produce ``dim``, unknown options.
+
+    References
+    ----------
+    Wang, Gai & Zhang, "Progressive Feedforward Collapse of ResNet Training".
+    Zhu et al., "A Geometric Analysis of Neural Collapse with Unconstrained Features", NeurIPS 2021.
+    Mixon, Parshall & Pi, "Neural collapse with unconstrained features", 2020.
+    """
+    lambda_ot = _check_lambda("lambda_ot", lambda_ot)
+    lambda_w = _check_lambda("lambda_w", lambda_w)
+    lambda_h = _check_lambda("lambda_h", lambda_h)
+    lambda_b = _check_lambda("lambda_b", lambda_b)
+    _check_choice("loss", loss, _LOSSES)
+    _check_choice("coupling", coupling, _COUPLINGS)
+    _check_choice("solver", solver, _SOLVERS)
+    _check_choice("embed", embed, _EMBEDS)
+    L = int(n_layers)
+    if L < 1 or L != n_layers:
+        raise ValueError(f"n_layers must be an integer >= 1 (transport steps); got {n_layers!r}.")
+    if is_tensor(X):
+        Xt = X.detach().to(torch.float64)
+    else:
+        Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
+    if Xt.ndim != 2 or Xt.shape[0] == 0 or Xt.shape[1] == 0:
+        raise ValueError(f"X must be a non-empty 2-D array (N, d); got shape {tuple(Xt.shape)}.")
+    check_finite(Xt, "X (the MUFM input H_0)")
+    labels, K = _check_labels(y, Xt.shape[0])
+    X0, E = _embed(Xt, dim, embed, seed)
+    N, d = X0.shape
+    dev = X0.device
+    gen = torch.Generator().manual_seed(int(seed))
+    W = (torch.randn(K, d, generator=gen, dtype=torch.float64) / np.sqrt(d)).to(dev)
+    W.requires_grad_()
+    b = torch.zeros(K, dtype=torch.float64, device=dev).requires_grad_() if bias else None
+    yt = torch.as_tensor(labels, device=dev)
+    kw = dict(loss=loss, lambda_w=lambda_w, lambda_h=lambda_h, lambda_b=lambda_b)
+    steps = torch.arange(1, L + 1, dtype=torch.float64, device=dev).view(L, 1, 1) / L
+
+    if coupling == "wasserstein" and solver == "full":
+        raise ValueError(
+            "coupling='wasserstein' is solved with solver='reduced' only (the McCann "
+            "interpolation fills in the intermediate layers); pass solver='reduced'."
+        )
+
+    def optimal_assignment(HL: torch.Tensor) -> torch.Tensor:
+        res = wasserstein(X0, HL.detach(), method="assignment")
+        return torch.as_tensor(np.asarray(res.assignment), dtype=torch.long, device=dev)
+
+    if solver == "reduced":
+        HL = X0.clone().requires_grad_()
+
+        def all_terms() -> dict[str, torch.Tensor]:
+            t = _terms(HL, W, b, yt, **kw)
+            if coupling == "paired":
+                t["transport"] = 0.5 * lambda_ot * (HL - X0).pow(2).sum()
+            else:
+                # N W2^2 = min over permutations; the gradient at the optimal permutation is the
+                # gradient of the minimum (envelope theorem), so sigma is held fixed for autograd
+                sigma = optimal_assignment(HL)
+                t["transport"] = 0.5 * lambda_ot * (HL[sigma] - X0).pow(2).sum()
+            return t
+
+        variables = [HL]
+    else:
+        Hs = X0.expand(L, N, d).clone().requires_grad_()
+
+        def all_terms() -> dict[str, torch.Tensor]:
+            t = _terms(Hs[-1], W, b, yt, **kw)
+            path = torch.cat([X0.unsqueeze(0), Hs], dim=0)
+            t["transport"] = 0.5 * lambda_ot * L * (path[1:] - path[:-1]).pow(2).sum()
+            return t
+
+        variables = [Hs]
+
+    def fun() -> torch.Tensor:
+        return sum(all_terms().values())
+
+    params = variables + [W] + ([b] if b is not None else [])
+    record = minimize_lbfgs(fun, params, tol=tol, max_iter=max_iter, what="fit_mufm")
+    with torch.no_grad():
+        terms = _floats(all_terms())
+        sigma_np: np.ndarray | None = None
+        mismatch: float | None = None
+        if solver == "reduced":
+            last = HL.detach()
+            end = last
+            if coupling == "wasserstein":
+                sigma = optimal_assignment(last)
+                end = last[sigma]
+                sigma_np = sigma.cpu().numpy()
+                mismatch = float(np.mean(labels[sigma_np] != labels))
+            inner = X0 + steps * (end - X0)
+        else:
+            last = Hs.detach()[-1]
+            inner = Hs.detach()
+    layers = (_np(X0), *(_np(h) for h in inner))
+    settings = {
+        "model": "mufm",
+        "n_layers": L,
+        "dim": d,
+        "data_dim": int(Xt.shape[1]),
+        "embed": None if E is None else embed,
+        "n_classes": K,
+        "n_samples": N,
+        "lambda_ot": lambda_ot,
+        "lambda_w": lambda_w,
+        "lambda_h": lambda_h,
+        "lambda_b": lambda_b,
+        "loss": loss,
+        "coupling": coupling,
+        "bias": bool(bias),
+        "solver": solver,
+        "seed": int(seed),
+        "tol": float(tol),
+        "max_iter": int(max_iter),
+    }
+    if sigma_np is not None:
+        settings["mismatch_fraction"] = mismatch
+        settings["matched_labels"] = labels[sigma_np].tolist()
+    Wn, bn = _np(W), _np(b)
+    traj = Trajectory.from_arrays(
+        list(layers),
+        labels=labels,
+        names=[f"H{l}" for l in range(L + 1)],
+        classifier=(Wn, bn),
+        metadata=settings,
+    )
+    return MUFMSolution(
+        layers=layers,
+        H=_np(last),
+        W=Wn,
+        b=bn,
+        labels=labels,
+        objective=float(sum(terms.values())),
+        terms=terms,
+        grad_norm=record.grad_norm,
+        n_iter=record.n_iter,
+        converged=record.converged,
+        record=record,
+        params=settings,
+        embedding=E,
+        assignment=sigma_np,
+        mismatch_fraction=mismatch,
+        trajectory=traj,
+    )
