@@ -41,6 +41,7 @@ from otcollapse.geodesic import (
 from otcollapse.io import load_json, load_trajectory, save_json, save_trajectory
 from otcollapse.measures import LayerMeasure, Trajectory
 from otcollapse.nets import TrainHistory, capture, train
+from otcollapse.surrogates import MUFMSolution, UFMSolution, fit_mufm, fit_ufm
 from otcollapse.transport import (
     ConvergenceWarning,
     TransportResult,
@@ -63,6 +64,7 @@ __all__ = [
     "LayerCollapse",
     "LayerComparison",
     "LayerMeasure",
+    "MUFMSolution",
     "McCannFit",
     "PFCStatistic",
     "SegmentReport",
@@ -72,6 +74,7 @@ __all__ = [
     "TransportPair",
     "TransportProfile",
     "TransportResult",
+    "UFMSolution",
     "bures_map",
     "capture",
     "cdnv",
@@ -81,6 +84,8 @@ __all__ = [
     "compare_trajectories",
     "discrete_geodesic",
     "etf_clusters",
+    "fit_mufm",
+    "fit_ufm",
     "gaussian_w2",
     "geodesic_test",
     "layer_collapse",
