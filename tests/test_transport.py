@@ -365,3 +365,16 @@ def test_geomloss_backend_option_is_validated():
     if importlib.util.find_spec("pykeops") is None:
         with pytest.raises(ValueError, match="needs pykeops"):
             wasserstein(x, y, method="sinkhorn", backend="geomloss", geomloss_backend="online")
+
+
+def test_exact_certifies_tiny_costs_of_collapsed_features():
+    # features within 1e-6 of one point: costs ~1e-12, below POT's absolute pivot tolerance scale
+    g = np.random.default_rng(13)
+    x = 5.0 + 1e-6 * g.normal(size=(300, 8))
+    lab = g.integers(0, 3, 300)
+    means = np.stack([x[lab == k].mean(0) for k in range(3)])
+    b = np.bincount(lab) / 300
+    res = wasserstein(x, means, b=b, method="exact")
+    assert res.converged
+    # sending every feature to its own class mean is a coupling: W2^2 <= Tr Sigma_W
+    assert res.cost <= np.mean(np.sum((x - means[lab]) ** 2, 1)) + 1e-18

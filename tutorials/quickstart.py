@@ -1,98 +1,53 @@
-"""Quick start: train a small residual MLP on scikit-learn's digits, then measure its geometry.
+"""Quick start: a residual MLP and its plain twin on scikit-learn's digits, then their geometry.
 
     python tutorials/quickstart.py
 
-Runs in about half a minute on a 2-core CPU, downloads nothing. It builds the block trajectory of
-a constant-width residual network (layer 0 = the input of the first block, then one measure per
-block output), and runs the three analyses of otcollapse on it: the transport profile between
-successive layers, the Wasserstein-geodesic tests, and the layer-wise collapse metrics.
+About a minute on a 2-core CPU; downloads nothing. Both networks are trained with weight decay,
+their block trajectories are captured on the training split (layer 0 = the input of the first
+block, then one measure per block output), and the three analyses of otcollapse run on each: the
+transport profile between successive layers, the Wasserstein-geodesic tests (path ratio, OTS,
+LSS) and the layer-wise collapse metrics with their progressive-collapse statistics.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from sklearn.datasets import load_digits
 
-from otcollapse import Trajectory, collapse_profile, geodesic_test, transport_profile
+from otcollapse import capture, collapse_profile, geodesic_test, load_dataset, train
+from otcollapse.nets import ResidualMLP
 
-SEED, WIDTH, BLOCKS, EPOCHS = 0, 32, 6, 150
+SEED, WIDTH, BLOCKS, EPOCHS = 0, 64, 4, 20
 
 
-class ResidualMLP(torch.nn.Module):
-    def __init__(self, d_in: int, width: int, n_blocks: int, n_classes: int):
-        super().__init__()
-        self.embed = torch.nn.Linear(d_in, width)
-        self.blocks = torch.nn.ModuleList(
-            torch.nn.Sequential(
-                torch.nn.Linear(width, width), torch.nn.ReLU(), torch.nn.Linear(width, width)
-            )
-            for _ in range(n_blocks)
-        )
-        self.head = torch.nn.Linear(width, n_classes)
+def analyse(name: str, plain: bool, data) -> None:
+    import torch
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        h = self.embed(x)
-        feats = [h]
-        for block in self.blocks:
-            h = h + block(h)
-            feats.append(h)
-        return self.head(h), feats
+    torch.manual_seed(SEED)
+    model = ResidualMLP(64, WIDTH, BLOCKS, 10, plain=plain, batchnorm=True)
+    hist = train(model, data, epochs=EPOCHS, lr=0.05, weight_decay=5e-4, seed=SEED)
+    traj = capture(model, data)
+    print(f"\n== {name}: train accuracy {hist.accuracy[-1]:.3f}, loss {hist.loss[-1]:.4f}")
+    print(traj)
+
+    report = geodesic_test(traj)
+    print(report.profile.format_table())
+    seg = report.segments[0]
+    print(
+        f"path ratio R = {seg.path_ratio:.3f} (1 on a geodesic)   OTS = {seg.ots:.3f}   "
+        f"LSS mean = {seg.lss.mean:.3f}"
+    )
+    col = collapse_profile(traj)
+    print("NC1 by layer:", np.array2string(col.values("nc1"), precision=3))
+    pfc = col.pfc["nc1"]
+    print(
+        f"NC1 non-increasing in depth: Kendall tau = {pfc.kendall_tau:.3f}, monotone = {pfc.monotone}"
+    )
 
 
 def main() -> None:
-    X, y = load_digits(return_X_y=True)
-    X = (X - X.mean(0)) / (X.std(0) + 1e-8)
-    xt, yt = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y)
-    torch.manual_seed(SEED)
-    model = ResidualMLP(64, WIDTH, BLOCKS, 10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    for _ in range(EPOCHS):  # full-batch training into the terminal phase
-        opt.zero_grad()
-        logits, _ = model(xt)
-        loss = torch.nn.functional.cross_entropy(logits, yt)
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        logits, feats = model(xt)
-    acc = float((logits.argmax(1) == yt).float().mean())
-    print(
-        f"trained {BLOCKS}-block residual MLP on digits: loss {loss.item():.4f}, train acc {acc:.3f}"
-    )
-
-    traj = Trajectory.from_arrays(
-        [h.numpy() for h in feats],
-        labels=y,
-        names=["input"] + [f"block{i + 1}" for i in range(BLOCKS)],
-        classifier=(model.head.weight.detach().numpy(), model.head.bias.detach().numpy()),
-        logits=logits.numpy(),
-        metadata={"dataset": "digits", "split": "train", "seed": SEED, "epochs": EPOCHS},
-    )
-    print(traj)
-
-    profile = transport_profile(traj)
-    print("\nW2 between successive layers, and transport efficiency W2^2 / paired cost:")
-    for row in profile.table():
-        print(
-            f"  {row['source_name']:>7} -> {row['target_name']:<7} W2 = {row['distance']:.4f}   "
-            f"efficiency = {row['efficiency']:.4f}   noise floor = {row['noise_floor']:.4f}"
-        )
-
-    report = geodesic_test(traj)
-    seg = report.segments[0]
-    print(
-        f"\npath ratio R = {seg.path_ratio:.4f} (1 on a geodesic), OTS = {seg.ots:.3f}, "
-        f"LSS mean = {seg.lss.mean:.3f}"
-    )
-
-    collapse = collapse_profile(traj)
-    nc1 = collapse.values("nc1")
-    print("\nNC1 by layer:", np.array2string(nc1, precision=3))
-    pfc = collapse.pfc["nc1"]
-    print(
-        f"PFC (NC1 non-increasing in depth): Kendall tau = {pfc.kendall_tau:.3f}, "
-        f"monotone = {pfc.monotone}"
-    )
+    data = load_dataset("digits", split="train", seed=SEED)
+    analyse("residual MLP", plain=False, data=data)
+    analyse("plain twin (no skip connections)", plain=True, data=data)
 
 
 if __name__ == "__main__":

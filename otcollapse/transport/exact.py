@@ -20,6 +20,9 @@ __all__ = ["is_uniform", "solve_assignment", "solve_exact"]
 EXACT_COPIES = 5.0
 #: the assignment holds a float32 cost and scipy's float64 copy
 ASSIGNMENT_COPIES = 1.5
+#: POT's network simplex accepts pivots within this absolute tolerance on reduced costs
+#: (EPSILON = 2.2e-15 in its C++ code), with a margin for accumulation
+POT_PIVOT_TOL = 64 * 2.2204460492503131e-15
 #: network-simplex iteration cap: POT's default (1e5) stops early, non-optimally, from n ~ 2000
 EMD_MAX_ITER = 2_000_000_000
 
@@ -39,7 +42,9 @@ def solve_exact(
     The certificate is the duality gap ``|<pi, C> - (<a, u> + <b, v>)|`` of the returned dual
     potentials; their largest violation of ``u_i + v_j <= C_ij`` is ``params["dual_violation"]``.
     ``converged`` is POT's own flag (optimal solution found) and a dual violation within
-    ``1e-9 * max C``.
+    ``1e-9 max C``, plus the rounding of the GEMM-form costs (``64 eps (max||x||^2 + max||y||^2)``)
+    and POT's absolute pivot tolerance (``64 * 2.2e-15``). A violation ``delta`` of the duals
+    bounds the error of the value: ``W2^2`` lies in ``[<a, u> + <b, v> - delta, cost]``.
     """
     _no_options(unused, "exact")
     t0 = time.perf_counter()
@@ -60,8 +65,12 @@ def solve_exact(
         float(np.max(u[i : i + step, None] + v[None, :] - C[i : i + step]))
         for i in range(0, geom.n, step)
     )
-    scale = max(float(C.max()), 1e-300)
-    converged = int(log.get("result_code", 0)) == 1 and violation <= 1e-9 * scale
+    # allowed violation: relative 1e-9, the rounding of the GEMM-form costs (a few ulps of
+    # ||x||^2 + ||y||^2), and POT's absolute pivot tolerance (2.2e-15 on reduced costs), without
+    # which tiny costs (collapsed features) could never be certified
+    rounding = 64 * np.finfo(np.float64).eps * float(geom.xx.max() + geom.yy.max())
+    tolerance = 1e-9 * float(C.max()) + rounding + POT_PIVOT_TOL
+    converged = int(log.get("result_code", 0)) == 1 and violation <= tolerance
     seconds = time.perf_counter() - t0
     return TransportResult(
         cost=cost,
