@@ -41,7 +41,14 @@ from otcollapse.geodesic import (
 from otcollapse.io import load_json, load_trajectory, save_json, save_trajectory
 from otcollapse.measures import LayerMeasure, Trajectory
 from otcollapse.nets import TrainHistory, capture, train
-from otcollapse.surrogates import MUFMSolution, UFMSolution, fit_mufm, fit_ufm
+from otcollapse.surrogates import (
+    MUFMCalibration,
+    MUFMSolution,
+    UFMSolution,
+    calibrate_mufm,
+    fit_mufm,
+    fit_ufm,
+)
 from otcollapse.transport import (
     ConvergenceWarning,
     TransportResult,
@@ -64,6 +71,7 @@ __all__ = [
     "LayerCollapse",
     "LayerComparison",
     "LayerMeasure",
+    "MUFMCalibration",
     "MUFMSolution",
     "McCannFit",
     "PFCStatistic",
@@ -76,6 +84,7 @@ __all__ = [
     "TransportResult",
     "UFMSolution",
     "bures_map",
+    "calibrate_mufm",
     "capture",
     "cdnv",
     "cdnv_matrix",

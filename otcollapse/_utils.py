@@ -105,6 +105,33 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_safe(v: Any) -> Any:
+    """JSON-safe copy: mappings and sequences recursed, arrays and tensors to lists, NumPy scalars
+    to Python, NaN to None, +-inf to the strings ``"inf"`` / ``"-inf"``, anything else to str."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return json_safe(v.tolist())
+    if isinstance(v, torch.Tensor):
+        return json_safe(v.detach().cpu().numpy())
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        if f != f:
+            return None
+        if f in (float("inf"), float("-inf")):
+            return "inf" if f > 0 else "-inf"
+        return f
+    if v is None or isinstance(v, str):
+        return v
+    return str(v)
+
+
 def progress_bar(items: Any = None, *, progress: bool, desc: str, total: int | None = None) -> Any:
     """tqdm over ``items``, shown only when asked for and stderr is a terminal."""
     from tqdm import tqdm

@@ -51,7 +51,7 @@ import dataclasses
 import math
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,7 @@ from scipy import stats
 from tqdm import tqdm
 
 from otcollapse import _utils
-from otcollapse._utils import ArrayLike, iter_rows, to_numpy
+from otcollapse._utils import ArrayLike, iter_rows, json_safe, to_numpy
 from otcollapse.measures import Trajectory
 from otcollapse.transport import wasserstein
 
@@ -500,21 +500,6 @@ def class_statistics(
 # ---------------------------------------------------------------------------------------------
 # one layer
 # ---------------------------------------------------------------------------------------------
-def _json(v: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> None, arrays -> lists, NumPy scalars -> Python."""
-    if isinstance(v, Mapping):
-        return {str(k): _json(u) for k, u in v.items()}
-    if isinstance(v, np.ndarray):
-        return _json(v.tolist())
-    if isinstance(v, list | tuple):
-        return [_json(u) for u in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class LayerCollapse:
     r"""Collapse metrics of one layer.
@@ -566,7 +551,7 @@ class LayerCollapse:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe record (NaN becomes None)."""
-        return _json(
+        return json_safe(
             {
                 "name": self.name,
                 "n_samples": self.n_samples,
@@ -1392,7 +1377,7 @@ class PFCStatistic:
     monotone: bool | None
 
     def to_dict(self) -> dict[str, Any]:
-        return _json(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1424,7 +1409,7 @@ class DecayFit:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return _json(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
 
 def _pfc(metric: str, values: np.ndarray) -> PFCStatistic:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-from otcollapse._utils import ArrayLike, progress_bar, rng, to_numpy, to_tensor
+from otcollapse._utils import ArrayLike, json_safe, progress_bar, rng, to_numpy, to_tensor
 from otcollapse.measures import LayerMeasure, Trajectory
 from otcollapse.transport import TransportResult, bures_map, gaussian_w2, wasserstein
 from otcollapse.transport.geometry import DEFAULT_MAX_DENSE_BYTES
@@ -72,32 +72,6 @@ _PLAN_RTOL = 1e-12
 
 
 # ============================================================================ small helpers
-def _json(v: Any) -> Any:
-    """JSON-safe copy: arrays to lists, NaN to None, +-inf to the strings "inf" / "-inf"."""
-    if isinstance(v, dict):
-        return {str(k): _json(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return [_json(x) for x in v.tolist()]
-    if isinstance(v, torch.Tensor):
-        return _json(v.detach().cpu().numpy())
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        if math.isnan(f):
-            return None
-        if math.isinf(f):
-            return "inf" if f > 0 else "-inf"
-        return f
-    if v is None or isinstance(v, str):
-        return v
-    return str(v)
-
-
 def _progress(items: Iterable[Any], progress: bool, desc: str, total: int | None = None) -> Any:
     return progress_bar(items, progress=progress, desc=desc, total=total)
 
@@ -295,7 +269,7 @@ class TransportPair:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe record."""
-        return _json(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,7 +354,7 @@ class TransportProfile:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe record: the settings and one dict per row."""
-        return _json(
+        return json_safe(
             {
                 "pairs": self.pairs,
                 "method": self.method,
@@ -467,7 +441,7 @@ class LSSResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe record (undefined per-sample values as None, infinite ones as "inf")."""
-        return _json(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -523,7 +497,7 @@ class McCannFit:
         d = dataclasses.asdict(self)
         d["max_residual"] = self.max_residual
         d["max_deviation"] = self.max_deviation
-        return _json(d)
+        return json_safe(d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -573,7 +547,7 @@ class SegmentReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe record."""
-        return _json(
+        return json_safe(
             {
                 "layers": self.layers,
                 "names": self.names,
@@ -630,7 +604,7 @@ class GeodesicReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe record (the profile included)."""
-        return _json(
+        return json_safe(
             {
                 "method": self.method,
                 "n_samples": self.n_samples,
@@ -651,7 +625,7 @@ class GeodesicReport:
         rows = []
         for s in self.segments:
             rows.append(
-                _json(
+                json_safe(
                     {
                         "first": s.names[0],
                         "last": s.names[-1],
@@ -737,7 +711,7 @@ class LayerComparison:
     noise_floor_b: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return _json(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -772,7 +746,7 @@ class TrajectoryComparison:
     geodesic_differences: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return _json(
+        return json_safe(
             {
                 "layers": [c.to_dict() for c in self.layers],
                 "not_compared": self.not_compared,

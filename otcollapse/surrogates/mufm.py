@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from otcollapse._utils import ArrayLike, check_finite, is_tensor, to_numpy
+from otcollapse._utils import ArrayLike, check_finite, is_tensor, json_safe, to_numpy
 from otcollapse.measures import Trajectory
 from otcollapse.surrogates.core import SolverRecord, minimize_lbfgs
 from otcollapse.transport import wasserstein
@@ -122,22 +122,6 @@ def _floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- results
-def _json(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _json(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _json(v.tolist())
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return float(v)
-    return v
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class UFMSolution:
     r"""A fitted single-layer unconstrained feature model.
@@ -188,7 +172,7 @@ class UFMSolution:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary: scalars, settings, ``W`` and ``b``; the features are left out."""
-        return _json(
+        return json_safe(
             {
                 "objective": self.objective,
                 "terms": self.terms,
@@ -274,7 +258,7 @@ class MUFMSolution:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary: scalars, settings, ``W`` and ``b``; the layers are left out."""
-        return _json(
+        return json_safe(
             {
                 "objective": self.objective,
                 "terms": self.terms,

@@ -8,23 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from otcollapse._utils import json_safe
+
 __all__ = ["TransportResult"]
-
-
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, (np.floating, float)):
-        return float(v)
-    if isinstance(v, (np.integer, int)) and not isinstance(v, bool):
-        return int(v)
-    if isinstance(v, (np.bool_, bool)):
-        return bool(v)
-    if v is None or isinstance(v, str):
-        return v
-    return str(v)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -82,7 +68,7 @@ class TransportResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe record (without the plan and potentials)."""
-        return _json_safe(
+        return json_safe(
             {
                 "cost": self.cost,
                 "distance": self.distance,
