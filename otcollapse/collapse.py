@@ -59,7 +59,7 @@ from scipy import stats
 from tqdm import tqdm
 
 from otcollapse import _utils
-from otcollapse._utils import ArrayLike, iter_rows, json_safe, to_numpy
+from otcollapse._utils import ArrayLike, check_labels, iter_rows, json_safe, to_numpy
 from otcollapse.measures import Trajectory
 from otcollapse.transport import wasserstein
 
@@ -138,21 +138,6 @@ def _check_features(features: ArrayLike) -> Any:
             f"features are empty (shape {tuple(x.shape)}); collapse metrics need data."
         )
     return x
-
-
-def _check_labels(labels: ArrayLike, n: int) -> np.ndarray:
-    lab = to_numpy(labels)
-    if lab.ndim != 1 or lab.shape[0] != n:
-        raise ValueError(
-            f"labels have shape {lab.shape} but the features have {n} samples; "
-            "give one integer label per sample, shape (n,)."
-        )
-    if lab.dtype.kind == "f":
-        if not np.all(np.isfinite(lab)) or not np.all(lab == np.round(lab)):
-            raise ValueError("labels must be integer class indices; got non-integer values.")
-    elif lab.dtype.kind not in "iub":
-        raise ValueError(f"labels must be integer class indices; got dtype {lab.dtype}.")
-    return lab.astype(np.int64)
 
 
 def _check_weights(weights: ArrayLike | None, n: int) -> np.ndarray:
@@ -414,7 +399,7 @@ def _prepare(
     """Checked features, raw labels, class labels, class index and raw weight per sample."""
     x = _check_features(features)
     n = int(x.shape[0])
-    raw = _check_labels(labels, n)
+    raw = check_labels(labels, n)
     w = _check_weights(weights, n)
     classes = np.unique(raw[w > 0])
     if classes.shape[0] < 2:

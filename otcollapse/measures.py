@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from otcollapse._utils import ArrayLike, check_finite, iter_rows, rng, to_numpy, to_tensor
+from otcollapse._utils import (
+    ArrayLike,
+    check_finite,
+    check_labels,
+    iter_rows,
+    rng,
+    to_numpy,
+    to_tensor,
+)
 
 __all__ = ["LayerMeasure", "Trajectory"]
 
@@ -100,22 +108,6 @@ def _as_2d_layer(x: ArrayLike, name: str) -> Any:
     if isinstance(arr, np.ndarray) and arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)
     return arr
-
-
-def _check_labels(labels: ArrayLike, n: int) -> np.ndarray:
-    lab = to_numpy(labels).reshape(-1) if np.ndim(to_numpy(labels)) > 0 else None
-    if lab is None or lab.shape[0] != n:
-        got = None if lab is None else lab.shape[0]
-        raise ValueError(
-            f"labels have length {got} but the layers have {n} samples; "
-            "give one integer label per sample."
-        )
-    if lab.dtype.kind == "f":
-        if not np.all(np.isfinite(lab)) or not np.all(lab == np.round(lab)):
-            raise ValueError("labels must be integers (class indices); got non-integer values.")
-    elif lab.dtype.kind not in "iub":
-        raise ValueError(f"labels must be integers (class indices); got dtype {lab.dtype}.")
-    return lab.astype(np.int64)
 
 
 def _check_weights(weights: ArrayLike, n: int) -> np.ndarray:
@@ -248,7 +240,7 @@ class Trajectory:
             if int(x.shape[1]) == 0:
                 raise ValueError(f"layer {nm!r} has zero features.")
             check_finite(x, f"layer {nm!r}")
-        labels = None if self.labels is None else _check_labels(self.labels, n)
+        labels = None if self.labels is None else check_labels(self.labels, n)
         weights = None if self.weights is None else _check_weights(self.weights, n)
         shortcuts = {}
         for key, img in dict(self.shortcuts).items():

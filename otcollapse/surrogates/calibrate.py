@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from otcollapse._utils import to_numpy
+from otcollapse._utils import json_safe, to_numpy
 from otcollapse.collapse import CollapseProfile, collapse_profile, nc1
 from otcollapse.measures import Trajectory
 from otcollapse.surrogates.mufm import MUFMSolution, _check_choice, _check_lambda, fit_mufm
@@ -48,24 +48,6 @@ _RESERVED = ("X", "y", "n_layers", "lambda_ot", "lambda_w", "lambda_h", "lambda_
 def default_lambda_grid() -> np.ndarray:
     """The default grid: ``0`` (the UFM end) and 10 log-spaced values from ``1e-3`` to ``1e2``."""
     return np.concatenate([[0.0], np.logspace(-3.0, 2.0, 10)])
-
-
-def _clean(v: Any) -> Any:
-    """JSON-safe copy: arrays to lists, numpy scalars to Python, non-finite floats to None."""
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _clean(v.tolist())
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    return v
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -156,7 +138,7 @@ class MUFMCalibration:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe record (non-finite numbers become None; the layers are left out)."""
-        return _clean(
+        return json_safe(
             {
                 "lambda_ot": self.lambda_ot,
                 "discrepancy": self.discrepancy,
