@@ -289,3 +289,16 @@ def test_mufm_wasserstein_coupling():
     assert w2.trajectory.metadata["matched_labels"] == y[sigma].tolist()
     with pytest.raises(ValueError, match="solver='reduced'"):
         fit_mufm(X, y, n_layers=L, lambda_ot=lo, coupling="wasserstein", solver="full", **KW)
+
+
+def test_lbfgs_history_is_capped_by_memory(monkeypatch):
+    import torch
+
+    from otcollapse.surrogates import core
+
+    monkeypatch.setattr(core, "HISTORY_BYTES", 16 * 1000 * 7)  # room for 7 pairs of 1000 numbers
+    x = torch.zeros(1000, dtype=torch.float64, requires_grad=True)
+    target = torch.arange(1000, dtype=torch.float64)
+    rec = core.minimize_lbfgs(lambda: ((x - target) ** 2).sum(), [x], history_size=50)
+    assert rec.history_size == 7 and rec.converged
+    assert torch.allclose(x.detach(), target)

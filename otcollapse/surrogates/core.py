@@ -151,6 +151,10 @@ def _newton_polish(
     return gn, gn <= target, steps
 
 
+#: memory for L-BFGS's curvature pairs (two float64 copies of the parameters per pair)
+HISTORY_BYTES = 1024**3
+
+
 def minimize_lbfgs(
     fun: Callable[[], torch.Tensor],
     params: Sequence[torch.Tensor],
@@ -180,7 +184,9 @@ def minimize_lbfgs(
     max_iter : int
         Maximum number of L-BFGS iterations.
     history_size : int
-        Number of curvature pairs kept.
+        Number of curvature pairs kept, at most: each pair holds two copies of the parameters,
+        so the history is capped to ``HISTORY_BYTES`` (1 GiB) and never below 3 pairs (50 pairs
+        of an N = 10,000, d = 256, L = 8 full MUFM would need 16 GB).
     what : str
         Names the problem in the warning.
     warn : bool
@@ -234,6 +240,8 @@ def minimize_lbfgs(
     def grad_norm() -> float:
         return float(torch.linalg.vector_norm(_flat(cache["grads"])))
 
+    n_params = sum(int(p.numel()) for p in params)
+    history_size = int(max(3, min(history_size, HISTORY_BYTES // max(1, 16 * n_params))))
     loss0 = closure()
     if not math.isfinite(float(loss0)):
         raise ValueError(f"{what}: the objective is not finite at the starting point.")
