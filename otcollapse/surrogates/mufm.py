@@ -172,19 +172,7 @@ class UFMSolution:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary: scalars, settings, ``W`` and ``b``; the features are left out."""
-        return json_safe(
-            {
-                "objective": self.objective,
-                "terms": self.terms,
-                "grad_norm": self.grad_norm,
-                "n_iter": self.n_iter,
-                "converged": self.converged,
-                "record": self.record.to_dict(),
-                "params": self.params,
-                "W": self.W,
-                "b": self.b,
-            }
-        )
+        return json_safe(_fit_summary(self))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -258,20 +246,22 @@ class MUFMSolution:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary: scalars, settings, ``W`` and ``b``; the layers are left out."""
-        return json_safe(
-            {
-                "objective": self.objective,
-                "terms": self.terms,
-                "grad_norm": self.grad_norm,
-                "n_iter": self.n_iter,
-                "converged": self.converged,
-                "record": self.record.to_dict(),
-                "params": self.params,
-                "W": self.W,
-                "b": self.b,
-                "mismatch_fraction": self.mismatch_fraction,
-            }
-        )
+        return json_safe({**_fit_summary(self), "mismatch_fraction": self.mismatch_fraction})
+
+
+def _fit_summary(sol: Any) -> dict[str, Any]:
+    """The record both fitted models share: objective, its terms, solver state, ``W`` and ``b``."""
+    return {
+        "objective": sol.objective,
+        "terms": sol.terms,
+        "grad_norm": sol.grad_norm,
+        "n_iter": sol.n_iter,
+        "converged": sol.converged,
+        "record": sol.record.to_dict(),
+        "params": sol.params,
+        "W": sol.W,
+        "b": sol.b,
+    }
 
 
 def _np(t: torch.Tensor | None) -> np.ndarray | None:
