@@ -116,6 +116,12 @@ class Dataset:
         prov["subset"] = {"n": len(idx), "of": len(self)}
         return dataclasses.replace(self, X=self.X[idx], y=self.y[idx], provenance=prov)
 
+    def subsample(self, n: int, seed: int = 0) -> Dataset:
+        """A seeded, class-stratified subset of ``n`` samples (all of them when ``n >= len``)."""
+        if n >= len(self):
+            return self
+        return self.take(_stratified_subset(self.y.numpy(), int(n), seed))
+
     def batches(self, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Consecutive ``(X, y)`` batches in order (no shuffling)."""
         for start in range(0, len(self), batch_size):

@@ -368,6 +368,11 @@ def train(
                 seconds=time.perf_counter() - t0,
                 weight_norms=_weight_norms(model),
             )
+            # callbacks before the checkpoint: a run killed in between redoes the epoch and its
+            # callbacks on resume, so a callback's output (e.g. a capture) is never skipped
+            for fn, when in cbs:
+                if epoch in when:
+                    fn(epoch, model, history)
             if ckpt is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
                 _save_checkpoint(
                     ckpt,
@@ -381,9 +386,6 @@ def train(
                         "config": config,
                     },
                 )
-            for fn, when in cbs:
-                if epoch in when:
-                    fn(epoch, model, history)
     finally:
         torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
     return history

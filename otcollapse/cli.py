@@ -1,0 +1,334 @@
+"""The ``otcollapse`` command line: ``run``, ``analyze``, ``mufm``, ``report``, ``reproduce``.
+
+Every command writes a run folder with ``report.html``, ``metrics.json`` and PNG figures, and
+prints where the report is. Errors a user can act on (a missing file, a wrong format, an unknown
+data set, layers of different sample counts) print one line ``otcollapse: error: ...`` and exit
+with status 2; ``--help`` works on every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["load_features", "main"]
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported in one line, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return v
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("empty list")
+    return vals
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+
+
+# ---------------------------------------------------------------------------- loading features
+def load_features(path: str | Path) -> Any:
+    """Load a saved trajectory without running code from the file.
+
+    Accepted formats:
+
+    - ``.npz`` written by :func:`otcollapse.io.save_trajectory`, or any ``.npz`` with arrays
+      ``layer_0``, ``layer_1``, ... (each ``(n, d_l)``) and ``labels`` (or ``y``), read with
+      ``np.load(allow_pickle=False)``;
+    - ``.pt`` / ``.pth``: a dict ``{"layers": [tensor (n, d_l), ...], "labels": tensor (n,)}``
+      (optionally ``"names"``), read with ``torch.load(weights_only=True)``.
+
+    A file that needs pickle (arbitrary objects) is refused with an explanation.
+    """
+    import numpy as np
+
+    from otcollapse.io import load_trajectory
+    from otcollapse.measures import Trajectory
+
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"no such file: {str(p)!r}")
+    if p.suffix == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if "header" in keys:
+                    return load_trajectory(p)
+                layer_keys = sorted(
+                    (k for k in keys if re.fullmatch(r"layer_\d+", k)), key=lambda k: int(k[6:])
+                )
+                if not layer_keys:
+                    raise UserError(
+                        f"{str(p)!r} has no arrays layer_0, layer_1, ... (found {keys}); save one "
+                        "array per layer under those names, with the labels as 'labels'."
+                    )
+                lab_key = "labels" if "labels" in keys else ("y" if "y" in keys else None)
+                if lab_key is None:
+                    raise UserError(f"{str(p)!r} has no 'labels' (or 'y') array.")
+                layers = [z[k] for k in layer_keys]
+                labels = z[lab_key]
+        except ValueError as err:
+            if "pickle" in str(err).lower() or "allow_pickle" in str(err):
+                raise UserError(
+                    f"{str(p)!r} holds Python objects that need pickle to load, which could run "
+                    "code; save plain numeric arrays instead (np.savez with arrays only)."
+                ) from None
+            raise UserError(f"{str(p)!r} is not a readable .npz file: {err}") from None
+        return Trajectory.from_arrays(layers, labels=labels, names=[k[6:] for k in layer_keys])
+    if p.suffix in (".pt", ".pth"):
+        import pickle
+
+        import torch
+
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, AttributeError) as err:
+            raise UserError(
+                f"{str(p)!r} cannot be loaded with torch.load(weights_only=True), so loading it "
+                "could run code from the file; it was refused. Save a dict "
+                "{'layers': [tensor, ...], 'labels': tensor} of plain tensors instead. "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            ) from None
+        if not isinstance(obj, dict) or "layers" not in obj or "labels" not in obj:
+            raise UserError(
+                f"{str(p)!r} must hold a dict with 'layers' (a list of (n, d_l) tensors) and "
+                f"'labels'; got {type(obj).__name__}"
+                + (f" with keys {sorted(obj)}" if isinstance(obj, dict) else "")
+                + "."
+            )
+        return Trajectory.from_arrays(
+            list(obj["layers"]), labels=obj["labels"], names=obj.get("names")
+        )
+    raise UserError(f"{str(p)!r}: unknown format {p.suffix!r}; use .npz, .pt or .pth.")
+
+
+# ---------------------------------------------------------------------------- commands
+def _cmd_run(args: argparse.Namespace) -> int:
+    from otcollapse.experiment import RunConfig, run_experiment
+
+    opts: dict[str, Any] = {}
+    for name in ("data", "model", "width", "blocks", "epochs", "lr", "weight_decay", "seed",
+                 "seeds", "device", "batch_size", "max_samples", "mufm_samples"):
+        v = getattr(args, name)
+        if v is not None:
+            opts[name] = v
+    if args.capture_epochs is not None:
+        opts["capture_epochs"] = args.capture_epochs
+    if args.mufm_grid is not None:
+        opts["mufm_grid"] = args.mufm_grid
+    if args.no_mufm:
+        opts["mufm"] = False
+    opts["splits"] = ("train", "test") if args.split == "both" else ("train",)
+    config = RunConfig.quick_preset(**opts) if args.quick else RunConfig(**opts)
+    out = Path(args.out) if args.out else Path("runs") / ("quick" if args.quick else "run")
+    run_experiment(config, out, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from otcollapse.experiment import analyze_trajectories
+
+    trajs = {}
+    for f in args.features:
+        name = Path(f).stem
+        if name in trajs:
+            raise UserError(f"two files are named {name!r}; rename one.")
+        trajs[name] = load_features(f)
+    out = Path(args.out) if args.out else Path("runs") / "analyze"
+    analyze_trajectories(
+        trajs,
+        out,
+        seed=args.seed,
+        max_samples=args.max_samples,
+        source={"files": [str(Path(f).resolve()) for f in args.features]},
+    )
+    return 0
+
+
+def _cmd_mufm(args: argparse.Namespace) -> int:
+    from otcollapse.experiment import fit_mufm_report
+
+    out = Path(args.out) if args.out else Path("runs") / "mufm"
+    fit_mufm_report(
+        args.data,
+        out,
+        n_layers=args.n_layers,
+        lambda_ot=args.lambda_ot,
+        lambda_w=args.lambda_w,
+        lambda_h=args.lambda_h,
+        lambda_b=args.lambda_b,
+        loss=args.loss,
+        coupling=args.coupling,
+        samples=args.samples,
+        dim=args.dim,
+        seed=args.seed,
+    )
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from otcollapse.report import write_report
+
+    path = write_report(args.run_dir)
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from otcollapse.reproduce import REPRODUCTIONS, reproduce
+
+    if args.name not in REPRODUCTIONS:
+        raise UserError(f"unknown reproduction {args.name!r}; choose from {sorted(REPRODUCTIONS)}.")
+    out = Path(args.out) if args.out else Path("runs") / f"reproduce_{args.name}"
+    reproduce(args.name, args.data, out, quick=args.quick, seed=args.seed)
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``otcollapse`` (one sub-command per job)."""
+    p = argparse.ArgumentParser(
+        prog="otcollapse",
+        description="Optimal-transport geometry of deep networks: train, capture, analyse, report.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser(
+        "run",
+        help="the main job: train a ResNet and its plain twin, analyse both, write a report",
+        description=(
+            "Train a small constant-width ResNet and its plain twin with weight decay into the "
+            "terminal phase (built-in digits by default, no download), capture their block "
+            "trajectories during training, run the transport profile, geodesic tests and collapse "
+            "metrics (beside the networks at initialisation and the split-half noise floor), fit "
+            "and calibrate the MUFM, and write RUN_DIR/report.html, figures, metrics.json, the "
+            "trajectories and checkpoints."
+        ),
+    )
+    r.add_argument("--quick", action="store_true", help="small preset, about a minute on 2 cores")
+    r.add_argument("--out", help="output folder (default runs/run, or runs/quick)")
+    r.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    r.add_argument("--data", help="built-in data set (digits, gaussian_mixture, mnist1d) or a .npz/image folder on disk")
+    r.add_argument("--model", choices=("mlp", "conv"), help="residual MLP (default) or conv ResNet")
+    r.add_argument("--width", type=_positive_int)
+    r.add_argument("--blocks", type=_positive_int, help="residual blocks")
+    r.add_argument("--epochs", type=_positive_int)
+    r.add_argument("--lr", type=float)
+    r.add_argument("--weight-decay", type=float, dest="weight_decay")
+    r.add_argument("--batch-size", type=_positive_int, dest="batch_size")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--seeds", type=_positive_int, help="run N seeds and aggregate with intervals")
+    r.add_argument("--capture-epochs", type=_int_list, dest="capture_epochs",
+                   help="comma-separated epochs to capture (0 = initialisation)")
+    r.add_argument("--split", choices=("train", "both"), default="train",
+                   help="captured split: train (default) or both train and test")
+    r.add_argument("--max-samples", type=_positive_int, dest="max_samples",
+                   help="analyse a stratified subsample of this size")
+    r.add_argument("--no-mufm", action="store_true", help="skip the MUFM calibration")
+    r.add_argument("--mufm-samples", type=_positive_int, dest="mufm_samples")
+    r.add_argument("--mufm-grid", type=_float_list, dest="mufm_grid", help="λ_OT grid, comma-separated")
+    r.add_argument("--device", help="torch device (default cpu)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(func=_cmd_run)
+
+    a = sub.add_parser(
+        "analyze",
+        help="analyse saved trajectories (.npz or .pt) and write the same report",
+        description=(
+            "Run the transport profile, geodesic tests and collapse metrics on saved features. "
+            "Formats: .npz with arrays layer_0, layer_1, ... and labels (or a file written by "
+            "otcollapse.save_trajectory), read with allow_pickle=False; .pt/.pth with a dict "
+            "{'layers': [...], 'labels': ...}, read with torch.load(weights_only=True)."
+        ),
+    )
+    a.add_argument("features", nargs="+", help="one or more trajectory files")
+    a.add_argument("--out", help="output folder (default runs/analyze)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--max-samples", type=_positive_int, dest="max_samples")
+    a.set_defaults(func=_cmd_analyze)
+
+    m = sub.add_parser(
+        "mufm",
+        help="fit the MUFM for given λ's on a built-in or saved data set and report it",
+        description=(
+            "Fit the multilayer unconstrained feature model for each λ_OT on the data (X = the "
+            "standardised inputs), then analyse each fitted trajectory like a network's."
+        ),
+    )
+    m.add_argument("--data", default="digits", help="built-in data set or a .npz file with X and y")
+    m.add_argument("--lambda-ot", type=_float_list, dest="lambda_ot", default=(0.0, 1e-3, 1e-2),
+                   help="comma-separated λ_OT values (default 0,0.001,0.01)")
+    m.add_argument("--lambda-w", type=float, dest="lambda_w", default=5e-4)
+    m.add_argument("--lambda-h", type=float, dest="lambda_h", default=5e-4)
+    m.add_argument("--lambda-b", type=float, dest="lambda_b", default=0.0)
+    m.add_argument("--n-layers", type=_positive_int, dest="n_layers", default=4,
+                   help="L transport steps (L + 1 measures)")
+    m.add_argument("--loss", choices=("ce", "mse"), default="ce")
+    m.add_argument("--coupling", choices=("paired", "wasserstein"), default="paired")
+    m.add_argument("--samples", type=_positive_int, default=300,
+                   help="stratified subsample of the data to fit on")
+    m.add_argument("--dim", type=_positive_int, help="feature dimension (PCA of the inputs)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", help="output folder (default runs/mufm)")
+    m.set_defaults(func=_cmd_mufm)
+
+    rp = sub.add_parser("report", help="rebuild report.html from a run folder's saved results")
+    rp.add_argument("run_dir", help="a folder written by run, analyze or mufm")
+    rp.set_defaults(func=_cmd_report)
+
+    rr = sub.add_parser(
+        "reproduce",
+        help="rerun a published reference point on data already on disk",
+        description="Reproductions: gai-zhang-mnist, resnet-vs-plain-wd, pfc-depth. Each needs the "
+        "data set on disk (--data: a .npz with X and y, or an image folder root/<class>/<image>).",
+    )
+    rr.add_argument("name", help="gai-zhang-mnist, resnet-vs-plain-wd or pfc-depth")
+    rr.add_argument("--data", required=True, help="the data set on disk (.npz or image folder)")
+    rr.add_argument("--out", help="output folder (default runs/reproduce_NAME)")
+    rr.add_argument("--quick", action="store_true", help="tiny settings, for checking the pipeline")
+    rr.add_argument("--seed", type=int, default=0)
+    rr.set_defaults(func=_cmd_reproduce)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``otcollapse`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (UserError, ValueError, FileNotFoundError) as err:
+        print(f"otcollapse: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("otcollapse: interrupted (a run can continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

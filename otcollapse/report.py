@@ -1,0 +1,383 @@
+"""``report.html``: one self-contained page (figures inline) from a run folder's saved results.
+
+:func:`write_report` reads ``metrics.json`` and the PNGs in ``figures/`` and writes
+``report.html`` beside them; it never recomputes anything, so ``otcollapse report RUN_DIR``
+rebuilds a report from saved results in a second.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from otcollapse._utils import atomic_write_text
+
+__all__ = ["GLOSSARY", "write_report"]
+
+#: What each reported number means (shown at the end of every report).
+GLOSSARY: tuple[tuple[str, str], ...] = (
+    (
+        "W2², W2",
+        "Squared 2-Wasserstein distance between two layer measures, min over couplings π of "
+        "Σ π_ij ‖x_i − y_j‖² (full squared Euclidean cost), and its square root.",
+    ),
+    (
+        "paired cost",
+        "(1/n) Σ_i ‖h_{l+1}(x_i) − h_l(x_i)‖²: the cost of the network's own coupling (sample i to "
+        "sample i). Never below W2².",
+    ),
+    (
+        "efficiency",
+        "W2² / paired cost ∈ [0, 1]: 1 when the block moves the mass optimally.",
+    ),
+    (
+        "noise floor",
+        "W2 between two disjoint random halves of the same layer: distances at or below it are "
+        "indistinguishable from sampling noise.",
+    ),
+    (
+        "path ratio R",
+        "Σ_l W2(μ_l, μ_{l+1}) / W2(μ_0, μ_L) ≥ 1; 1 when the layers lie in order on one "
+        "Wasserstein geodesic (Gai & Zhang).",
+    ),
+    (
+        "speed CV",
+        "Coefficient of variation of the step lengths W2(μ_l, μ_{l+1}); 0 for constant speed.",
+    ),
+    (
+        "McCann fit",
+        "For each layer, the time t_l of the nearest point of the displacement interpolation "
+        "μ_t = ((1−t)Id + tT)_#μ_0 between the ends, and the residual W2(μ_l, μ_{t_l}) / "
+        "W2(μ_0, μ_L); on a constant-speed geodesic t_l = l/L and the residual is 0.",
+    ),
+    (
+        "OTS",
+        "Optimal-transport score: fraction of samples that the optimal assignment between the "
+        "inputs h_0 and outputs h_L sends to their own output (Gai & Zhang). 1 for an optimal map.",
+    ),
+    (
+        "LSS",
+        "Line-shape score per sample: L / ‖x̃_L − x̃_0‖ with x̃ the track made of unit steps; 1 "
+        "for a straight track (Gai & Zhang). Published: MNIST ResNet with L2, LSS 1.12, OTS 0.96.",
+    ),
+    (
+        "NC1",
+        "(1/K) Tr(Σ_W Σ_B^†), within-class over between-class scatter (Papyan, Han & Donoho); "
+        "0 at neural collapse. He–Su's D = K·NC1.",
+    ),
+    (
+        "Tr Σ_W",
+        "Total within-class variance (1/N) Σ_i ‖h_i − m_{y_i}‖², in squared feature units; an "
+        "upper bound on W2² to the class means.",
+    ),
+    (
+        "Kendall τ (PFC)",
+        "Rank correlation of a collapse metric with depth: −1 when it decreases at every layer, "
+        "as the progressive feedforward collapse conjecture predicts (Wang, Gai & Zhang).",
+    ),
+    (
+        "MUFM λ_OT",
+        "Transport weight of the multilayer unconstrained feature model whose optimum best "
+        "matches the network's last-layer NC1 (λ_OT = 0: the UFM, full collapse; λ_OT → ∞: the "
+        "features stay at the input).",
+    ),
+)
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em;
+margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td.l, th.l { text-align: left; }
+.ok { color: #0a7d20; font-weight: bold; } .no { color: #b00020; font-weight: bold; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.9em; color: #444; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+.muted { color: #666; font-size: 0.9em; }
+"""
+
+_CAPTIONS = {
+    "collapse_depth_nc1.png": "NC1 over depth (log scale) for each network; a red × marks a "
+    "layer where NC1 rose over the previous one (against progressive feedforward collapse).",
+    "collapse_depth_tr_sigma_w.png": "Within-class variance Tr Σ_W over depth (log scale).",
+    "transport_steps.png": "Left: W2² of every block's step beside the paired cost of the "
+    "network's own coupling and the split-half noise floor. Right: transport efficiency.",
+    "mccann_fit.png": "McCann fit: each layer's fitted time on the Wasserstein geodesic between "
+    "the first and last layer against l/L (the diagonal is a constant-speed geodesic).",
+    "ots_lss.png": "Gai & Zhang's scores: OTS (left) and the per-sample LSS (right).",
+    "collapse_epochs_nc1.png": "NC1 of the first and last layer over the training epochs.",
+    "mufm_calibration.png": "The MUFM fitted to the ResNet: discrepancy over λ_OT (left) and "
+    "NC1 over depth of the network and the fitted MUFM (right).",
+}
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(v: Any, precision: int = 4) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int,)) and not isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "NaN"
+        return f"{v:.{precision}g}"
+    if isinstance(v, str) and v in ("inf", "-inf", "nan"):
+        return v
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(t, float) for t in v):
+        return f"[{v[0]:.{precision}g}, {v[1]:.{precision}g}]"
+    return _e(v)
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    if not rows:
+        return "<p class='muted'>(none)</p>"
+    cols = list(columns) if columns is not None else list(rows[0])
+    head = "".join(f"<th class='l'>{_e(c)}</th>" if i == 0 else f"<th>{_e(c)}</th>"
+                   for i, c in enumerate(cols))
+    body = []
+    for r in rows:
+        cells = []
+        for i, c in enumerate(cols):
+            v = r.get(c)
+            cls = " class='l'" if i == 0 or isinstance(v, str) else ""
+            cells.append(f"<td{cls}>{_fmt(v)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _headline(head: Mapping[str, Mapping[str, Any]]) -> str:
+    cols = [
+        "model",
+        "train_accuracy",
+        "test_accuracy",
+        "ots",
+        "lss_mean",
+        "path_ratio",
+        "speed_cv",
+        "mccann_max_residual",
+        "nc1_first",
+        "nc1_last",
+        "nc1_kendall_tau",
+    ]
+    rows = [{"model": m, **v} for m, v in head.items()]
+    present = [c for c in cols if c == "model" or any(r.get(c) is not None for r in rows)]
+    return _table(rows, present)
+
+
+def _verdicts(verdicts: Sequence[Mapping[str, Any]]) -> str:
+    if not verdicts:
+        return ""
+    rows = []
+    for v in verdicts:
+        mark = "<span class='ok'>holds</span>" if v["holds"] else "<span class='no'>does not hold</span>"
+        rows.append(
+            f"<tr><td class='l'>{_e(v['claim'])}</td><td class='l'>{_e(v['measured'])}</td>"
+            f"<td class='l'>{mark}</td></tr>"
+        )
+    return (
+        "<h2>What the theory predicts, and what was measured</h2><table><tr><th class='l'>"
+        "prediction</th><th class='l'>measured</th><th class='l'>verdict</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _aggregate(agg: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]) -> str:
+    rows = []
+    for model, stats in agg.items():
+        for key, s in stats.items():
+            rows.append(
+                {
+                    "model": model,
+                    "statistic": key,
+                    "mean": s["mean"],
+                    "std": s["std"],
+                    "95% interval": s["ci95"],
+                    "n": s["n"],
+                }
+            )
+    return (
+        f"<h2>Over {len(seeds)} seeds ({_e(', '.join(map(str, seeds)))})</h2>"
+        "<p>Mean, standard deviation and a 95% Student-t interval of each headline number over "
+        "the seeds; each seed's own report is in <code>seed_&lt;s&gt;/report.html</code>.</p>"
+        + _table(rows)
+    )
+
+
+def _figures(folder: Path, names: Sequence[str]) -> tuple[str, list[str]]:
+    parts, missing = [], []
+    for name in names:
+        p = folder / "figures" / name
+        if not p.exists():
+            missing.append(name)
+            continue
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
+        cap = _CAPTIONS.get(name)
+        if cap is None and name.startswith("pca_"):
+            cap = (
+                f"2-D PCA view of the {name[4:-4]} layer measures (first, middle and last layer on "
+                "shared axes), coloured by class, with sample tracks."
+            )
+        parts.append(
+            f"<figure><img alt='{_e(name)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{_e(cap or name)}</figcaption></figure>"
+        )
+    return "".join(parts), missing
+
+
+def _model_details(name: str, res: Mapping[str, Any]) -> str:
+    out = [f"<h3>{_e(name)}</h3>"]
+    geo = res.get("geodesic")
+    if geo:
+        rows = []
+        for r in geo["profile"]["rows"]:
+            rows.append(
+                {
+                    "pair": f"{r['source_name']} → {r['target_name']}",
+                    "W2²": r["cost"],
+                    "W2": r["distance"],
+                    "paired": r["paired"],
+                    "efficiency": r["efficiency"],
+                    "noise floor": r["noise_floor"],
+                    "method": r["method"],
+                    "converged": r["converged"],
+                }
+            )
+        out.append("<p>Transport between successive layers</p>" + _table(rows))
+        segs = []
+        for s in geo["segments"]:
+            segs.append(
+                {
+                    "segment": f"{s['names'][0]} … {s['names'][-1]}",
+                    "R": s["path_ratio"],
+                    "speed CV": s["speed_cv"],
+                    "OTS": s["ots"],
+                    "LSS mean": s["lss"]["mean"],
+                    "LSS median": s["lss"]["median"],
+                    "McCann t_l": ", ".join(_fmt(t, 3) for t in s["mccann"]["t"]),
+                }
+            )
+        out.append("<p>Geodesic tests per segment of equal dimension</p>" + _table(segs))
+        if geo.get("notes"):
+            out.append("<p class='muted'>" + _e(" ".join(geo["notes"])) + "</p>")
+    col = res.get("collapse")
+    if col:
+        keep = ["nc1", "nc1_tilde", "cdnv", "nc2_etf_distance", "nc3", "nc4_ncc_error", "tr_sigma_w"]
+        rows = []
+        for i, layer in enumerate(col["layers"]):
+            row = {"layer": f"{i} ({layer['name']})"}
+            row.update({m: layer["metrics"].get(m) for m in keep if m in col["metrics"]})
+            rows.append(row)
+        out.append("<p>Collapse metrics per layer</p>" + _table(rows))
+        pfc = [{"metric": m, **{k: v for k, v in s.items() if k != "layers"}}
+               for m, s in col["pfc"].items() if m in keep]
+        out.append("<p>Progressive feedforward collapse (over depth)</p>" + _table(pfc))
+    return "".join(out)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.html`` from ``run_dir/metrics.json`` and ``run_dir/figures/``.
+
+    Raises
+    ------
+    ValueError
+        When ``run_dir`` has no ``metrics.json`` (not a run folder).
+    """
+    folder = Path(run_dir)
+    mpath = folder / "metrics.json"
+    if not mpath.is_file():
+        raise ValueError(
+            f"{str(folder)!r} has no metrics.json: not an otcollapse run folder (made by "
+            "`otcollapse run`, `analyze` or `mufm`)."
+        )
+    m = json.loads(mpath.read_text(encoding="utf-8"))
+    kind = m.get("kind", "run")
+    title = {
+        "run": "otcollapse run: a ResNet and its plain twin",
+        "analyze": "otcollapse analyze: saved trajectories",
+        "mufm": "otcollapse mufm: the multilayer unconstrained feature model",
+        "reproduce": "otcollapse reproduce: a published reference point",
+    }.get(kind, "otcollapse report")
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f"<p class='muted'>Run folder <code>{_e(folder.resolve())}</code>",
+    ]
+    if "seconds" in m:
+        parts.append(f" · {m['seconds']:.0f} s")
+    parts.append("</p>")
+    if m.get("note"):
+        parts.append(f"<p>{_e(m['note'])}</p>")
+    if m.get("published"):
+        parts.append("<h2>Published and measured</h2>")
+        if m.get("reference"):
+            parts.append(f"<p>{_e(m['reference'])}</p>")
+        parts.append(_table(m["published"], ["quantity", "published", "measured"]))
+    if m.get("sweep"):
+        parts.append("<h2>Sweep</h2>" + _table(m["sweep"]))
+    parts.append(_verdicts(m.get("verdicts", [])))
+    if m.get("headline"):
+        parts.append("<h2>Headline numbers</h2>")
+        parts.append(
+            "<p>Last epoch (suffix <code>_init</code>: the same network at initialisation, the "
+            "baseline; <code>_test</code>: the test split). Definitions at the end of the page."
+            "</p>"
+        )
+        parts.append(_headline(m["headline"]))
+    if m.get("aggregate"):
+        parts.append(_aggregate(m["aggregate"], m.get("seeds", [])))
+    figs, missing = _figures(folder, m.get("figures", []))
+    if figs:
+        parts.append("<h2>Figures</h2>" + figs)
+    if missing:
+        parts.append(f"<p class='no'>Figures missing from figures/: {_e(', '.join(missing))}</p>")
+    if m.get("epochs"):
+        parts.append("<h2>Over training epochs</h2>")
+        for name, rows in m["epochs"].items():
+            cols = ["epoch", "train_accuracy", "ots", "lss_mean", "path_ratio", "nc1_first",
+                    "nc1_last", "nc1_kendall_tau"]
+            parts.append(f"<h3>{_e(name)}</h3>" + _table(rows, [c for c in cols if c in rows[0]]))
+    if m.get("mufm"):
+        mu = m["mufm"]
+        parts.append("<h2>MUFM calibrated to the ResNet</h2>")
+        parts.append(
+            f"<p>Fitted λ_OT = {_fmt(mu['lambda_ot'])} (discrepancy {_e(mu['discrepancy'])} "
+            f"= {_fmt(mu['value'])}).</p>"
+        )
+        parts.append(_table([{"quantity": k, "value": v} for k, v in mu["match"].items()]))
+        if mu.get("format_grid"):
+            parts.append(f"<pre>{_e(mu['format_grid'])}</pre>")
+    if m.get("solution"):
+        parts.append("<h2>MUFM solution</h2><pre>" + _e(json.dumps(m["solution"], indent=2)) + "</pre>")
+    if m.get("results"):
+        parts.append("<h2>Details per model</h2>")
+        for name, res in m["results"].items():
+            parts.append(_model_details(name, res))
+    for name, res in (m.get("test") or {}).items():
+        parts.append(_model_details(f"{name} (test split)", res))
+    parts.append("<h2>What each number means</h2><table>")
+    parts.extend(
+        f"<tr><td class='l'><b>{_e(k)}</b></td><td class='l'>{_e(v)}</td></tr>" for k, v in GLOSSARY
+    )
+    parts.append("</table>")
+    for key, head in (("settings", "Settings"), ("provenance", "Data provenance"),
+                      ("versions", "Package versions")):
+        if m.get(key):
+            parts.append(f"<h2>{head}</h2><pre>{_e(json.dumps(m[key], indent=2))}</pre>")
+    parts.append("</body></html>")
+    out = folder / "report.html"
+    atomic_write_text(out, "\n".join(parts))
+    return out
