@@ -181,6 +181,20 @@ def _analyse(traj: Trajectory, *, seed: int, geodesic: bool = True) -> dict[str,
     return out
 
 
+def _scores(traj: Trajectory) -> dict[str, Any]:
+    """OTS and LSS of the longest segment of equal dimension (no McCann fit)."""
+    from otcollapse.geodesic import lss, ots
+
+    seg = max(traj.segments, key=len)
+    tracks = traj.take_layers(list(seg))
+    scores = lss(tracks)
+    return {
+        "ots": ots(tracks[0].numpy(), tracks[len(tracks) - 1].numpy()),
+        "lss_mean": scores.mean,
+        "lss_median": scores.median,
+    }
+
+
 def _segment_summary(rep: GeodesicReport) -> dict[str, Any]:
     s = max(rep.segments, key=lambda seg: len(seg.layers))  # the longest (first on a tie)
     return {
@@ -276,7 +290,10 @@ def _figures(
     geos = {k: v["geodesic"] for k, v in final.items() if "geodesic" in v}
     if geos:
         made.append(
-            ("transport_steps.png", plots.plot_transport_steps({k: g.profile for k, g in geos.items()}))
+            (
+                "transport_steps.png",
+                plots.plot_transport_steps({k: g.profile for k, g in geos.items()}),
+            )
         )
         made.append(("mccann_fit.png", plots.plot_mccann_fit(geos)))
         made.append(("ots_lss.png", plots.plot_ots_lss(geos)))
@@ -323,7 +340,12 @@ def _load_data(config: RunConfig, split: str, seed: int) -> Dataset:
 def _build(config: RunConfig, data: Dataset, plain: bool) -> torch.nn.Module:
     if config.model == "mlp":
         return ResidualMLP(
-            data.n_features, config.width, config.blocks, data.n_classes, plain=plain, batchnorm=True
+            data.n_features,
+            config.width,
+            config.blocks,
+            data.n_classes,
+            plain=plain,
+            batchnorm=True,
         )
     shape = data.input_shape
     if len(shape) != 3:
@@ -370,8 +392,10 @@ def _run_seed(
             if not (resume and path.exists()):
                 save_trajectory(path, _capture(net, data, config, seed, epoch))
 
-        log(f"[seed {seed}] training {name} ({config.model}, width {config.width}, "
-            f"{config.blocks} blocks, {config.epochs} epochs, weight decay {config.weight_decay})")
+        log(
+            f"[seed {seed}] training {name} ({config.model}, width {config.width}, "
+            f"{config.blocks} blocks, {config.epochs} epochs, weight decay {config.weight_decay})"
+        )
         history = train(
             model,
             data,
@@ -402,9 +426,14 @@ def _run_seed(
                 save_trajectory(path, _capture(model, data, config, seed, e))
             traj = load_trajectory(path)
             last = e == config.epochs
-            res = _analyse(traj, seed=seed)
+            # the full geodesic test (McCann fit included) at the baseline and the end; OTS and
+            # LSS only in between, where the McCann fit would dominate the run time
+            full = e in (0, config.epochs)
+            res = _analyse(traj, seed=seed, geodesic=full)
             epoch_profiles[name][e] = res["collapse"]
             row = {"epoch": e, **headline({name: res})[name]}
+            if not full:
+                row.update(_scores(traj))
             if e < len(history.accuracy) + 1 and e > 0:
                 row["train_accuracy"] = history.accuracy[e - 1]
             epoch_rows[name].append(json_safe(row))

@@ -272,6 +272,7 @@ def plot_ots_lss(
     for j, s in enumerate(segs):
         left.text(j, s.ots, f"{s.ots:.3f}", ha="center", va="bottom")
     left.set_ylim(0, 1.1)
+    left.set_xlabel("model")
     left.set_ylabel("OTS (fraction of samples)")
     left.set_title("Optimal-transport score")
     vals = [np.asarray(s.lss.values, dtype=float) for s in segs]
