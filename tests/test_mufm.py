@@ -240,6 +240,19 @@ def test_non_convergence_is_reported():
     with pytest.warns(ConvergenceWarning):
         msol = fit_mufm(X3, Y3, n_layers=2, lambda_ot=0.1, max_iter=1, **KW)
     assert not msol.converged
+    for solver in ("reduced", "full"):
+        with pytest.warns(ConvergenceWarning, match="converged=False"):
+            wsol = fit_mufm(
+                X3,
+                Y3,
+                n_layers=2,
+                lambda_ot=0.1,
+                coupling="wasserstein",
+                solver=solver,
+                max_iter=2,
+                **KW,
+            )
+        assert not wsol.converged and wsol.rel_grad_norm > 1e-9
 
 
 def test_core_solves_a_quadratic():
@@ -287,8 +300,120 @@ def test_mufm_wasserstein_coupling():
     for l in range(L + 1):
         np.testing.assert_allclose(w2.layers[l], X + l / L * (w2.H[sigma] - X), atol=1e-12)
     assert w2.trajectory.metadata["matched_labels"] == y[sigma].tolist()
-    with pytest.raises(ValueError, match="solver='reduced'"):
-        fit_mufm(X, y, n_layers=L, lambda_ot=lo, coupling="wasserstein", solver="full", **KW)
+    assert w2.path_excess is None and w2.record.converged
+
+
+def _w2sq(A, B):
+    import ot
+
+    n = len(A)
+    return float(ot.emd2(np.full(n, 1 / n), np.full(n, 1 / n), ot.dist(A, B)))
+
+
+@pytest.mark.parametrize("L", [2, 3])
+def test_mufm_wasserstein_full_and_reduced_agree_as_measures(L):
+    # the full solver optimises H_1..H_L as free point clouds with one optimal assignment per
+    # step; the reduced one optimises H_L and fills in the McCann interpolation. Rows of the two
+    # need not correspond, so they are compared as measures.
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 4)
+    X = rng.standard_normal((12, 4))
+    lo, n = 0.03, len(y)
+    red = fit_mufm(X, y, n_layers=L, lambda_ot=lo, coupling="wasserstein", **KW)
+    full = fit_mufm(X, y, n_layers=L, lambda_ot=lo, coupling="wasserstein", solver="full", **KW)
+    assert red.converged and full.converged
+    assert full.record.method.startswith("alternating") and full.assignment_rounds >= 1
+    assert full.objective == pytest.approx(red.objective, rel=1e-8)
+    for key in ("loss", "reg_w", "reg_h", "transport"):
+        assert full.terms[key] == pytest.approx(red.terms[key], rel=1e-5, abs=1e-12)
+    for l in range(L + 1):
+        assert _w2sq(full.layers[l], red.layers[l]) < 1e-10
+    # the fitted path is a constant-speed geodesic (reduction lemma): its transport term equals
+    # (λ_OT/2) N W2²(X, H_L), each step is W2(X, H_L)/L, and the layers (reordered along the
+    # composed step assignments) are the McCann interpolation row by row
+    assert abs(full.path_excess) < 1e-9
+    total = _w2sq(X, full.H)
+    assert full.terms["transport"] == pytest.approx(0.5 * lo * n * total, rel=1e-7)
+    for l in range(1, L + 1):
+        step = _w2sq(full.layers[l - 1], full.layers[l])
+        assert step == pytest.approx(total / L**2, rel=1e-5)
+        np.testing.assert_allclose(full.layers[l], X + l / L * (full.layers[-1] - X), atol=1e-5)
+    np.testing.assert_allclose(full.layers[-1], full.H[full.assignment])
+    assert ((full.H[full.assignment] - X) ** 2).sum() == pytest.approx(n * total, rel=1e-7)
+    # the W2 optimum is below the paired one, which the full solver passes on its way
+    assert full.objective < fit_mufm(X, y, n_layers=L, lambda_ot=lo, **KW).objective - 1e-2
+    d = json.loads(json.dumps(full.to_dict()))
+    assert d["assignment_rounds"] == full.assignment_rounds and d["params"]["solver"] == "full"
+
+
+# 1-D data: two clusters, each holding two samples of each class
+X1 = np.array([2.0, 2.3, 1.8, 2.6, -2.1, -1.7, -2.4, -2.0])[:, None]
+Y1 = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+
+
+def test_mufm_wasserstein_large_lambda_pins_the_measure_not_the_rows():
+    # λ_OT → ∞ with the W2 coupling: μ_{H_L} → μ_X, but H_L is a rearrangement of X chosen by
+    # the loss (here: each class takes one cluster), not X row by row. Every rearrangement is a
+    # local minimiser at large λ_OT, so the branch is followed from a small λ_OT by warm starts.
+    kw = dict(n_layers=2, coupling="wasserstein", **KW)
+    sols, prev = [], None
+    grid = [1e-2, 1e2, 1e4]
+    for lo in grid:
+        prev = fit_mufm(X1, Y1, lambda_ot=lo, init=prev, **kw)
+        sols.append(prev)
+    assert all(s.converged for s in sols)
+    w2 = [math.sqrt(_w2sq(s.H, X1)) for s in sols]
+    assert w2[-1] < 1e-5
+    # W2(μ_{H_L}, μ_X) = O(1/λ_OT)
+    assert grid[-1] * w2[-1] == pytest.approx(grid[-2] * w2[-2], rel=1e-2)
+    last = sols[-1]
+    sigma = last.assignment
+    # not pinned row by row: H_L is X rearranged, half of the samples moved across clusters
+    assert np.linalg.norm(last.H - X1) > 5.0
+    np.testing.assert_allclose(last.H[sigma], X1, atol=1e-5)
+    assert last.mismatch_fraction == pytest.approx(0.5)
+    # the loss-minimising rearrangement in 1-D: each class takes one cluster (a threshold)
+    values = np.sort(X1[:, 0])
+    class0 = np.sort(last.H[Y1 == 0, 0])
+    assert min(np.abs(class0 - values[:4]).max(), np.abs(class0 - values[4:]).max()) < 1e-5
+    # more concentrated than the data, not collapsed, and NC1 grows with λ_OT toward the NC1
+    # of the rearranged data
+    nc = [nc1(s.H, Y1) for s in sols]
+    assert all(0 < v < nc1(X1, Y1) / 100 for v in nc)
+    assert nc[0] < nc[1] <= nc[2] * (1 + 1e-6)
+    assert nc[-1] == pytest.approx(nc1(X1, Y1[sigma]), rel=1e-4)
+    # a cold start at the same λ_OT stays at the given arrangement (a worse local minimiser),
+    # as does the paired coupling, which pins H_L to X row by row
+    cold = fit_mufm(X1, Y1, lambda_ot=grid[-1], **kw)
+    paired = fit_mufm(X1, Y1, n_layers=2, lambda_ot=grid[-1], **KW)
+    for s in (cold, paired):
+        assert np.linalg.norm(s.H - X1) < 1e-4
+        assert s.objective > last.objective + 0.5
+
+
+def test_mufm_wasserstein_zero_transport_is_the_ufm():
+    n = int(np.sum(Y3 == 0))
+    cf = _ce_closed_form(3, n, 5e-3, 5e-3)
+    for solver in ("reduced", "full"):
+        sol = fit_mufm(
+            X3, Y3, n_layers=2, lambda_ot=0.0, coupling="wasserstein", solver=solver, **KW
+        )
+        assert sol.converged
+        assert sol.objective == pytest.approx(cf["value"], rel=1e-10)
+        assert sol.terms["transport"] == 0.0
+
+
+def test_mufm_warm_start():
+    sol = fit_mufm(X3, Y3, n_layers=2, lambda_ot=0.05, **KW)
+    again = fit_mufm(X3, Y3, n_layers=2, lambda_ot=0.05, init=sol, **KW)
+    assert again.converged and again.objective == pytest.approx(sol.objective, rel=1e-12)
+    assert np.abs(again.H - sol.H).max() < 1e-6 and again.params["warm_start"] is True
+    with pytest.raises(ValueError, match="n_layers = 3"):
+        fit_mufm(X3, Y3, n_layers=3, lambda_ot=0.05, solver="full", init=sol, **KW)
+    with pytest.raises(ValueError, match="same data"):
+        fit_mufm(X3, Y3, n_layers=2, lambda_ot=0.05, dim=6, init=sol, **KW)
+    with pytest.raises(ValueError, match="MUFMSolution"):
+        fit_mufm(X3, Y3, n_layers=2, lambda_ot=0.05, init=sol.H, **KW)
 
 
 def test_lbfgs_history_is_capped_by_memory(monkeypatch):

@@ -28,6 +28,9 @@ $\ell(z, y) = \tfrac12\|z - e_y\|^2$ (``loss="mse"``).
 from __future__ import annotations
 
 import dataclasses
+import time
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,7 +39,7 @@ import torch
 from otcollapse._utils import ArrayLike, check_finite, is_tensor, json_safe, to_numpy
 from otcollapse.measures import Trajectory
 from otcollapse.surrogates.core import SolverRecord, minimize_lbfgs
-from otcollapse.transport import wasserstein
+from otcollapse.transport import ConvergenceWarning, wasserstein
 
 __all__ = ["MUFMSolution", "UFMSolution", "fit_mufm", "fit_ufm"]
 
@@ -183,8 +186,10 @@ class MUFMSolution:
     ----------
     layers : tuple of ndarray, each shape (N, d)
         $H_0 = X$ (embedded), $H_1, \dots, H_L$, row $i$ following input sample $i$. For the
-        Wasserstein coupling $h_{l,i} = (1 - \frac lL) x_i + \frac lL h_{L,\sigma(i)}$, so the
-        last layer is ``H[assignment]``.
+        Wasserstein coupling the last layer is ``H[assignment]``; with ``solver="reduced"``
+        $h_{l,i} = (1 - \frac lL) x_i + \frac lL h_{L,\sigma(i)}$, with ``solver="full"`` row
+        $i$ of layer $l$ is $h_{l,\tau_l(i)}$, $\tau_l = \sigma_l\circ\dots\circ\sigma_1$ the
+        composed step assignments.
     H : ndarray, shape (N, d)
         The fitted last layer $H_L$, row $j$ the feature of sample $j$ (label ``labels[j]``).
     W : ndarray, shape (K, d)
@@ -204,12 +209,25 @@ class MUFMSolution:
     embedding : ndarray, shape (d_X, d), or None
         The linear map applied to the data, $H_0 = X E$; None when ``X`` was used as given.
     assignment : ndarray of int, shape (N,), or None
-        Wasserstein coupling only: the optimal permutation $\sigma$, $x_i \mapsto h_{L,\sigma(i)}$.
+        Wasserstein coupling only: the permutation $\sigma$ with $x_i \mapsto h_{L,\sigma(i)}$
+        (reduced: the optimal assignment from $X$ to $H_L$; full: the composed step assignments
+        $\tau_L$, the same permutation when the fitted path is a geodesic).
     mismatch_fraction : float or None
         Wasserstein coupling only: the fraction of samples $i$ with $y_{\sigma(i)} \ne y_i$.
     trajectory : Trajectory
         The ``L + 1`` layers with labels and the classifier, ready for ``transport_profile``,
         ``geodesic_test`` and ``collapse_profile``.
+    path_excess : float or None
+        ``solver="full"`` only: the transport term minus its value on the geodesic between the
+        endpoints, $\frac{\lambda_{OT}}2\big(L\sum_l c(H_{l-1}, H_l) - c(X, H_L)\big) \ge 0$
+        (triangle inequality and Cauchy-Schwarz); it is 0 exactly when the fitted intermediate
+        layers are the equally spaced (McCann) interpolation, as the reduction lemma says a
+        global minimiser's are. A clearly positive value flags a local minimiser of the full
+        problem (see ``fit_mufm``). None for ``solver="reduced"``, which builds that
+        interpolation.
+    assignment_rounds : int or None
+        ``coupling="wasserstein", solver="full"`` only: the number of alternations between the
+        optimal assignments and the smooth solve (see ``fit_mufm``).
     """
 
     layers: tuple[np.ndarray, ...]
@@ -228,6 +246,8 @@ class MUFMSolution:
     assignment: np.ndarray | None
     mismatch_fraction: float | None
     trajectory: Trajectory
+    path_excess: float | None = None
+    assignment_rounds: int | None = None
 
     @property
     def X(self) -> np.ndarray:
@@ -246,7 +266,14 @@ class MUFMSolution:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary: scalars, settings, ``W`` and ``b``; the layers are left out."""
-        return json_safe({**_fit_summary(self), "mismatch_fraction": self.mismatch_fraction})
+        return json_safe(
+            {
+                **_fit_summary(self),
+                "mismatch_fraction": self.mismatch_fraction,
+                "path_excess": self.path_excess,
+                "assignment_rounds": self.assignment_rounds,
+            }
+        )
 
 
 def _fit_summary(sol: Any) -> dict[str, Any]:
@@ -434,6 +461,137 @@ def _embed(
     return X @ torch.as_tensor(E, dtype=X.dtype, device=X.device), E
 
 
+#: cap on the alternations between assignments and smooth solves (full Wasserstein solver)
+MAX_ASSIGNMENT_ROUNDS = 200
+
+
+def _minimize_w2(
+    terms_at: Callable[[list[torch.Tensor]], dict[str, torch.Tensor]],
+    step_costs: Callable[[list[torch.Tensor]], torch.Tensor],
+    assignments: Callable[[], list[torch.Tensor]],
+    params: list[torch.Tensor],
+    *,
+    tol: float,
+    max_iter: int,
+    nonsmooth_first: bool = True,
+) -> tuple[SolverRecord, list[torch.Tensor], int]:
+    r"""Minimise $f(\theta) = \min_{\sigma_1..\sigma_L} f_\sigma(\theta)$ by alternation.
+
+    $f_\sigma$ is the MUFM objective with the step assignments $\sigma_l$ held fixed (smooth);
+    $f$ is the Wasserstein-coupled objective, nonsmooth where an optimal assignment changes.
+    First (``nonsmooth_first``) L-BFGS runs on $f$ itself, the assignments re-solved at every
+    evaluation and their gradient taken by the envelope theorem; this crosses kinks, where the
+    alternation below stops at the first assignment that is locally optimal. Then each
+    round (1) solves the smooth problem $\min_\theta f_\sigma(\theta)$ by L-BFGS from the current
+    point, then (2) replaces each $\sigma_l$ by an optimal assignment of the new layers when that
+    lowers the step's cost. Both moves never raise $f$, and there are finitely many assignments, so
+    the rounds stop. The run has converged when a round leaves every assignment optimal (no
+    strictly cheaper one, to a relative 1e-12) and its smooth solve met the gradient tolerance:
+    then $\nabla f_\sigma$ is the gradient of $f$ wherever the optimal assignments are unique
+    (envelope theorem), and the point is a local minimiser of $f$ wherever they are unique and
+    the smooth solve found a local minimiser of $f_\sigma$.
+
+    The tolerance is on the gradient norm relative to ``max(1, initial gradient norm)`` of the
+    first round, the same target in every round; ``max_iter`` caps the L-BFGS iterations of all
+    rounds together.
+    """
+    t0 = time.perf_counter()
+
+    def gnorm(sig: list[torch.Tensor]) -> float:
+        with torch.enable_grad():
+            g = torch.autograd.grad(sum(terms_at(sig).values()), params)
+        return float(torch.linalg.vector_norm(torch.cat([x.reshape(-1) for x in g])))
+
+    scale = max(1.0, gnorm(assignments()))
+    n_iter = n_evals = rounds = 0
+    if nonsmooth_first:
+        rec = minimize_lbfgs(
+            lambda: sum(terms_at(assignments()).values()),
+            params,
+            tol=tol,
+            max_iter=max_iter,
+            what="fit_mufm",
+            warn=False,
+        )
+        n_iter, n_evals = rec.n_iter, rec.n_evals
+    sigmas = assignments()
+    converged = False
+    while True:
+        rounds += 1
+        start = max(1.0, gnorm(sigmas))
+        rec = minimize_lbfgs(
+            lambda sig=sigmas: sum(terms_at(sig).values()),
+            params,
+            tol=tol * scale / start,
+            max_iter=max(0, max_iter - n_iter),
+            what="fit_mufm",
+            warn=False,
+        )
+        n_iter += rec.n_iter
+        n_evals += rec.n_evals + 1
+        new = assignments()
+        with torch.no_grad():
+            old_cost, new_cost = step_costs(sigmas), step_costs(new)
+        better = new_cost < old_cost - 1e-12 * torch.clamp(old_cost, min=1.0)
+        if not bool(better.any()):
+            converged = rec.converged
+            message = f"assignments stable after {rounds} rounds; last smooth solve: {rec.message}"
+            break
+        sigmas = [n if bool(c) else o for o, n, c in zip(sigmas, new, better, strict=True)]
+        if n_iter >= max_iter or rounds >= MAX_ASSIGNMENT_ROUNDS:
+            message = (
+                f"assignments still changing after {rounds} rounds and {n_iter} L-BFGS iterations"
+            )
+            break
+    grad_norm = rec.grad_norm if converged else gnorm(sigmas)
+    record = SolverRecord(
+        method="alternating-assignment/lbfgs-strong-wolfe",
+        n_iter=n_iter,
+        n_evals=n_evals,
+        grad_norm=grad_norm,
+        rel_grad_norm=grad_norm / scale,
+        converged=bool(converged),
+        tol=float(tol),
+        max_iter=int(max_iter),
+        history_size=rec.history_size,
+        seconds=time.perf_counter() - t0,
+        message=message,
+    )
+    if not converged:
+        warnings.warn(
+            f"fit_mufm (coupling='wasserstein', solver='full'): stopped after {rounds} assignment "
+            f"rounds ({message}) with relative gradient norm {record.rel_grad_norm:.3e} "
+            f"(tol = {tol:.1e}); the result says converged=False. Raise max_iter or loosen tol.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return record, sigmas, rounds
+
+
+def _warm_start(
+    init: MUFMSolution, *, m: int, L: int, N: int, d: int, K: int, solver: str
+) -> torch.Tensor:
+    """The free layers of a warm start from a previous solution (last layer in the labels' order)."""
+    if not isinstance(init, MUFMSolution):
+        raise ValueError(f"init must be an MUFMSolution from fit_mufm; got {type(init).__name__}.")
+    if init.H.shape != (N, d) or init.W.shape != (K, d):
+        raise ValueError(
+            f"init has features of shape {init.H.shape} and a classifier of shape "
+            f"{init.W.shape}; this problem needs ({N}, {d}) and ({K}, {d}). Warm-start from a "
+            "solution of the same data, classes and dim."
+        )
+    if m == 1:
+        return torch.as_tensor(init.H, dtype=torch.float64).unsqueeze(0).clone()
+    if init.n_layers != L:
+        raise ValueError(
+            f"solver='full' warm-starts every layer and needs init with n_layers = {L}; got "
+            f"{init.n_layers}. Use solver='reduced' or refit init with n_layers={L}."
+        )
+    # intermediate layers as stored (row i follows input sample i); the last one in label order
+    layers = [*init.layers[1:L], init.H]
+    return torch.as_tensor(np.stack(layers), dtype=torch.float64).clone()
+
+
 def fit_mufm(
     X: ArrayLike,
     y: ArrayLike,
@@ -452,6 +610,7 @@ def fit_mufm(
     seed: int = 0,
     tol: float = 1e-9,
     max_iter: int = 5000,
+    init: MUFMSolution | None = None,
 ) -> MUFMSolution:
     r"""Fit the multilayer unconstrained feature model with a transport regulariser.
 
@@ -466,8 +625,23 @@ def fit_mufm(
     term then equals $\frac{\lambda_{OT}}2 c(X, H_L)$ whatever $L$ is. ``solver="reduced"`` optimises
     $H_L, W, b$ only and fills in that interpolation; ``solver="full"`` optimises
     $H_1, \dots, H_L, W, b$ together (each solver checks the other). $\lambda_{OT} = 0$ is the
-    UFM; $\lambda_{OT}\to\infty$ pins $H_L$ to $X$ (paired) or $\mu_{H_L}$ to $\mu_X$ ($W_2$). With $\lambda_{OT} = 0$ the full solver's
-    intermediate layers do not enter the objective and stay at their starting point ($X$).
+    UFM; $\lambda_{OT}\to\infty$ pins $H_L$ to $X$ (paired) or $\mu_{H_L}$ to $\mu_X$ ($W_2$,
+    which is blind to how the points of $X$ are rearranged). With $\lambda_{OT} = 0$ the full
+    solver's intermediate layers do not enter the objective and stay at their starting point.
+
+    **The Wasserstein coupling is a nonconvex, partly combinatorial problem.** Its objective is
+    $f(\theta) = \min_\sigma f_\sigma(\theta)$, the minimum over assignments of smooth objectives,
+    nonsmooth where the optimal assignment changes; minimising it over $H_L$ amounts to choosing
+    which points of $X$ carry which label. Both solvers run L-BFGS on $f$ with envelope gradients
+    (the optimal assignments re-solved at every evaluation), then alternate: the smooth problem
+    with the assignments held fixed, the assignments re-solved, until they stop changing.
+    ``converged=True`` certifies a *local* minimiser (assignments optimal and stable, gradient
+    below ``tol``), not the global one: for large $\lambda_{OT}$ every rearrangement of $X$ is a
+    local minimiser, and a cold start stays at the given labelling (warm-start a sequence of
+    increasing $\lambda_{OT}$ with ``init`` to follow the rearranged branch). The full problem has
+    more local minimisers than the reduced one: with many small steps a consecutive assignment
+    rarely changes, and the full solver can stop at a path the reduced solver leaves
+    (``path_excess`` and a comparison with ``solver="reduced"`` show it).
 
     This normalisation and the paired coupling are this toolkit's formalisation of the MUFM that
     Wang, Gai & Zhang describe in words (a UFM whose layers are joined by an optimal-transport
@@ -489,11 +663,14 @@ def fit_mufm(
         ``"wasserstein"``: $c(A, B) = N\,W_2^2(\mu_A, \mu_B)
         = \min_\sigma \sum_i \|a_i - b_{\sigma(i)}\|^2$ (uniform measures, an optimal
         assignment), never above the paired cost; its gradient is taken at the optimal
-        permutation held fixed (envelope theorem), and the intermediate layers are the McCann
-        interpolation $h_{l,i} = (1 - \frac lL) x_i + \frac lL h_{L,\sigma(i)}$, indexed by the
-        input sample. Solved with ``solver="reduced"`` only. The result reports the permutation
-        and the fraction of samples matched to another class; the trajectory's labels are the
-        inputs' and ``metadata["matched_labels"]`` holds $y_{\sigma(i)}$.
+        permutation held fixed (envelope theorem). ``solver="reduced"`` fills in the McCann
+        interpolation $h_{l,i} = (1 - \frac lL) x_i + \frac lL h_{L,\sigma(i)}$;
+        ``solver="full"`` optimises every layer as a free point cloud, with one optimal
+        assignment $\sigma_l$ per step $H_{l-1} \to H_l$, and returns layer $l$ reordered
+        along $\tau_l = \sigma_l \circ \dots \circ \sigma_1$. Either way row $i$ of every layer
+        follows input sample $i$ and ``assignment`` is $\sigma$ (reduced) or $\tau_L$ (full).
+        The result reports the fraction of samples matched to another class; the trajectory's
+        labels are the inputs' and ``metadata["matched_labels"]`` holds $y_{\sigma(i)}$.
     bias : bool
     dim : int, optional
         Feature dimension ``d``; defaults to ``d_X``. When it differs, ``X`` is embedded as
@@ -504,10 +681,17 @@ def fit_mufm(
     embed : {"pad", "random", "pca"}
     solver : {"reduced", "full"}
     seed : int
-        Seeds the classifier's random start (and ``embed="random"``); $H_L$ starts at $X$.
+        Seeds the classifier's random start (and ``embed="random"``); every free layer starts at
+        $X$.
     tol, max_iter : float, int
-        Relative gradient-norm tolerance and iteration cap; not converging gives
-        ``converged=False`` and a ``ConvergenceWarning``.
+        Relative gradient-norm tolerance and iteration cap (for the Wasserstein coupling, over
+        all alternations together); not converging gives ``converged=False`` and a
+        ``ConvergenceWarning``.
+    init : MUFMSolution, optional
+        Warm start: the free layers, ``W`` and ``b`` start at a previous solution of the same
+        data shape and classes (``solver="full"``: the same ``n_layers``), e.g. the fit at a
+        smaller $\lambda_{OT}$. With the Wasserstein coupling this selects the branch of local
+        minimisers that the sequence of fits follows.
 
     Returns
     -------
@@ -517,7 +701,8 @@ def fit_mufm(
     ------
     ValueError
         Negative λ, K < 2, ``n_layers < 1``, NaN/inf in ``X``, labels of the wrong length or not
-        covering ``0..K-1``, an embedding that cannot produce ``dim``, unknown options.
+        covering ``0..K-1``, an embedding that cannot produce ``dim``, unknown options, an
+        ``init`` of other shapes.
 
     References
     ----------
@@ -555,63 +740,93 @@ def fit_mufm(
     kw = dict(loss=loss, lambda_w=lambda_w, lambda_h=lambda_h, lambda_b=lambda_b)
     steps = torch.arange(1, L + 1, dtype=torch.float64, device=dev).view(L, 1, 1) / L
 
-    if coupling == "wasserstein" and solver == "full":
-        raise ValueError(
-            "coupling='wasserstein' is solved with solver='reduced' only (the McCann "
-            "interpolation fills in the intermediate layers); pass solver='reduced'."
-        )
-
-    def optimal_assignment(HL: torch.Tensor) -> torch.Tensor:
-        res = wasserstein(X0, HL.detach(), method="assignment")
+    def optimal_assignment(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        # sigma with a_i matched to b_sigma(i), optimal for N W2^2(mu_A, mu_B); float64 costs, so
+        # the permutation is exactly optimal (not only for float32-rounded costs)
+        res = wasserstein(A.detach(), B.detach(), method="assignment", cost_dtype="float64")
         return torch.as_tensor(np.asarray(res.assignment), dtype=torch.long, device=dev)
 
-    if solver == "reduced":
-        HL = X0.clone().requires_grad_()
-
-        def all_terms() -> dict[str, torch.Tensor]:
-            t = _terms(HL, W, b, yt, **kw)
-            if coupling == "paired":
-                t["transport"] = 0.5 * lambda_ot * (HL - X0).pow(2).sum()
-            else:
-                # N W2^2 = min over permutations; the gradient at the optimal permutation is the
-                # gradient of the minimum (envelope theorem), so sigma is held fixed for autograd
-                sigma = optimal_assignment(HL)
-                t["transport"] = 0.5 * lambda_ot * (HL[sigma] - X0).pow(2).sum()
-            return t
-
-        variables = [HL]
+    # the free layers: H_L alone (reduced; the interpolation is filled in afterwards) or H_1..H_L
+    m = 1 if solver == "reduced" else L
+    if init is None:
+        start = X0.expand(m, N, d).clone()
     else:
-        Hs = X0.expand(L, N, d).clone().requires_grad_()
+        start = _warm_start(init, m=m, L=L, N=N, d=d, K=K, solver=solver).to(dev)
+        with torch.no_grad():
+            W.copy_(torch.as_tensor(init.W, dtype=torch.float64, device=dev))
+            if b is not None and init.b is not None:
+                b.copy_(torch.as_tensor(init.b, dtype=torch.float64, device=dev))
+    Hs = start.requires_grad_()
+    params = [Hs, W] + ([b] if b is not None else [])
+
+    def path() -> torch.Tensor:
+        return torch.cat([X0.unsqueeze(0), Hs], dim=0)
+
+    rounds: int | None = None
+    sigmas: list[torch.Tensor] = []
+    if coupling == "paired":
 
         def all_terms() -> dict[str, torch.Tensor]:
             t = _terms(Hs[-1], W, b, yt, **kw)
-            path = torch.cat([X0.unsqueeze(0), Hs], dim=0)
-            t["transport"] = 0.5 * lambda_ot * L * (path[1:] - path[:-1]).pow(2).sum()
+            p = path()
+            t["transport"] = 0.5 * lambda_ot * m * (p[1:] - p[:-1]).pow(2).sum()
             return t
 
-        variables = [Hs]
+        record = minimize_lbfgs(
+            lambda: sum(all_terms().values()), params, tol=tol, max_iter=max_iter, what="fit_mufm"
+        )
+    else:
 
-    def fun() -> torch.Tensor:
-        return sum(all_terms().values())
+        def assignments() -> list[torch.Tensor]:
+            with torch.no_grad():
+                p = path()
+                return [optimal_assignment(p[l], p[l + 1]) for l in range(m)]
 
-    params = variables + [W] + ([b] if b is not None else [])
-    record = minimize_lbfgs(fun, params, tol=tol, max_iter=max_iter, what="fit_mufm")
+        def step_costs(sig: list[torch.Tensor]) -> torch.Tensor:
+            # c(H_{l-1}, H_l) under the assignments sigma_l: h_{l-1,i} <-> h_{l,sigma_l(i)}
+            p = path()
+            return torch.stack([(p[l + 1][s] - p[l]).pow(2).sum() for l, s in enumerate(sig)])
+
+        def terms_at(sig: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+            t = _terms(Hs[-1], W, b, yt, **kw)
+            t["transport"] = 0.5 * lambda_ot * m * step_costs(sig).sum()
+            return t
+
+        record, sigmas, rounds = _minimize_w2(
+            terms_at, step_costs, assignments, params, tol=tol, max_iter=max_iter
+        )
+
+        def all_terms() -> dict[str, torch.Tensor]:
+            return terms_at(sigmas)
+
     with torch.no_grad():
         terms = _floats(all_terms())
         sigma_np: np.ndarray | None = None
         mismatch: float | None = None
-        if solver == "reduced":
-            last = HL.detach()
+        path_excess: float | None = None
+        last = Hs.detach()[-1]
+        if coupling == "paired":
             end = last
-            if coupling == "wasserstein":
-                sigma = optimal_assignment(last)
-                end = last[sigma]
-                sigma_np = sigma.cpu().numpy()
-                mismatch = float(np.mean(labels[sigma_np] != labels))
+            inner = Hs.detach()
+        else:
+            # follow each input sample along the chain of assignments, tau_l = sigma_l o .. o
+            # sigma_1, so that row i of every layer is sample i's feature
+            tau = torch.arange(N, device=dev)
+            rows = []
+            for l, s in enumerate(sigmas):
+                tau = s[tau]
+                rows.append(Hs.detach()[l][tau])
+            inner = torch.stack(rows)
+            end = last[tau]
+            sigma_np = tau.cpu().numpy()
+            mismatch = float(np.mean(labels[sigma_np] != labels))
+        if solver == "reduced":
             inner = X0 + steps * (end - X0)
         else:
-            last = Hs.detach()[-1]
-            inner = Hs.detach()
+            direct = (
+                (last - X0) if coupling == "paired" else last[optimal_assignment(X0, last)] - X0
+            )
+            path_excess = terms["transport"] - 0.5 * lambda_ot * float(direct.pow(2).sum())
     layers = (_np(X0), *(_np(h) for h in inner))
     settings = {
         "model": "mufm",
@@ -632,6 +847,7 @@ def fit_mufm(
         "seed": int(seed),
         "tol": float(tol),
         "max_iter": int(max_iter),
+        "warm_start": init is not None,
     }
     if sigma_np is not None:
         settings["mismatch_fraction"] = mismatch
@@ -661,4 +877,6 @@ def fit_mufm(
         assignment=sigma_np,
         mismatch_fraction=mismatch,
         trajectory=traj,
+        path_excess=path_excess,
+        assignment_rounds=rounds,
     )
