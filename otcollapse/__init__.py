@@ -21,6 +21,13 @@ from otcollapse.collapse import (
 )
 from otcollapse.constructions import discrete_geodesic, etf_clusters, simplex_etf, transparent_model
 from otcollapse.data import Dataset, load_dataset
+from otcollapse.dynamics import (
+    DynamicsRecorder,
+    DynamicsTrace,
+    SquareLossExperiment,
+    normalised_margins,
+    run_square_loss_experiment,
+)
 from otcollapse.geodesic import (
     GeodesicReport,
     LayerComparison,
@@ -42,12 +49,19 @@ from otcollapse.io import load_json, load_trajectory, save_json, save_trajectory
 from otcollapse.measures import LayerMeasure, Trajectory
 from otcollapse.nets import TrainHistory, capture, train
 from otcollapse.surrogates import (
+    DUFMSolution,
     MUFMCalibration,
     MUFMSolution,
+    PerturbedSolution,
     UFMSolution,
+    ULPMSeparation,
+    ULPMSolution,
     calibrate_mufm,
+    fit_dufm,
     fit_mufm,
+    fit_perturbed,
     fit_ufm,
+    fit_ulpm,
 )
 from otcollapse.transport import (
     ConvergenceWarning,
@@ -64,8 +78,11 @@ __all__ = [
     "ClassStatistics",
     "CollapseProfile",
     "ConvergenceWarning",
+    "DUFMSolution",
     "Dataset",
     "DecayFit",
+    "DynamicsRecorder",
+    "DynamicsTrace",
     "GeodesicReport",
     "LSSResult",
     "LayerCollapse",
@@ -75,7 +92,9 @@ __all__ = [
     "MUFMSolution",
     "McCannFit",
     "PFCStatistic",
+    "PerturbedSolution",
     "SegmentReport",
+    "SquareLossExperiment",
     "TrainHistory",
     "Trajectory",
     "TrajectoryComparison",
@@ -83,6 +102,8 @@ __all__ = [
     "TransportProfile",
     "TransportResult",
     "UFMSolution",
+    "ULPMSeparation",
+    "ULPMSolution",
     "bures_map",
     "calibrate_mufm",
     "capture",
@@ -93,8 +114,11 @@ __all__ = [
     "compare_trajectories",
     "discrete_geodesic",
     "etf_clusters",
+    "fit_dufm",
     "fit_mufm",
+    "fit_perturbed",
     "fit_ufm",
+    "fit_ulpm",
     "gaussian_w2",
     "geodesic_test",
     "layer_collapse",
@@ -108,7 +132,9 @@ __all__ = [
     "nc2",
     "nc3",
     "nc4",
+    "normalised_margins",
     "ots",
+    "run_square_loss_experiment",
     "save_json",
     "save_trajectory",
     "separation_fuzziness",

@@ -38,7 +38,9 @@ def _float_list(text: str) -> tuple[float, ...]:
     try:
         vals = tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from None
     if not vals:
         raise argparse.ArgumentTypeError("empty list")
     return vals
@@ -48,7 +50,9 @@ def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------- loading features
@@ -132,8 +136,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from otcollapse.experiment import RunConfig, run_experiment
 
     opts: dict[str, Any] = {}
-    for name in ("data", "model", "width", "blocks", "epochs", "lr", "weight_decay", "seed",
-                 "seeds", "device", "batch_size", "max_samples", "mufm_samples"):
+    for name in (
+        "data",
+        "model",
+        "width",
+        "blocks",
+        "epochs",
+        "lr",
+        "weight_decay",
+        "seed",
+        "seeds",
+        "device",
+        "batch_size",
+        "max_samples",
+        "mufm_samples",
+    ):
         v = getattr(args, name)
         if v is not None:
             opts[name] = v
@@ -233,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true", help="small preset, about a minute on 2 cores")
     r.add_argument("--out", help="output folder (default runs/run, or runs/quick)")
     r.add_argument("--resume", action="store_true", help="continue a killed run in --out")
-    r.add_argument("--data", help="built-in data set (digits, gaussian_mixture, mnist1d) or a .npz/image folder on disk")
+    r.add_argument(
+        "--data",
+        help="built-in data set (digits, gaussian_mixture, mnist1d) or a .npz/image folder on disk",
+    )
     r.add_argument("--model", choices=("mlp", "conv"), help="residual MLP (default) or conv ResNet")
     r.add_argument("--width", type=_positive_int)
     r.add_argument("--blocks", type=_positive_int, help="residual blocks")
@@ -243,15 +263,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=_positive_int, dest="batch_size")
     r.add_argument("--seed", type=int)
     r.add_argument("--seeds", type=_positive_int, help="run N seeds and aggregate with intervals")
-    r.add_argument("--capture-epochs", type=_int_list, dest="capture_epochs",
-                   help="comma-separated epochs to capture (0 = initialisation)")
-    r.add_argument("--split", choices=("train", "both"), default="train",
-                   help="captured split: train (default) or both train and test")
-    r.add_argument("--max-samples", type=_positive_int, dest="max_samples",
-                   help="analyse a stratified subsample of this size")
+    r.add_argument(
+        "--capture-epochs",
+        type=_int_list,
+        dest="capture_epochs",
+        help="comma-separated epochs to capture (0 = initialisation)",
+    )
+    r.add_argument(
+        "--split",
+        choices=("train", "both"),
+        default="train",
+        help="captured split: train (default) or both train and test",
+    )
+    r.add_argument(
+        "--max-samples",
+        type=_positive_int,
+        dest="max_samples",
+        help="analyse a stratified subsample of this size",
+    )
     r.add_argument("--no-mufm", action="store_true", help="skip the MUFM calibration")
     r.add_argument("--mufm-samples", type=_positive_int, dest="mufm_samples")
-    r.add_argument("--mufm-grid", type=_float_list, dest="mufm_grid", help="λ_OT grid, comma-separated")
+    r.add_argument(
+        "--mufm-grid", type=_float_list, dest="mufm_grid", help="λ_OT grid, comma-separated"
+    )
     r.add_argument("--device", help="torch device (default cpu)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=_cmd_run)
@@ -281,17 +315,31 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     m.add_argument("--data", default="digits", help="built-in data set or a .npz file with X and y")
-    m.add_argument("--lambda-ot", type=_float_list, dest="lambda_ot", default=(0.0, 1e-3, 1e-2),
-                   help="comma-separated λ_OT values (default 0,0.001,0.01)")
+    m.add_argument(
+        "--lambda-ot",
+        type=_float_list,
+        dest="lambda_ot",
+        default=(0.0, 1e-3, 1e-2),
+        help="comma-separated λ_OT values (default 0,0.001,0.01)",
+    )
     m.add_argument("--lambda-w", type=float, dest="lambda_w", default=5e-4)
     m.add_argument("--lambda-h", type=float, dest="lambda_h", default=5e-4)
     m.add_argument("--lambda-b", type=float, dest="lambda_b", default=0.0)
-    m.add_argument("--n-layers", type=_positive_int, dest="n_layers", default=4,
-                   help="L transport steps (L + 1 measures)")
+    m.add_argument(
+        "--n-layers",
+        type=_positive_int,
+        dest="n_layers",
+        default=4,
+        help="L transport steps (L + 1 measures)",
+    )
     m.add_argument("--loss", choices=("ce", "mse"), default="ce")
     m.add_argument("--coupling", choices=("paired", "wasserstein"), default="paired")
-    m.add_argument("--samples", type=_positive_int, default=300,
-                   help="stratified subsample of the data to fit on")
+    m.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=300,
+        help="stratified subsample of the data to fit on",
+    )
     m.add_argument("--dim", type=_positive_int, help="feature dimension (PCA of the inputs)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", help="output folder (default runs/mufm)")

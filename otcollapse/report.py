@@ -144,8 +144,9 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = No
     if not rows:
         return "<p class='muted'>(none)</p>"
     cols = list(columns) if columns is not None else list(rows[0])
-    head = "".join(f"<th class='l'>{_e(c)}</th>" if i == 0 else f"<th>{_e(c)}</th>"
-                   for i, c in enumerate(cols))
+    head = "".join(
+        f"<th class='l'>{_e(c)}</th>" if i == 0 else f"<th>{_e(c)}</th>" for i, c in enumerate(cols)
+    )
     body = []
     for r in rows:
         cells = []
@@ -181,7 +182,11 @@ def _verdicts(verdicts: Sequence[Mapping[str, Any]]) -> str:
         return ""
     rows = []
     for v in verdicts:
-        mark = "<span class='ok'>holds</span>" if v["holds"] else "<span class='no'>does not hold</span>"
+        mark = (
+            "<span class='ok'>holds</span>"
+            if v["holds"]
+            else "<span class='no'>does not hold</span>"
+        )
         rows.append(
             f"<tr><td class='l'>{_e(v['claim'])}</td><td class='l'>{_e(v['measured'])}</td>"
             f"<td class='l'>{mark}</td></tr>"
@@ -274,15 +279,26 @@ def _model_details(name: str, res: Mapping[str, Any]) -> str:
             out.append("<p class='muted'>" + _e(" ".join(geo["notes"])) + "</p>")
     col = res.get("collapse")
     if col:
-        keep = ["nc1", "nc1_tilde", "cdnv", "nc2_etf_distance", "nc3", "nc4_ncc_error", "tr_sigma_w"]
+        keep = [
+            "nc1",
+            "nc1_tilde",
+            "cdnv",
+            "nc2_etf_distance",
+            "nc3",
+            "nc4_ncc_error",
+            "tr_sigma_w",
+        ]
         rows = []
         for i, layer in enumerate(col["layers"]):
             row = {"layer": f"{i} ({layer['name']})"}
             row.update({m: layer["metrics"].get(m) for m in keep if m in col["metrics"]})
             rows.append(row)
         out.append("<p>Collapse metrics per layer</p>" + _table(rows))
-        pfc = [{"metric": m, **{k: v for k, v in s.items() if k != "layers"}}
-               for m, s in col["pfc"].items() if m in keep]
+        pfc = [
+            {"metric": m, **{k: v for k, v in s.items() if k != "layers"}}
+            for m, s in col["pfc"].items()
+            if m in keep
+        ]
         out.append("<p>Progressive feedforward collapse (over depth)</p>" + _table(pfc))
     return "".join(out)
 
@@ -347,8 +363,16 @@ def write_report(run_dir: str | Path) -> Path:
     if m.get("epochs"):
         parts.append("<h2>Over training epochs</h2>")
         for name, rows in m["epochs"].items():
-            cols = ["epoch", "train_accuracy", "ots", "lss_mean", "path_ratio", "nc1_first",
-                    "nc1_last", "nc1_kendall_tau"]
+            cols = [
+                "epoch",
+                "train_accuracy",
+                "ots",
+                "lss_mean",
+                "path_ratio",
+                "nc1_first",
+                "nc1_last",
+                "nc1_kendall_tau",
+            ]
             parts.append(f"<h3>{_e(name)}</h3>" + _table(rows, [c for c in cols if c in rows[0]]))
     if m.get("mufm"):
         mu = m["mufm"]
@@ -361,7 +385,9 @@ def write_report(run_dir: str | Path) -> Path:
         if mu.get("format_grid"):
             parts.append(f"<pre>{_e(mu['format_grid'])}</pre>")
     if m.get("solution"):
-        parts.append("<h2>MUFM solution</h2><pre>" + _e(json.dumps(m["solution"], indent=2)) + "</pre>")
+        parts.append(
+            "<h2>MUFM solution</h2><pre>" + _e(json.dumps(m["solution"], indent=2)) + "</pre>"
+        )
     if m.get("results"):
         parts.append("<h2>Details per model</h2>")
         for name, res in m["results"].items():
@@ -373,8 +399,11 @@ def write_report(run_dir: str | Path) -> Path:
         f"<tr><td class='l'><b>{_e(k)}</b></td><td class='l'>{_e(v)}</td></tr>" for k, v in GLOSSARY
     )
     parts.append("</table>")
-    for key, head in (("settings", "Settings"), ("provenance", "Data provenance"),
-                      ("versions", "Package versions")):
+    for key, head in (
+        ("settings", "Settings"),
+        ("provenance", "Data provenance"),
+        ("versions", "Package versions"),
+    ):
         if m.get(key):
             parts.append(f"<h2>{head}</h2><pre>{_e(json.dumps(m[key], indent=2))}</pre>")
     parts.append("</body></html>")

@@ -87,9 +87,21 @@ def _resnet_vs_plain(data: str, out: Path, quick: bool, seed: int) -> dict[str, 
                 }
             )
     pub = [
-        {"quantity": "ResNet LSS", "published": "1.3–1.8", "measured": _span(rows, "resnet", "lss_mean")},
-        {"quantity": "ResNet OTS", "published": "0.85–1.0", "measured": _span(rows, "resnet", "ots")},
-        {"quantity": "plain LSS", "published": "3.5–4.6", "measured": _span(rows, "plain", "lss_mean")},
+        {
+            "quantity": "ResNet LSS",
+            "published": "1.3–1.8",
+            "measured": _span(rows, "resnet", "lss_mean"),
+        },
+        {
+            "quantity": "ResNet OTS",
+            "published": "0.85–1.0",
+            "measured": _span(rows, "resnet", "ots"),
+        },
+        {
+            "quantity": "plain LSS",
+            "published": "3.5–4.6",
+            "measured": _span(rows, "plain", "lss_mean"),
+        },
         {"quantity": "plain OTS", "published": "≤ 0.22", "measured": _span(rows, "plain", "ots")},
     ]
     metrics: dict[str, Any] = {

@@ -37,7 +37,9 @@ def quick_run(tmp_path_factory):
 def _images(html: str) -> list[bytes]:
     import base64
 
-    return [base64.b64decode(b) for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)]
+    return [
+        base64.b64decode(b) for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    ]
 
 
 def test_run_quick_writes_a_complete_run_folder(quick_run):
@@ -190,7 +192,12 @@ def test_user_files_never_run_code(tmp_path):
 )
 def test_errors_a_user_can_act_on(tmp_path, capsys, argv, message):
     (tmp_path / "notes.txt").write_text("hello")
-    np.savez(tmp_path / "ragged.npz", layer_0=np.zeros((10, 2)), layer_1=np.zeros((9, 2)), labels=np.arange(10) % 2)
+    np.savez(
+        tmp_path / "ragged.npz",
+        layer_0=np.zeros((10, 2)),
+        layer_1=np.zeros((9, 2)),
+        labels=np.arange(10) % 2,
+    )
     np.savez(tmp_path / "nolabels.npz", layer_0=np.zeros((10, 2)))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
@@ -220,8 +227,19 @@ def test_console_script_is_installed_and_fails_cleanly():
 
 def test_mufm_command_fits_and_orders_concentration(tmp_path):
     out = tmp_path / "mufm"
-    argv = ["mufm", "--data", "gaussian_mixture", "--samples", "60", "--n-layers", "2",
-            "--lambda-ot", "0,0.1", "--out", str(out)]
+    argv = [
+        "mufm",
+        "--data",
+        "gaussian_mixture",
+        "--samples",
+        "60",
+        "--n-layers",
+        "2",
+        "--lambda-ot",
+        "0,0.1",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     m = json.loads((out / "metrics.json").read_text())
     sols = m["solution"]
@@ -276,17 +294,35 @@ def test_report_renders_in_headless_chromium(quick_run, tmp_path):
     )
     page = tmp_path / "probe.html"
     page.write_text(html.replace("</body>", probe))
-    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
-    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=120)
+    flags = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
     m = re.search(r'data-images-ok="(\d+)/(\d+)"', dom.stdout)
     assert m is not None, dom.stderr[-2000:]
     assert int(m.group(1)) == int(m.group(2)) >= 8
     shot = tmp_path / "report.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,2400",
-                    (quick_run / "report.html").as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            *flags,
+            f"--screenshot={shot}",
+            "--window-size=1200,2400",
+            (quick_run / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     from matplotlib.image import imread
 
     img = imread(shot)
