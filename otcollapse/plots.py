@@ -354,18 +354,24 @@ def plot_layer_pca(
     return fig
 
 
-def plot_mufm_calibration(calibration: Any, metric: str = "nc1") -> Figure:
-    """The MUFM fitted to a network: discrepancy over λ_OT and both collapse profiles.
+def plot_mufm_calibration(
+    calibration: Any, metric: str = "nc1", *, network: Trajectory | None = None
+) -> Figure:
+    """The MUFM fitted to a network: discrepancy over λ_OT, collapse profiles, features.
 
     Left: the calibration discrepancy D(λ_OT) over the grid (and the refinement), with the chosen
-    λ_OT marked. Right: ``metric`` over depth for the network segment and the fitted MUFM.
-    ``calibration`` is an :class:`otcollapse.MUFMCalibration`.
+    λ_OT marked. Middle: ``metric`` over depth for the network segment and the fitted MUFM.
+    Right (when the calibrated ``network`` trajectory is given): the network's last-layer
+    features and the fitted MUFM's last layer, on the principal axes of the network's, coloured
+    by class. ``calibration`` is an :class:`otcollapse.MUFMCalibration`.
     """
     grid = [g for g in calibration.grid if g.get("discrepancy") is not None]
     grid += [g for g in calibration.refinement if g.get("discrepancy") is not None]
     if not grid:
         raise ValueError("the calibration has no evaluated grid point to draw.")
-    fig, (left, right) = _axes(None, ncols=2, width=5.0)
+    ncols = 3 if network is not None else 2
+    fig, axs = _axes(None, ncols=ncols, width=5.0)
+    left, mid = axs[0], axs[1]
     lam = np.array([float(g["lambda_ot"]) for g in grid])
     dis = np.array([float(g["discrepancy"]) for g in grid])
     order = np.argsort(lam)
@@ -388,7 +394,28 @@ def plot_mufm_calibration(calibration: Any, metric: str = "nc1") -> Figure:
     plot_collapse_depth(
         {"network": calibration.network_profile, "fitted MUFM": calibration.mufm_profile},
         metric,
-        ax=right,
+        ax=mid,
     )
-    right.set_title(f"{metric} over depth: network and fitted MUFM")
+    mid.set_title(f"{metric} over depth: network and fitted MUFM")
+    if network is not None:
+        right = axs[2]
+        net = np.asarray(network[calibration.layer_range[1]].numpy(), dtype=float)
+        mufm = np.asarray(calibration.solution.trajectory[-1].numpy(), dtype=float)
+        if net.shape != mufm.shape:
+            raise ValueError(
+                f"network last layer {net.shape} and MUFM last layer {mufm.shape} differ: pass "
+                "the trajectory the calibration was fitted on."
+            )
+        centre = net.mean(0)
+        _, _, vt = np.linalg.svd(net - centre, full_matrices=False)
+        labels = None if network.labels is None else np.asarray(network.labels)
+        for feats, marker, name in ((net, "o", "network"), (mufm, "^", "fitted MUFM")):
+            c = (feats - centre) @ vt[:2].T
+            right.scatter(
+                c[:, 0], c[:, 1], c=labels, cmap="tab10", s=10, marker=marker, alpha=0.6, label=name
+            )
+        right.set_xlabel("PC 1 of the network's last layer (feature units)")
+        right.set_ylabel("PC 2 (feature units)")
+        right.set_title("Last-layer features: network (o) and MUFM (▲)")
+        right.legend(fontsize="small")
     return fig
