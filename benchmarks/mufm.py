@@ -93,7 +93,9 @@ def main() -> None:
     ap.add_argument("--tol", type=float, default=1e-8)
     ap.add_argument("--max-iter", type=int, default=20000)
     ap.add_argument("--skip-full", action="store_true", help="leave out solver='full'")
-    ap.add_argument("--skip-w2", action="store_true", help="leave out the Wasserstein run")
+    ap.add_argument("--skip-w2", action="store_true", help="leave out the Wasserstein runs")
+    ap.add_argument("--skip-paired", action="store_true", help="leave out the paired runs")
+    ap.add_argument("--tag", default="", help="suffix of the result files (mufm_TAG.md)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
@@ -101,21 +103,29 @@ def main() -> None:
     n_w2 = args.n_w2 or (200 if args.quick else 2000)
     kw = dict(L=args.L, tol=args.tol, max_iter=args.max_iter)
 
-    X, y = data(n, args.d, args.K, args.seed)
-    rows = [run("paired/reduced", X, y, coupling="paired", solver="reduced", **kw)]
-    if not args.skip_full:
-        rows.append(run("paired/full", X, y, coupling="paired", solver="full", **kw))
+    rows = []
+    if not args.skip_paired:
+        X, y = data(n, args.d, args.K, args.seed)
+        rows.append(run("paired/reduced", X, y, coupling="paired", solver="reduced", **kw))
+        if not args.skip_full:
+            rows.append(run("paired/full", X, y, coupling="paired", solver="full", **kw))
     if not args.skip_w2:
         Xw, yw = data(n_w2, args.d, args.K, args.seed)
         rows.append(run("wasserstein/reduced", Xw, yw, coupling="wasserstein",
                         solver="reduced", **kw))  # fmt: skip
-    paired = [r for r in rows if r["coupling"] == "paired"]
-    agree = None
-    if len(paired) == 2:
-        agree = abs(paired[0]["objective"] - paired[1]["objective"]) / max(
-            1.0, abs(paired[0]["objective"])
-        )
-        print(f"reduced vs full: relative objective difference {agree:.2e}")
+        if not args.skip_full:
+            rows.append(run("wasserstein/full", Xw, yw, coupling="wasserstein",
+                            solver="full", **kw))  # fmt: skip
+    agree = {}
+    for coupling in ("paired", "wasserstein"):
+        pair = [r for r in rows if r["coupling"] == coupling]
+        if len(pair) == 2:
+            agree[coupling] = abs(pair[0]["objective"] - pair[1]["objective"]) / max(
+                1.0, abs(pair[0]["objective"])
+            )
+            print(
+                f"{coupling}: reduced vs full relative objective difference {agree[coupling]:.2e}"
+            )
 
     env = {
         "python": platform.python_version(),
@@ -144,11 +154,11 @@ def main() -> None:
             f"{r['n_iter']} | {r['objective']:.12g} | {r['converged']} | "
             f"{r['rel_grad_norm']:.2e} |"
         )
-    if agree is not None:
-        lines += ["", f"Reduced vs full: relative objective difference {agree:.2e}."]
+    for coupling, diff in agree.items():
+        lines += ["", f"{coupling}: reduced vs full relative objective difference {diff:.2e}."]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "mufm_quick" if args.quick else "mufm"
+    stem = ("mufm_quick" if args.quick else "mufm") + (f"_{args.tag}" if args.tag else "")
     atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=2, default=str) + "\n")
     atomic_write_text(out / f"{stem}.md", "\n".join(lines) + "\n")
     print(f"wrote {out / stem}.{{md,json}}")
