@@ -148,6 +148,12 @@ class RunConfig:
             raise ValueError("max_samples must be at least 20.")
         if any(not 0 <= e <= self.epochs for e in self.epochs_captured()):
             raise ValueError(f"capture_epochs must lie in 0..{self.epochs}.")
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"unknown device {self.device!r}; e.g. 'cpu' or 'cuda:0'.") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} asked for, but torch sees no CUDA GPU.")
         if any(not g > 0 for g in self.mufm_grid) or not self.mufm_grid:
             raise ValueError("mufm_grid must hold positive λ_OT values.")
 

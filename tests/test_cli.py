@@ -187,6 +187,8 @@ def test_user_files_never_run_code(tmp_path):
         (["analyze", "{tmp}/nolabels.npz"], "labels"),
         (["run", "--data", "cifar-11", "--out", "{tmp}/x"], "unknown data set"),
         (["report", "{tmp}"], "no metrics.json"),
+        (["run", "--device", "cuda", "--out", "{tmp}/x"], "no CUDA GPU"),
+        (["run", "--device", "nonsense", "--out", "{tmp}/x"], "unknown device"),
         (["reproduce", "nope", "--data", "{tmp}/ragged.npz"], "unknown reproduction"),
     ],
 )
@@ -199,6 +201,8 @@ def test_errors_a_user_can_act_on(tmp_path, capsys, argv, message):
         labels=np.arange(10) % 2,
     )
     np.savez(tmp_path / "nolabels.npz", layer_0=np.zeros((10, 2)))
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
