@@ -343,9 +343,19 @@ def test_resume_gives_identical_results(tmp_path):
     interrupted = _fresh()
     with pytest.raises(Killed):
         train(interrupted, ds, checkpoint_dir=tmp_path, callbacks=[(kill, [2])], **kw)
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
+    # killed in epoch 2's callback, before its checkpoint: the resumed run redoes epoch 2
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    seen = []
     resumed = _fresh()  # a new process: fresh model, everything else from the checkpoint
-    h_resumed = train(resumed, ds, checkpoint_dir=tmp_path, resume=True, **kw)
+    h_resumed = train(
+        resumed,
+        ds,
+        checkpoint_dir=tmp_path,
+        resume=True,
+        callbacks=[(lambda e, m, h: seen.append(e), [2, 3])],
+        **kw,
+    )
+    assert seen == [2, 3]  # the interrupted callback runs again: nothing it writes is lost
     for (n, a), (_, b) in zip(
         straight.state_dict().items(), resumed.state_dict().items(), strict=True
     ):
