@@ -378,3 +378,230 @@ def test_exact_certifies_tiny_costs_of_collapsed_features():
     assert res.converged
     # sending every feature to its own class mean is a coupling: W2^2 <= Tr Sigma_W
     assert res.cost <= np.mean(np.sum((x - means[lab]) ** 2, 1)) + 1e-18
+
+
+# ----------------------------------------------------------------------------- sparse assignment
+def dense_lsa(x, y):
+    """Oracle: W2^2 from scipy's dense assignment on the difference-form float64 cost."""
+    from scipy.optimize import linear_sum_assignment
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(C)
+    return float(C[rows, cols].mean()), C
+
+
+def assert_certificate(res, C):
+    """Dual feasibility on every pair, equality on the matched ones, no duality gap."""
+    u, v = res.potentials
+    n = len(u)
+    tol = 1e-12 * C.max()
+    assert np.max(u[:, None] + v[None, :] - C) <= tol
+    sigma = res.assignment
+    assert np.sort(sigma).tolist() == list(range(n))  # a permutation
+    assert np.allclose(u + v[sigma], C[np.arange(n), sigma], rtol=0, atol=tol)
+    assert abs(np.mean(u) + np.mean(v) - res.cost) <= tol
+    assert res.gap <= tol and res.gap_kind == "duality gap"
+    assert res.params["dual_violation"] <= tol
+
+
+def shuffled_clusters(n_clusters=50, size=6, seed=0):
+    """Clusters far apart in two high-variance coordinates; inside a cluster the optimal match
+    is a shuffle decided by six low-variance coordinates. A rank-2 projection sees only the
+    clusters, so its nearest neighbours are arbitrary members of the right cluster."""
+    g = np.random.default_rng(seed)
+    group = np.repeat(np.arange(n_clusters), size)
+    centres = 30 * g.normal(size=(n_clusters, 2))
+    x = np.hstack([centres[group], g.normal(size=(len(group), 6))])
+    perm = np.concatenate([g.permutation(np.flatnonzero(group == k)) for k in range(n_clusters)])
+    return x, x[perm] + 0.01 * g.normal(size=x.shape)
+
+
+@pytest.mark.parametrize("kind", ["residual", "shuffled", "unrelated"])
+def test_sparse_assignment_agrees_with_dense_and_pot(kind, as_input):
+    x, y = residual_pair(600, 32, seed=4)
+    if kind == "shuffled":
+        y = y[np.random.default_rng(5).permutation(600)]
+    elif kind == "unrelated":
+        y = np.random.default_rng(6).normal(size=(600, 32))
+    ref, _ = dense_lsa(x, y)
+    res = wasserstein(as_input(x), as_input(y))
+    assert res.method == "assignment" and res.converged
+    assert res.cost == pytest.approx(ref, rel=1e-12)
+    assert res.cost == pytest.approx(pot_emd2(x, y), rel=1e-12)
+    forced_dense = wasserstein(x, y, candidates="dense")
+    assert forced_dense.params["path"] == "dense" and forced_dense.gap is None
+    assert forced_dense.cost == pytest.approx(ref, rel=1e-12)
+    p = res.params
+    if kind == "residual":  # the identity's potentials certify the identity in one scan
+        assert p["path"] == "sparse" and p["rounds"] == 1 and p["k"] == 0
+        assert p["candidates_per_row"] == 1.0 and p["flagged_fraction"] < 1e-3
+        assert np.array_equal(res.assignment, np.arange(600))
+    elif kind == "shuffled":  # nearest neighbours recover the shuffle
+        assert p["path"] == "sparse" and p["k"] == 8
+        assert any("nearest neighbours" in note for note in p["notes"])
+    else:  # unrelated clouds: the bound cannot pay, the dense path runs and says why
+        assert p["path"] == "dense" and "nearest" in p["fallback"]
+        assert p["cost_dtype"] == "float64"  # the fallback stays exact
+
+
+@pytest.mark.parametrize("k", [0, 5])
+def test_sparse_certificate_holds_on_every_pair(k):
+    # a larger step: the identity is no longer optimal, violators must join the candidates
+    x, y = residual_pair(200, 8, seed=7, scale=1.5)
+    ref, C = dense_lsa(x, y)
+    res = wasserstein(
+        x, y, method="assignment", candidates=k, return_potentials=True, return_plan=True
+    )
+    assert res.params["path"] == "sparse" and res.converged
+    assert res.cost == pytest.approx(ref, rel=1e-12)
+    assert_certificate(res, C)
+    assert np.allclose(res.plan.sum(0), 1 / 200) and np.allclose(res.plan.sum(1), 1 / 200)
+    assert np.sum(res.plan * C) == pytest.approx(ref, rel=1e-12)
+    assert not np.array_equal(res.assignment, np.arange(200))
+    if k == 0:
+        assert res.params["rounds"] > 1 and res.params["candidates_per_row"] > 1
+    json.dumps(res.to_dict(), allow_nan=False)
+
+
+def test_sparse_adversarial_projection_needs_more_rounds():
+    x, y = shuffled_clusters()
+    ref, C = dense_lsa(x, y)
+    res = wasserstein(x, y, method="assignment", candidates=3, rank=2, return_potentials=True)
+    p = res.params
+    assert p["path"] == "sparse" and p["rank"] == 2 and p["k"] == 3
+    assert p["rounds"] > 1  # the projected neighbours missed partners the scan had to add
+    assert res.cost == pytest.approx(ref, rel=1e-12)
+    assert_certificate(res, C)
+    # capped rounds: the dense path takes over and says so, with the same value
+    capped = wasserstein(x, y, method="assignment", candidates=3, rank=2, max_rounds=1)
+    assert capped.params["path"] == "dense" and "scans did not certify" in capped.params["fallback"]
+    assert capped.cost == pytest.approx(ref, rel=1e-12)
+
+
+def test_sparse_ties_duplicates_and_tiny_sizes():
+    g = np.random.default_rng(8)
+    xd = np.repeat(g.normal(size=(30, 5)), 10, axis=0)  # every point ten times
+    res = wasserstein(xd, xd.copy(), method="assignment", candidates=0, return_potentials=True)
+    assert res.params["path"] == "sparse" and res.cost == 0.0
+    assert_certificate(res, dense_lsa(xd, xd)[1])
+    shuffled = xd[g.permutation(300)]
+    for k in (0, 4):  # the same measure, shuffled: zero, whatever path certifies it
+        assert wasserstein(xd, shuffled, candidates=k).cost == 0.0
+    grid = g.integers(0, 3, size=(200, 6)).astype(float)  # integer costs: many tied optima
+    step = grid + g.integers(0, 2, size=grid.shape)
+    res = wasserstein(grid, step, method="assignment", candidates=0, return_potentials=True)
+    ref, C = dense_lsa(grid, step)
+    assert res.params["path"] == "sparse" and res.cost == pytest.approx(ref, rel=1e-12)
+    assert_certificate(res, C)
+    for n in (1, 2, 3, 5):
+        x, y = g.normal(size=(n, 3)), g.normal(size=(n, 3))
+        res = wasserstein(x, y, candidates=0, return_potentials=True)
+        assert res.cost == pytest.approx(brute_force_w2sq(x, y), rel=1e-12)
+
+
+def test_sparse_float32_input_is_solved_exactly():
+    # values on a 2^-10 grid with n a power of two: the geometry's float32 centring is exact,
+    # so float32 and float64 inputs describe the same points and must give the same W2^2
+    g = np.random.default_rng(9)
+    x = np.round(g.normal(size=(512, 24)) * 256) / 1024
+    y = x + np.round(np.tanh(x @ g.normal(size=(24, 24)) / 5) * 64) / 1024
+    ref, C = dense_lsa(x, y)
+    for data in (
+        (x, y),
+        (torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)),
+    ):
+        res = wasserstein(*data, candidates=0, return_potentials=True)
+        assert res.params["path"] == "sparse"
+        assert res.cost == pytest.approx(ref, rel=1e-12)
+        assert_certificate(res, C)
+
+
+def test_sparse_scan_in_blocks_matches_one_block(monkeypatch):
+    from otcollapse.transport import candidates
+
+    x, y = residual_pair(300, 12, seed=10, scale=1.0)
+    one = wasserstein(x, y, candidates=2, return_potentials=True)
+    monkeypatch.setattr(candidates, "SCAN_BLOCK_BYTES", 17 * 300 * 4)  # 17 rows per block
+    monkeypatch.setattr(candidates, "PAIR_CHUNK_BYTES", 8 * 12 * 7)  # 7 pairs per chunk
+    many = wasserstein(x, y, candidates=2, return_potentials=True)
+    assert np.array_equal(one.assignment, many.assignment)
+    assert many.cost == one.cost and many.params["rounds"] == one.params["rounds"]
+    assert np.array_equal(one.potentials[0], many.potentials[0])
+
+
+def test_sparse_path_needs_no_dense_matrix():
+    x, y = residual_pair(600, 16, seed=11)
+    budget = 1000  # far below one 600 x 600 matrix
+    res = wasserstein(x, y, method="assignment", max_dense_bytes=budget)
+    assert res.params["path"] == "sparse" and res.cost == pytest.approx(pot_emd2(x, y), rel=1e-12)
+    with pytest.raises(ValueError, match=r"sparse assignment fell back .*sinkhorn"):
+        g = np.random.default_rng(12)
+        wasserstein(
+            g.normal(size=(600, 16)),
+            g.normal(size=(600, 16)),
+            method="assignment",
+            max_dense_bytes=budget,
+        )
+
+
+def test_dense_path_certificate_on_request():
+    x, y = residual_pair(150, 6, seed=13, scale=2.0)
+    res = wasserstein(x, y, candidates="dense", return_potentials=True)
+    ref, C = dense_lsa(x, y)
+    assert res.params["path"] == "dense" and res.converged
+    assert res.cost == pytest.approx(ref, rel=1e-12)
+    u, v = res.potentials
+    assert np.max(u[:, None] + v[None, :] - C) <= 1e-9 * C.max()
+    assert res.gap <= 1e-9 * C.max() and res.params["dual_violation"] <= 1e-9 * C.max()
+
+
+def test_bellman_ford_potentials_detect_a_non_optimal_permutation():
+    from otcollapse.transport.candidates import bellman_ford_potentials
+
+    # two sources, two targets, all four pairs: swapping is cheaper than the identity
+    C = np.array([[4.0, 1.0], [1.0, 4.0]])
+    keys = np.arange(4)  # i * 2 + j
+    assert bellman_ford_potentials(2, keys, C.ravel(), np.array([0, 1]), 1e-13) is None
+    u, v, _ = bellman_ford_potentials(2, keys, C.ravel(), np.array([1, 0]), 1e-13)
+    assert np.all(u[:, None] + v[None, :] <= C + 1e-15)
+    assert u[0] + v[1] == 1.0 and u[1] + v[0] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("opts", "match"),
+    [
+        ({"candidates": "sparse"}, "candidates must be"),
+        ({"candidates": -1}, "candidates must be"),
+        ({"candidates": True}, "candidates must be"),
+        ({"rank": 0}, "rank must be"),
+        ({"max_rounds": 0}, "max_rounds must be"),
+    ],
+)
+def test_sparse_options_are_validated(opts, match):
+    x, y = residual_pair(20, 3)
+    with pytest.raises(ValueError, match=match):
+        wasserstein(x, y, method="assignment", **opts)
+
+
+def test_sparse_path_sees_through_a_common_translation():
+    # a step plus a translation far larger than the step: each cloud is centred on its own
+    # mean first, so the identity's potentials still certify the identity in one scan
+    x, y = residual_pair(300, 10, seed=14)
+    shift = np.full(10, 20.0)
+    ref, C = dense_lsa(x, y + shift)
+    res = wasserstein(x, y + shift, candidates=0, return_potentials=True)
+    assert res.params["path"] == "sparse" and res.params["rounds"] == 1
+    assert res.cost == pytest.approx(ref, rel=1e-12)
+    assert res.cost == pytest.approx(
+        wasserstein(x, y).cost + 2 * shift @ (y - x).mean(0) + 4000, rel=1e-12
+    )
+    assert_certificate(res, C)
+
+
+@pytest.mark.parametrize("method", ["exact", "assignment"])
+def test_converged_is_a_python_bool(method):
+    x, y = residual_pair(40, 3)
+    for opts in ({}, {"return_potentials": True}):
+        res = wasserstein(x, y, method=method, **opts)
+        assert type(res.converged) is bool
