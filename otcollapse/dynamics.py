@@ -55,6 +55,7 @@ from otcollapse.collapse import METRICS, layer_collapse
 from otcollapse.data import Dataset, load_dataset
 from otcollapse.measures import Trajectory
 from otcollapse.nets import ResidualMLP, TrainHistory, capture, train
+from otcollapse.nets.train import _xy
 
 __all__ = [
     "DEFAULT_DYNAMICS_METRICS",
@@ -85,23 +86,10 @@ _RHO_MODES = ("effective", "all")
 # input checks and the one forward pass
 # ---------------------------------------------------------------------------------------------
 def _as_xy(data: Any) -> tuple[torch.Tensor, np.ndarray]:
-    if hasattr(data, "X") and hasattr(data, "y"):
-        X, y = data.X, data.y
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        X, y = data
-    else:
-        raise ValueError(
-            f"cannot evaluate on data of type {type(data).__name__}; give an otcollapse Dataset "
-            "or an (X, y) pair of arrays/tensors."
-        )
-    Xt = X.detach() if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
-    if Xt.ndim < 1 or Xt.shape[0] == 0:
-        raise ValueError("the data set is empty; margins need at least one sample.")
-    if not Xt.is_floating_point():
-        Xt = Xt.float()
+    Xt, y = _xy(data, purpose="evaluate on")
     if not bool(torch.isfinite(Xt).all()):
         raise ValueError(f"the inputs contain {int((~torch.isfinite(Xt)).sum())} NaN/inf values.")
-    return Xt, check_labels(y, int(Xt.shape[0]))
+    return Xt, check_labels(y.numpy(), int(Xt.shape[0]))
 
 
 def _check_rho(rho: str) -> str:

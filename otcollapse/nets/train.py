@@ -110,21 +110,22 @@ class TrainHistory:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _xy(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _xy(data: Any, purpose: str = "train on") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(X, y)`` of a Dataset or a pair, as float32 and int64 tensors, with shape checks."""
     if hasattr(data, "X") and hasattr(data, "y"):
         X, y = data.X, data.y
     elif isinstance(data, (tuple, list)) and len(data) == 2:
         X, y = data
     else:
         raise ValueError(
-            f"cannot train on data of type {type(data).__name__}; give an otcollapse Dataset or "
+            f"cannot {purpose} data of type {type(data).__name__}; give an otcollapse Dataset or "
             "an (X, y) pair of arrays/tensors."
         )
     X = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
     y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
     y = y.reshape(-1).long()
-    if X.shape[0] == 0:
-        raise ValueError("the training set is empty.")
+    if X.ndim < 1 or X.shape[0] == 0:
+        raise ValueError("the data set is empty.")
     if y.shape[0] != X.shape[0]:
         raise ValueError(f"{y.shape[0]} labels for {X.shape[0]} samples; give one per sample.")
     return X.float(), y
