@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from otcollapse._utils import json_safe
+from otcollapse._utils import atomic_path, json_safe
 from otcollapse.collapse import CollapseProfile, collapse_profile
 from otcollapse.data import Dataset, load_dataset
 from otcollapse.geodesic import GeodesicReport, geodesic_test
@@ -318,8 +318,6 @@ def _figures(
         made.append(("mufm_calibration.png", plots.plot_mufm_calibration(cal, network=fitted_on)))
     names = []
     for fname, fig in made:
-        from otcollapse._utils import atomic_path
-
         with atomic_path(fig_dir / fname, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=110, format="png")
         names.append(fname)
@@ -471,7 +469,7 @@ def _run_seed(
             min(config.mufm_samples, last_trajs["resnet"].n_samples), seed=seed
         )
         calibration = _calibrate(fitted_on, config, seed, log)
-    head = headline({k: v for k, v in final.items()})
+    head = headline(final)
     if test_results:
         head.update(headline({f"{k}_test": v for k, v in test_results.items()}))
     metrics: dict[str, Any] = {
@@ -483,7 +481,7 @@ def _run_seed(
         "headline": head,
         "verdicts": _verdicts(head),
         "epochs": epoch_rows,
-        "results": {k: _result_dicts({kk: vv for kk, vv in v.items()}) for k, v in final.items()},
+        "results": {k: _result_dicts(v) for k, v in final.items()},
         "test": {k: _result_dicts(v) for k, v in test_results.items()},
         "mufm": None if calibration is None else _calibration_dict(calibration),
     }
