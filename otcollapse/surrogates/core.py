@@ -27,8 +27,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
+from otcollapse._utils import ArrayLike, to_numpy
 from otcollapse.transport import ConvergenceWarning
 
 __all__ = ["SolverRecord", "minimize_lbfgs"]
@@ -310,3 +312,43 @@ def minimize_lbfgs(
             stacklevel=3,
         )
     return record
+
+
+# ----------------------------------------------- validation shared by the surrogate models
+def _check_lambda(name: str, value: float) -> float:
+    v = float(value)
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
+    return v
+
+
+def _check_labels(y: ArrayLike, n: int | None = None) -> tuple[np.ndarray, int]:
+    labels = to_numpy(y)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array; got shape {labels.shape}.")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+            raise ValueError("labels must be integers 0..K-1.")
+    labels = labels.astype(np.int64)
+    if n is not None and labels.size != n:
+        raise ValueError(
+            f"labels have length {labels.size} but X has {n} samples; pass one label per row of X."
+        )
+    if labels.min() < 0:
+        raise ValueError(f"labels must be integers 0..K-1; got a label {labels.min()}.")
+    K = int(labels.max()) + 1
+    if K < 2:
+        raise ValueError(f"an unconstrained feature model needs K >= 2 classes; got K = {K}.")
+    missing = np.setdiff1d(np.arange(K), labels)
+    if missing.size:
+        raise ValueError(
+            f"labels must cover 0..K-1 = 0..{K - 1}; classes {missing.tolist()} have no sample. "
+            "Relabel the classes consecutively."
+        )
+    return labels, K
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}.")
+    return value

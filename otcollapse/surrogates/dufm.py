@@ -43,8 +43,7 @@ from scipy.optimize import minimize_scalar
 from otcollapse._utils import ArrayLike, json_safe
 from otcollapse.collapse import CollapseProfile, collapse_profile
 from otcollapse.measures import Trajectory
-from otcollapse.surrogates.core import SolverRecord, minimize_lbfgs
-from otcollapse.surrogates.mufm import _check_labels, _check_lambda
+from otcollapse.surrogates.core import SolverRecord, _check_labels, _check_lambda, minimize_lbfgs
 from otcollapse.transport import ConvergenceWarning
 
 __all__ = ["DUFMSolution", "dnc_value", "fit_dufm"]

@@ -46,7 +46,7 @@ import torch
 
 from otcollapse._utils import ArrayLike, json_safe
 from otcollapse.measures import Trajectory
-from otcollapse.surrogates.mufm import _check_labels
+from otcollapse.surrogates.core import _check_labels
 
 __all__ = ["GDRecord", "ULPMSeparation", "ULPMSolution", "fit_ulpm", "solve_ulpm_separation"]
 
