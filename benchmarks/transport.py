@@ -42,7 +42,7 @@ def peak_mb() -> float:
 def repeats(n: int) -> int:
     """Timed runs per case: the best of them is reported (the first run of a fresh process also
     pays page faults for its n x n buffers, which a profile of many steps pays only once)."""
-    return 3 if n <= 4000 else 2
+    return 20 if n <= 1000 else 3 if n <= 4000 else 2
 
 
 def case_pot(kind: str, n: int, d: int) -> dict:

@@ -160,3 +160,16 @@ def test_take_layers_keeps_consecutive_shortcuts():
     traj = Trajectory.from_arrays(h, shortcuts={0: g.normal(size=(5, 4))})
     assert 0 in traj.take_layers([0, 1]).shortcuts
     assert traj.take_layers([1, 2]).shortcuts == {}
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_finite_values_whose_sum_overflows_pass_and_bad_values_are_counted(as_tensor):
+    """The NaN/inf check sums each block first (NaN and inf propagate through a sum): a finite
+    layer whose float32 sum overflows must still pass, and a bad value still be counted."""
+    big = np.full((4, 2), 3e38, dtype=np.float32)  # sum overflows float32 to inf
+    layer = torch.as_tensor(big) if as_tensor else big
+    assert Trajectory.from_arrays([layer]).n_samples == 4
+    bad = big.copy()
+    bad[1, 1], bad[2, 0] = -np.inf, np.nan
+    with pytest.raises(ValueError, match="1 NaN and 1 infinite"):
+        Trajectory.from_arrays([torch.as_tensor(bad) if as_tensor else bad])

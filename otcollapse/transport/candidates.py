@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from typing import Any
 
@@ -289,6 +290,24 @@ def _block_rows(m: int, itemsize: int) -> int:
     return max(16, SCAN_BLOCK_BYTES // max(1, m * itemsize))
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    """A ``(rows, cols)`` block for the scan's products, kept per thread between calls.
+
+    A fresh multi-megabyte tensor per block comes from newly mapped pages (the C allocator hands
+    large blocks back to the system when they are freed), and faulting them in costs several
+    times the product itself at n = 1000; one kept buffer pays that once per process.
+    """
+    key = (like.device, like.dtype)
+    pool = _SCRATCH.__dict__.setdefault("pool", {})
+    buf = pool.get(key)
+    if buf is None or buf.numel() < rows * cols:
+        buf = pool[key] = torch.empty(rows * cols, dtype=like.dtype, device=like.device)
+    return buf[: rows * cols].view(rows, cols)
+
+
 def scan(
     bound: ProjectedBound,
     u: torch.Tensor,
@@ -300,12 +319,13 @@ def scan(
     ``u_i + v_j <= c_ij``; None once more than ``budget`` are flagged."""
     left, right, margin = bound.factors(u, v)
     n, m = left.shape[0], right.shape[0]
-    rows = _block_rows(m, left.element_size())
+    rows = min(n, _block_rows(m, left.element_size()))
+    block = _scratch(rows, m, left)
     out_i, out_j = [], []
     count = 0
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        s = left[start:stop] @ right.T
+        s = torch.matmul(left[start:stop], right.T, out=block[: stop - start])
         local = torch.arange(stop - start, device=s.device)
         s[local, sigma[start:stop]] = math.inf
         low = s.amin(1) < margin
@@ -331,10 +351,12 @@ def nearest(bound: ProjectedBound, k: int) -> torch.Tensor:
     left, right, _ = bound.factors(zeros_u, zeros_v)
     n, m = left.shape[0], right.shape[0]
     k = min(k, m)
-    rows = _block_rows(m, left.element_size())
+    rows = min(n, _block_rows(m, left.element_size()))
+    block = _scratch(rows, m, left)
     out = []
     for start in range(0, n, rows):
-        s = left[start : start + rows] @ right.T
+        stop = min(n, start + rows)
+        s = torch.matmul(left[start:stop], right.T, out=block[: stop - start])
         out.append(torch.topk(s, k, dim=1, largest=False).indices)
     return torch.cat(out)
 
