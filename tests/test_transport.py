@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracles import brute_force_w2sq, gaussian_w2sq, w2sq_1d_uniform, weighted_moments
+from scipy.optimize import linear_sum_assignment
 
 from otcollapse import wasserstein
 from otcollapse.transport import ConvergenceWarning, geometry, transport_methods
@@ -443,6 +444,7 @@ def test_sparse_assignment_agrees_with_dense_and_pot(kind, as_input):
     else:  # unrelated clouds: the bound cannot pay, the dense path runs and says why
         assert p["path"] == "dense" and "nearest" in p["fallback"]
         assert p["cost_dtype"] == "float64"  # the fallback stays exact
+        assert "auction" in p["warm_start"]  # scipy starts from auction prices
 
 
 @pytest.mark.parametrize("k", [0, 5])
@@ -554,6 +556,56 @@ def test_dense_path_certificate_on_request():
     u, v = res.potentials
     assert np.max(u[:, None] + v[None, :] - C) <= 1e-9 * C.max()
     assert res.gap <= 1e-9 * C.max() and res.params["dual_violation"] <= 1e-9 * C.max()
+
+
+def test_dense_path_certificate_after_the_auction_warm_start():
+    """Above WARM_START_MIN_N scipy solves c_ij + p_j; the potentials returned are those of
+    the unpriced costs c (v_j shifted back by p_j) and certify the value."""
+    g = np.random.default_rng(21)
+    x, y = g.normal(size=(600, 12)), g.normal(size=(600, 12))
+    res = wasserstein(x, y, candidates="dense", return_potentials=True)
+    ref, C = dense_lsa(x, y)
+    assert "auction" in res.params["warm_start"] and res.converged
+    assert res.cost == pytest.approx(ref, rel=1e-12)
+    u, v = res.potentials
+    assert np.max(u[:, None] + v[None, :] - C) <= 1e-9 * C.max()
+    assert abs(u.mean() + v.mean() - ref) <= 1e-9 * C.max()
+
+
+@pytest.mark.parametrize("kind", ["unrelated", "residual", "constant"])
+def test_auction_prices_are_nearly_optimal_duals(kind):
+    """Weak duality holds for any prices, D(p) = sum_i min_j (c_ij + p_j) - sum_j p_j <= OPT; an
+    auction run to a full assignment at eps leaves D(p) >= OPT - n eps (eps-complementary
+    slackness). Zero prices are far from that on unrelated clouds."""
+    from otcollapse.transport.auction import auction_prices
+
+    g = np.random.default_rng(22)
+    n = 300
+    x, y = residual_pair(n, 16, seed=3)
+    if kind == "unrelated":
+        y = g.normal(size=(n, 16))
+    elif kind == "constant":
+        x, y = x[:1].repeat(n, 0), y[:1].repeat(n, 0)
+    C = ot.dist(x, y)
+    r, c = linear_sum_assignment(C)
+    opt = C[r, c].sum()
+    eps_factors = (0.05, 0.01, 0.002)
+    p, rounds = auction_prices(torch.as_tensor(C), eps_factors=eps_factors, stop_fraction=1.0)
+    p = p.numpy()
+
+    def dual(prices):
+        return (C + prices[None, :]).min(1).sum() - prices.sum()
+
+    eps = eps_factors[-1] * C.std()
+    assert dual(p) <= opt + 1e-6 * abs(opt) + 1e-9
+    if kind == "constant":  # nothing to bid for: no rounds, and the prices are exact duals
+        assert rounds == [] and dual(p) == pytest.approx(opt)
+        return
+    # (float32 bids: a rounding allowance of n ulps of the largest cost)
+    assert dual(p) >= opt - 1.01 * n * eps - n * 1e-6 * C.max()
+    assert len(rounds) == 3 and all(0 < k < 500 for k in rounds)
+    if kind == "unrelated":
+        assert opt - dual(np.zeros(n)) > 10 * (opt - dual(p))
 
 
 def test_bellman_ford_potentials_detect_a_non_optimal_permutation():

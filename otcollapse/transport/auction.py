@@ -1,0 +1,113 @@
+"""Column prices that warm-start the dense linear assignment (Jacobi auction with ε-scaling).
+
+Adding a price ``p_j`` to every cost of column ``j`` changes every permutation's total by the
+same ``sum_j p_j``, so
+
+$$\\arg\\min_\\sigma \\sum_i c_{i\\sigma(i)} = \\arg\\min_\\sigma \\sum_i (c_{i\\sigma(i)} + p_{\\sigma(i)})$$
+
+exactly: the prices cannot change the answer, only how long a shortest-augmenting-path solver
+(scipy's ``linear_sum_assignment``) takes to find it. That solver starts from zero duals; on two
+unrelated clouds the rows then compete for the same few columns and most augmenting paths are
+long. With prices close to the optimal column duals each row's cheapest column is nearly always
+its optimal partner and the paths are short: measured on two unrelated Gaussian clouds in
+d = 128 (2 cores), scipy alone took 2.4 s at n = 4000, and 0.2 s after 0.2 s of auction.
+
+The prices come from the auction algorithm (Bertsekas 1988) in its Jacobi form (all unassigned
+rows bid at once, which vectorises): an unassigned row ``i`` finds its best and second-best
+columns under ``c_ij + p_j``, values ``w_1`` and ``w_2``, and bids ``p_j + (w_2 - w_1) + eps`` for
+the best one; each column goes to its highest bidder, whose bid becomes its price, and the row it
+held (if any) is unassigned again. The prices stay within ``eps`` of complementary slackness
+(``c_{i a(i)} + p_{a(i)} <= min_j (c_ij + p_j) + eps`` for every assigned row), and ``eps`` is
+lowered in phases (ε-scaling, Bertsekas & Eckstein 1988), each phase restarting the assignment
+from the previous prices. A phase stops once ``stop_fraction`` of the rows are assigned: the
+last few rows would take as many rounds as all the others (bidding wars of one or two rows),
+and the exact solver that follows settles them quickly.
+
+Prices are computed in float32 (precision only affects their quality, never the answer). The
+matrix is read in row blocks, so the auction adds O(block + n) memory to the cost matrix.
+
+References
+----------
+Bertsekas, "The auction algorithm: a distributed relaxation method for the assignment problem",
+Annals of Operations Research 14 (1988). Bertsekas & Eckstein, "Dual coordinate step methods for
+linear network flow problems", Mathematical Programming 42 (1988) (ε-scaling). Bertsekas &
+Castañon, "Parallel synchronous and asynchronous implementations of the auction algorithm",
+Parallel Computing 17 (1991) (Jacobi bidding).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["auction_prices"]
+
+#: eps of the successive phases, in units of the standard deviation of the costs
+EPS_FACTORS = (0.05, 0.01, 0.002)
+#: a phase ends once this fraction of the rows is assigned
+STOP_FRACTION = 0.99
+#: bidding rounds per phase at most (a safeguard: about 20-80 are needed on unrelated clouds)
+MAX_ROUNDS = 500
+#: target size of one block of rows read per bidding round
+BLOCK_BYTES = 16 * 1024**2
+
+
+def auction_prices(
+    cost: torch.Tensor,
+    *,
+    eps_factors: tuple[float, ...] = EPS_FACTORS,
+    stop_fraction: float = STOP_FRACTION,
+    max_rounds: int = MAX_ROUNDS,
+) -> tuple[torch.Tensor, list[int]]:
+    """Column prices ``p`` for the square cost ``cost`` (n, n), in float64, and the bidding rounds
+    of each phase.
+
+    ``cost + p[None, :]`` has the same optimal permutations as ``cost``; see the module
+    docstring for the auction that finds ``p``. The first phase starts from
+    ``p_j = -min_i c_ij`` (column reduction), so every column has a zero-cost row before any bid.
+    """
+    n = cost.shape[0]
+    dev = cost.device
+    c = cost if cost.dtype == torch.float32 else cost.float()
+    scale = float(c.std()) if n > 1 else 0.0
+    price = -c.amin(0)
+    rounds_per_phase: list[int] = []
+    if not scale > 0 or not torch.isfinite(price).all():
+        return price.double(), rounds_per_phase
+    rows_per_block = max(1, min(n, BLOCK_BYTES // (4 * n)))
+    # one buffer for the gathered rows: a fresh block per round would be newly mapped memory
+    buffer = torch.empty((rows_per_block, n), dtype=torch.float32, device=dev)
+    limit = int((1.0 - stop_fraction) * n)
+    for factor in eps_factors:
+        eps = factor * scale
+        owner = torch.full((n,), -1, dtype=torch.long, device=dev)  # column -> row
+        held = torch.full((n,), -1, dtype=torch.long, device=dev)  # row -> column
+        free = torch.arange(n, device=dev)
+        rounds = 0
+        while free.numel() > limit and rounds < max_rounds:
+            rounds += 1
+            best, gain = [], []
+            for s in range(0, free.numel(), rows_per_block):
+                idx = free[s : s + rows_per_block]
+                block = torch.index_select(c, 0, idx, out=buffer[: len(idx)]).add_(price)
+                w1, j = block.min(1)
+                block.scatter_(1, j[:, None], float("inf"))
+                best.append(j)
+                gain.append(block.amin(1) - w1)
+            j = torch.cat(best)
+            bid = price[j] + torch.cat(gain) + eps
+            top = torch.full((n,), -float("inf"), device=dev).scatter_reduce_(0, j, bid, "amax")
+            won = bid >= top[j]
+            # one winner per column among equal top bids (the highest row index)
+            winner = torch.full((n,), -1, dtype=torch.long, device=dev).scatter_reduce_(
+                0, j[won], free[won], "amax"
+            )
+            cols = (winner >= 0).nonzero()[:, 0]
+            rows = winner[cols]
+            evicted = owner[cols]
+            held[evicted[evicted >= 0]] = -1
+            owner[cols] = rows
+            held[rows] = cols
+            price[cols] = top[cols]
+            free = (held < 0).nonzero()[:, 0]
+        rounds_per_phase.append(rounds)
+    return price.double(), rounds_per_phase
