@@ -9,6 +9,7 @@ means): costs are unchanged, and the GEMM form loses less to cancellation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -49,8 +50,17 @@ class PointCloudCost:
         self.x = x - shift
         self.y = y - shift
         self.max_dense_bytes = int(max_dense_bytes)
-        self.xx = (self.x * self.x).sum(1)
-        self.yy = (self.y * self.y).sum(1)
+
+    # squared norms on first use: the sparse assignment never needs them
+    @functools.cached_property
+    def xx(self) -> torch.Tensor:
+        """``||x_i||^2`` after the shift, shape (n,)."""
+        return self.x.square().sum(1)
+
+    @functools.cached_property
+    def yy(self) -> torch.Tensor:
+        """``||y_j||^2`` after the shift, shape (m,)."""
+        return self.y.square().sum(1)
 
     @property
     def n(self) -> int:
