@@ -295,9 +295,30 @@ def test_geomloss_backend_agrees_after_unit_conversion(debias):
 def test_auto_reports_its_choice():
     x, y = residual_pair(60, 3)
     assert wasserstein(x, y).method == "assignment"
+    # unrelated clouds over the budget: the sparse path cannot certify, the dense one does not fit
+    y = np.random.default_rng(1).normal(size=x.shape)
     res = wasserstein(x, y, max_dense_bytes=1000, eps=2.0)
     assert res.method == "sinkhorn" and "chunked Sinkhorn" in res.params["auto"]
+    assert "sparse path fell back" in res.params["auto"]
     assert res.params["mode"] in ("dense", "chunked")
+
+
+@pytest.mark.parametrize("n", [60, 700])
+def test_auto_stays_exact_beyond_the_dense_budget_between_nearby_layers(n):
+    """Uniform measures of equal size over max_dense_bytes: the sparse certified assignment
+    needs O(n d) memory, so auto still gives the exact W2^2 (and says how it chose)."""
+    x, y = residual_pair(n, 8, seed=2)
+    budget = n * n  # an eighth of one float64 n x n matrix
+    res = wasserstein(x, y, max_dense_bytes=budget)
+    assert res.method == "assignment" and res.params["path"] == "sparse" and res.converged
+    assert "sparse certified path" in res.params["auto"]
+    assert res.cost == pytest.approx(pot_emd2(x, y), rel=1e-12)
+    # options: each solver auto may run takes its own; one neither names is refused
+    assert wasserstein(x, y, max_dense_bytes=budget, eps=2.0, rank=8).params["rank"] == 8
+    with pytest.raises(ValueError, match=r"takes no option\(s\) \['epsilon'\]"):
+        wasserstein(x, y, max_dense_bytes=budget, epsilon=2.0)
+    with pytest.raises(ValueError, match="over the budget"):  # asked for explicitly: refused
+        wasserstein(x, y, method="assignment", candidates="dense", max_dense_bytes=budget)
 
 
 def test_memory_budget_counts_the_matrices_each_solver_holds():
@@ -314,9 +335,12 @@ def test_memory_budget_counts_the_matrices_each_solver_holds():
 
 def test_exact_refuses_oversized_problems_naming_alternatives():
     x, y = residual_pair(60, 3)
-    for method in ("exact", "assignment"):
-        with pytest.raises(ValueError, match=r"sinkhorn.*sliced"):
-            wasserstein(x, y, method=method, max_dense_bytes=1000)
+    with pytest.raises(ValueError, match=r"sinkhorn.*sliced"):
+        wasserstein(x, y, method="exact", max_dense_bytes=1000)
+    # the assignment needs the dense matrix only when its sparse path cannot certify
+    y = np.random.default_rng(3).normal(size=x.shape)
+    with pytest.raises(ValueError, match=r"sparse assignment fell back .*sinkhorn.*sliced"):
+        wasserstein(x, y, method="assignment", max_dense_bytes=1000)
 
 
 def test_result_to_dict_is_json_safe():
@@ -596,16 +620,19 @@ def test_auction_prices_are_nearly_optimal_duals(kind):
     def dual(prices):
         return (C + prices[None, :]).min(1).sum() - prices.sum()
 
-    eps = eps_factors[-1] * C.std()
+    eps = eps_factors[max(0, len(rounds) - 1)] * C.std()  # of the last phase that ran
     assert dual(p) <= opt + 1e-6 * abs(opt) + 1e-9
     if kind == "constant":  # nothing to bid for: no rounds, and the prices are exact duals
         assert rounds == [] and dual(p) == pytest.approx(opt)
         return
     # (float32 bids: a rounding allowance of n ulps of the largest cost)
     assert dual(p) >= opt - 1.01 * n * eps - n * 1e-6 * C.max()
-    assert len(rounds) == 3 and all(0 < k < 500 for k in rounds)
-    if kind == "unrelated":
+    assert all(0 < k < 500 for k in rounds)
+    if kind == "unrelated":  # every phase runs, and the duals are far better than none
+        assert len(rounds) == 3
         assert opt - dual(np.zeros(n)) > 10 * (opt - dual(p))
+    else:  # nearby clouds: one round of the first phase settles it, no finer phase follows
+        assert rounds == [1]
 
 
 def test_bellman_ford_potentials_detect_a_non_optimal_permutation():

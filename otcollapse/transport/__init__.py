@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 import warnings
 from collections.abc import Callable
@@ -29,7 +30,12 @@ from otcollapse.transport.exact import (
     solve_exact,
 )
 from otcollapse.transport.gaussian import bures_map, gaussian_w2, solve_gaussian
-from otcollapse.transport.geometry import DEFAULT_MAX_DENSE_BYTES, PointCloudCost, format_bytes
+from otcollapse.transport.geometry import (
+    DEFAULT_MAX_DENSE_BYTES,
+    DenseBudgetError,
+    PointCloudCost,
+    format_bytes,
+)
 from otcollapse.transport.gromov import solve_gromov
 from otcollapse.transport.result import TransportResult
 from otcollapse.transport.sliced import solve_sliced
@@ -124,9 +130,11 @@ def wasserstein(
     a, b : array-like, shape (n,) and (m,), optional
         Masses, non-negative, summing to one; uniform when omitted.
     method : str
-        ``"auto"`` (default): ``"assignment"`` for uniform measures of equal size, else
-        ``"exact"``, while the dense cost fits in ``max_dense_bytes``; chunked ``"sinkhorn"``
-        beyond. The result's ``params["auto"]`` says what was chosen and why.
+        ``"auto"`` (default): ``"assignment"`` for uniform measures of equal size (at any
+        size: its sparse certified path needs O(n d) memory; chunked ``"sinkhorn"`` only when
+        that path falls back to a dense matrix over ``max_dense_bytes``), else ``"exact"`` while
+        the dense cost fits in ``max_dense_bytes`` and chunked ``"sinkhorn"`` beyond. The
+        result's ``params["auto"]`` says what was chosen and why.
         ``"exact"`` (POT network simplex), ``"assignment"``, ``"sinkhorn"`` (entropic, see
         :func:`otcollapse.transport.entropic.solve_sinkhorn`), ``"sliced"``, ``"gaussian"``
         (Bures), ``"gromov"`` (Gromov–Wasserstein, for different dimensions).
@@ -182,9 +190,30 @@ def wasserstein(
         res = solve_gromov(xt, yt, at, bt, max_dense_bytes=max_dense_bytes, **options)
     else:
         geom = PointCloudCost(xt, yt, max_dense_bytes=max_dense_bytes)
+        first_options = options
         if method == "auto":
             method, auto_reason = _choose(geom, at, bt)
-        res = _SOLVERS[method](geom, at, bt, **options)
+            if method == "assignment" and not geom.fits(ASSIGNMENT_COPIES):
+                # chunked Sinkhorn may follow: each solver takes the options it names
+                first_options = _split_options(options)
+        try:
+            res = _SOLVERS[method](geom, at, bt, **first_options)
+        except DenseBudgetError as err:
+            if auto_reason is None or method != "assignment":
+                raise
+            # the sparse path could not certify without the dense matrix, which does not fit
+            why = (
+                f"the assignment's sparse path fell back ({err.fallback})" if err.fallback else err
+            )
+            method = "sinkhorn"
+            auto_reason = f"{why}; its dense matrices exceed max_dense_bytes: chunked Sinkhorn"
+            shared = ("return_plan", "return_potentials")
+            res = _SOLVERS[method](
+                geom,
+                at,
+                bt,
+                **{k: v for k, v in options.items() if k not in first_options or k in shared},
+            )
     if auto_reason is not None:
         params = {**res.params, "auto": auto_reason}
         res = dataclasses.replace(res, params=params, seconds=time.perf_counter() - t0)
@@ -199,9 +228,35 @@ def wasserstein(
     return res
 
 
+def _split_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options of ``auto``'s assignment when chunked Sinkhorn may follow it: those the
+    assignment names (the rest are Sinkhorn's); an option neither names is refused now."""
+    named = {
+        solver: {
+            p.name
+            for p in inspect.signature(_SOLVERS[solver]).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        for solver in ("assignment", "sinkhorn")
+    }
+    unknown = sorted(set(options) - named["assignment"] - named["sinkhorn"])
+    if unknown:
+        raise ValueError(
+            f"method='auto' (assignment, or chunked Sinkhorn beyond the dense budget) takes no "
+            f"option(s) {unknown}."
+        )
+    return {k: v for k, v in options.items() if k in named["assignment"]}
+
+
 def _choose(geom: PointCloudCost, a: torch.Tensor, b: torch.Tensor) -> tuple[str, str]:
-    if geom.n == geom.m and is_uniform(a) and is_uniform(b) and geom.fits(ASSIGNMENT_COPIES):
-        return "assignment", "uniform measures of equal size whose dense cost fits: assignment"
+    if geom.n == geom.m and is_uniform(a) and is_uniform(b):
+        if geom.fits(ASSIGNMENT_COPIES):
+            return "assignment", "uniform measures of equal size whose dense cost fits: assignment"
+        return "assignment", (
+            f"uniform measures of equal size: assignment by its sparse certified path (O(n d) "
+            f"memory; its dense fallback, {format_bytes(geom.dense_bytes(ASSIGNMENT_COPIES))}, "
+            "exceeds max_dense_bytes, so chunked Sinkhorn if it is needed)"
+        )
     if geom.fits(EXACT_COPIES):
         return "exact", "dense cost fits: network simplex"
     return "sinkhorn", (

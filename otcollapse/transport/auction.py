@@ -21,7 +21,8 @@ held (if any) is unassigned again. The prices stay within ``eps`` of complementa
 lowered in phases (ε-scaling, Bertsekas & Eckstein 1988), each phase restarting the assignment
 from the previous prices. A phase stops once ``stop_fraction`` of the rows are assigned: the
 last few rows would take as many rounds as all the others (bidding wars of one or two rows),
-and the exact solver that follows settles them quickly.
+and the exact solver that follows settles them quickly. When one round was enough (nearby
+clouds: the column reduction alone separates the rows) no finer phase follows.
 
 Prices are computed in float32 (precision only affects their quality, never the answer). The
 matrix is read in row blocks, so the auction adds O(block + n) memory to the cost matrix.
@@ -110,4 +111,6 @@ def auction_prices(
             price[cols] = top[cols]
             free = (held < 0).nonzero()[:, 0]
         rounds_per_phase.append(rounds)
+        if rounds <= 1:  # one round assigned (nearly) every row: the prices need no refining
+            break
     return price.double(), rounds_per_phase

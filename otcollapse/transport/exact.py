@@ -17,7 +17,7 @@ from otcollapse.transport.candidates import (
     describe,
     solve_sparse_assignment,
 )
-from otcollapse.transport.geometry import PointCloudCost
+from otcollapse.transport.geometry import DenseBudgetError, PointCloudCost
 from otcollapse.transport.result import TransportResult
 
 __all__ = ["dense_potentials", "is_uniform", "solve_assignment", "solve_exact"]
@@ -143,7 +143,10 @@ def solve_assignment(
       seconds per stage.
     * **dense** (``candidates="dense"``, small ``n``, or the fallback): the ``cost_dtype`` cost
       matrix from one GEMM, scipy's ``linear_sum_assignment`` (shortest augmenting paths,
-      Crouse 2016). The value is re-evaluated in float64 from the differences of the matched
+      Crouse 2016); from ``n = WARM_START_MIN_N`` on scipy solves ``c_ij + p_j`` with column
+      prices ``p`` from an ε-scaling auction (:func:`otcollapse.transport.auction.auction_prices`),
+      which has the same optimal permutations and much shorter augmenting paths
+      (``params["warm_start"]``). The value is re-evaluated in float64 from the differences of the matched
       pairs, so it is the exact cost of a feasible plan and never below W2^2; with
       ``cost_dtype="float32"`` the permutation is optimal for the rounded costs (the value
       exceeds W2^2 only when two assignments differ by less than that rounding; pass
@@ -176,7 +179,8 @@ def solve_assignment(
 
     References
     ----------
-    Crouse, IEEE Trans. Aerosp. Electron. Syst. 52 (2016) (scipy's assignment solver); Ahuja,
+    Crouse, IEEE Trans. Aerosp. Electron. Syst. 52 (2016) (scipy's assignment solver);
+    Bertsekas, Annals of Operations Research 14 (1988) (the auction's prices); Ahuja,
     Magnanti & Orlin, "Network Flows" (1993) (potentials from shortest paths); Peyré & Cuturi,
     "Computational Optimal Transport" (2019), sec. 3 (duality).
 
@@ -210,7 +214,10 @@ def solve_assignment(
         raise ValueError(f"max_rounds must be an int >= 1; got {max_rounds!r}.")
     t0 = time.perf_counter()
     n = geom.n
-    sparse = is_int or (candidates == "auto" and (n >= SPARSE_MIN_N or return_potentials))
+    sparse = is_int or (
+        candidates == "auto"
+        and (n >= SPARSE_MIN_N or return_potentials or not geom.fits(ASSIGNMENT_COPIES))
+    )
     fallback = None
     if sparse:
         try:
@@ -228,10 +235,12 @@ def solve_assignment(
     dtype = torch.float64 if cost_dtype == "float64" or return_potentials else torch.float32
     try:
         C_t = geom.dense(dtype, copies=ASSIGNMENT_COPIES)
-    except ValueError as err:
+    except DenseBudgetError as err:
         if fallback is None:
             raise
-        raise ValueError(f"the sparse assignment fell back ({fallback}), and {err}") from err
+        error = DenseBudgetError(f"the sparse assignment fell back ({fallback}), and {err}")
+        error.fallback = fallback
+        raise error from err
     # column prices from an auction: the same optimal permutations, much shorter augmenting
     # paths for scipy (see otcollapse.transport.auction)
     prices, auction_rounds = auction_prices(C_t) if n >= WARM_START_MIN_N else (None, [])

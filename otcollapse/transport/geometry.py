@@ -14,12 +14,19 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["DEFAULT_MAX_DENSE_BYTES", "PointCloudCost", "format_bytes"]
+__all__ = ["DEFAULT_MAX_DENSE_BYTES", "DenseBudgetError", "PointCloudCost", "format_bytes"]
 
 #: memory budget for a dense float64 cost matrix (and the exact solvers' copies of it)
 DEFAULT_MAX_DENSE_BYTES = 2 * 1024**3
 #: target size of one row block of the cost when it is streamed
 BLOCK_BYTES = 64 * 1024**2
+
+
+class DenseBudgetError(ValueError):
+    """A solver needs dense (n, m) matrices beyond ``max_dense_bytes``; ``fallback`` says why
+    the assignment's sparse path needed them (None when it was not tried)."""
+
+    fallback: str | None = None
 
 
 def format_bytes(n: float) -> str:
@@ -90,7 +97,7 @@ class PointCloudCost:
         """The dense (n, m) cost matrix, or a ValueError when the solver's ``copies`` of float64
         (n, m) matrices would exceed the budget."""
         if not self.fits(copies):
-            raise ValueError(
+            raise DenseBudgetError(
                 f"this solver needs {format_bytes(self.dense_bytes(copies))} of dense {self.n} x "
                 f"{self.m} matrices, over the budget of {format_bytes(self.max_dense_bytes)} "
                 "(max_dense_bytes); use method='sinkhorn' (chunked, O(n d) memory) or "
