@@ -594,6 +594,10 @@ def test_dense_path_certificate_after_the_auction_warm_start():
     u, v = res.potentials
     assert np.max(u[:, None] + v[None, :] - C) <= 1e-9 * C.max()
     assert abs(u.mean() + v.mean() - ref) <= 1e-9 * C.max()
+    # W2^2(s x, s y) = s^2 W2^2(x, y), also where float32 bids would overflow (s^2 = 1e36)
+    for scale in (1e-6, 1e18):
+        scaled = wasserstein(scale * x, scale * y, candidates="dense")
+        assert scaled.cost == pytest.approx(scale**2 * ref, rel=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["unrelated", "residual", "constant"])

@@ -38,6 +38,8 @@ Parallel Computing 17 (1991) (Jacobi bidding).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["auction_prices"]
@@ -72,7 +74,7 @@ def auction_prices(
     scale = float(c.std()) if n > 1 else 0.0
     price = -c.amin(0)
     rounds_per_phase: list[int] = []
-    if not scale > 0 or not torch.isfinite(price).all():
+    if not (math.isfinite(scale) and scale > 0) or not torch.isfinite(price).all():
         return price.double(), rounds_per_phase
     rows_per_block = max(1, min(n, BLOCK_BYTES // (4 * n)))
     # one buffer for the gathered rows: a fresh block per round would be newly mapped memory
@@ -113,4 +115,6 @@ def auction_prices(
         rounds_per_phase.append(rounds)
         if rounds <= 1:  # one round assigned (nearly) every row: the prices need no refining
             break
+    if not torch.isfinite(price).all():  # float32 overflow on huge costs: no warm start
+        return torch.zeros(n, dtype=torch.float64, device=dev), rounds_per_phase
     return price.double(), rounds_per_phase
