@@ -133,21 +133,51 @@ def test_fit_dufm_binary_reaches_dnc():
     np.testing.assert_allclose(sol.output, sol.dnc_p * np.eye(2)[Y25], atol=1e-3)
 
 
-@pytest.mark.parametrize(("L", "seed"), [(2, 3), (3, 1), (4, 1)])
+def _check_balance_bound(sol, lw, lh):
+    """The balancedness identity's bound, which holds at every point (converged or not)."""
+    mats = [sol.H1.T, *sol.weights]
+    lams = [lh, *lw]
+    bal = np.array([lam * (X**2).sum() for lam, X in zip(lams, mats, strict=True)])
+    np.testing.assert_allclose(sol.balance, bal, rtol=1e-12)
+    for l in range(len(lw)):
+        bound = sol.grad_norm * (np.linalg.norm(mats[l]) + np.linalg.norm(mats[l + 1]))
+        assert abs(bal[l] - bal[l + 1]) <= bound * (1 + 1e-6) + 1e-15
+    return bal
+
+
+# Convergence (relative gradient norm <= tol) is not guaranteed for the DUFM: its minima lie on
+# ReLU kinks, and some (the low-rank solutions below the DNC value, e.g. K = 3, L = 4) sit on kinks
+# where the one-sided gradient does not vanish, so no point near them meets the criterion. These
+# configurations converge: before the softplus-smoothed warm start, L = 3 with seeds 0, 1 and 2
+# stalled on a kink 3e-8 above the optimum (pre-activations ~1e-11, relative gradient 5.5e-6 for
+# seed 1), the failure this test caught.
+@pytest.mark.parametrize(("L", "seed"), [(2, 3), (3, 0), (3, 1), (3, 2), (4, 1)])
 def test_balancedness_at_the_returned_point(L, seed):
     lw = [LAM, 2 * LAM, 0.5 * LAM, 4 * LAM][:L]
     lh = 3 * LAM
     y = np.repeat(np.arange(3), 2)
     sol = fit_dufm(y, n_layers=L, width=4, lambda_w=lw, lambda_h=lh, restarts=1, seed=seed)
-    mats = [sol.H1.T, *sol.weights]
-    lams = [lh, *lw]
-    bal = np.array([lam * (X**2).sum() for lam, X in zip(lams, mats, strict=True)])
-    np.testing.assert_allclose(sol.balance, bal, rtol=1e-12)
-    for l in range(L):
-        bound = sol.grad_norm * (np.linalg.norm(mats[l]) + np.linalg.norm(mats[l + 1]))
-        assert abs(bal[l] - bal[l + 1]) <= bound * (1 + 1e-6) + 1e-15
-    assert sol.converged
+    bal = _check_balance_bound(sol, lw, lh)
+    assert sol.converged and sol.record.rel_grad_norm <= sol.params["tol"]
     assert np.ptp(bal) <= 1e-3 * bal.mean()
+
+
+def test_an_unconverged_fit_says_so():
+    lw = [LAM, 2 * LAM, 0.5 * LAM]
+    y = np.repeat(np.arange(3), 2)
+    with pytest.warns(ConvergenceWarning, match="converged=False"):
+        sol = fit_dufm(
+            y, n_layers=3, width=4, lambda_w=lw, lambda_h=3 * LAM, restarts=1, max_iter=20
+        )
+    assert not sol.converged and sol.restart_converged == (False,)
+    assert sol.record.rel_grad_norm > sol.params["tol"] and sol.n_iter <= 20
+    assert sol.to_dict()["converged"] is False
+    # the smoothed warm start counts against max_iter; the value is the exact objective
+    assert "warm-start" in sol.record.message
+    assert _objective(sol.H1.T, list(sol.weights), y, lw, 3 * LAM) == pytest.approx(
+        sol.objective, rel=1e-12
+    )
+    _check_balance_bound(sol, lw, 3 * LAM)
 
 
 def test_one_layer_dufm_is_the_bias_free_mse_ufm():

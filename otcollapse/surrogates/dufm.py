@@ -281,22 +281,48 @@ class DUFMSolution:
 
 
 # --------------------------------------------------------------------------- fitting
-def _forward(H1: torch.Tensor, Ws: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """[H_1, σ(W_1 H_1), ..., input of W_L, output] (column convention, d × N)."""
+def _forward(
+    H1: torch.Tensor, Ws: Sequence[torch.Tensor], betas: Sequence[float] | None = None
+) -> list[torch.Tensor]:
+    """[H_1, σ(W_1 H_1), ..., input of W_L, output] (column convention, d × N).
+
+    With ``betas`` (one per hidden layer) σ is replaced by the smooth
+    ``softplus(z, beta) = log(1 + exp(beta z)) / beta``, only ever used by the warm start of
+    :func:`_solve`, never for a reported value.
+    """
     feats = [H1]
     h = H1
     for l, W in enumerate(Ws):
         h = W @ h
         if l < len(Ws) - 1:
-            h = torch.relu(h)
+            if betas is None:
+                h = torch.relu(h)
+            else:
+                h = torch.nn.functional.softplus(h, beta=betas[l], threshold=30.0)
         feats.append(h)
     return feats
 
 
+def _pre_activation_scales(H1: torch.Tensor, Ws: Sequence[torch.Tensor]) -> list[float]:
+    """Root-mean-square pre-activation of every hidden layer (``W_l`` applied to its input)."""
+    scales = []
+    h = H1
+    for W in Ws[:-1]:
+        z = W @ h
+        scales.append(float(z.pow(2).mean().sqrt()))
+        h = torch.relu(z)
+    return scales
+
+
 def _terms(
-    H1: torch.Tensor, Ws: Sequence[torch.Tensor], Y: torch.Tensor, lw: Sequence[float], lh: float
+    H1: torch.Tensor,
+    Ws: Sequence[torch.Tensor],
+    Y: torch.Tensor,
+    lw: Sequence[float],
+    lh: float,
+    betas: Sequence[float] | None = None,
 ) -> dict[str, torch.Tensor]:
-    out = _forward(H1, Ws)[-1]
+    out = _forward(H1, Ws, betas)[-1]
     N = Y.shape[1]
     return {
         "fit": 0.5 * (out - Y).pow(2).sum() / N,
@@ -317,23 +343,21 @@ def _orthogonality(x: np.ndarray, labels: np.ndarray, K: int) -> float:
 #: L-BFGS runs from the current point, each with fresh curvature memory, after a stalled line search
 _MAX_ROUNDS = 5
 
+#: softplus sharpness of the warm-start stages of ``_solve``, in units of 1 / (RMS pre-activation)
+_SMOOTHING_SHARPNESS = (100.0, 1000.0)
 
-def _solve(
-    fun: Any, params: list[torch.Tensor], *, tol: float, max_iter: int, what: str
-) -> tuple[SolverRecord, float]:
-    """``minimize_lbfgs``, rerun from where it stalled while that still lowers the objective.
 
-    At a ReLU kink the strong-Wolfe search can stall with a large gradient because the stored
-    curvature pairs describe the other side of the kink; a fresh run from the same point often
-    moves on. The combined record counts every iteration and evaluation.
-    """
+def _lbfgs_rounds(
+    fun: Any, params: list[torch.Tensor], *, tol: float, budget: int, what: str
+) -> tuple[list[SolverRecord], float]:
+    """``minimize_lbfgs``, rerun from where it stalled while that still lowers the objective."""
     rounds: list[SolverRecord] = []
     with torch.no_grad():
         value = float(fun())
     used = 0
     while True:
         rec = minimize_lbfgs(
-            fun, params, tol=tol, max_iter=max_iter - used, what=f"fit_dufm {what}", warn=False
+            fun, params, tol=tol, max_iter=budget - used, what=f"fit_dufm {what}", warn=False
         )
         rounds.append(rec)
         used += rec.n_iter
@@ -341,18 +365,68 @@ def _solve(
             new = float(fun())
         progress = new < value - 1e-15 * max(1.0, abs(value))
         value = new
-        if rec.converged or not progress or used >= max_iter or len(rounds) >= _MAX_ROUNDS:
+        if rec.converged or not progress or used >= budget or len(rounds) >= _MAX_ROUNDS:
             break
+    return rounds, value
+
+
+def _solve(
+    fun: Any, params: list[torch.Tensor], *, tol: float, max_iter: int, what: str
+) -> tuple[SolverRecord, float]:
+    """Smoothed warm start, then L-BFGS on the exact objective, rerun where it stalls.
+
+    ``fun(betas)`` is the objective, exact for ``betas=None``. Minima of the DUFM often lie on ReLU
+    kinks: some pre-activations are exactly 0 there, and an iterate that reaches such a face from
+    the wrong direction stalls *on* it, with pre-activations ~1e-11 and a gradient (taken on the
+    inactive side) that points across the kink, where the objective rises, so that no step along
+    it descends. Near deep neural collapse the optimal set is flat along first-layer angles and
+    contains points whose inactive pre-activations are strictly negative, but the exact objective
+    gives no force towards them. So L-BFGS is first run on the smooth problem with
+    ``softplus(z, beta) = log(1 + exp(beta z)) / beta`` in place of the ReLU, at sharpness
+    ``beta = s / rms(z)`` per layer for each ``s`` of ``_SMOOTHING_SHARPNESS`` (recomputed at
+    the start of each stage, at most ``max_iter // 4`` iterations each); its tails push inactive
+    pre-activations away from 0. The exact objective is then minimised from that point; where its
+    strong-Wolfe search stalls (stale curvature pairs from the other side of a kink), L-BFGS is
+    rerun from the stalled point while that lowers the objective, at most ``_MAX_ROUNDS`` runs.
+    Convergence is judged on the gradient of the exact objective only. The combined record counts
+    every iteration (the smoothed ones included, within ``max_iter``) and evaluation.
+    """
+    warm: list[SolverRecord] = []
+    for sharpness in _SMOOTHING_SHARPNESS:
+        with torch.no_grad():
+            scales = _pre_activation_scales(params[0], params[1:])
+        if not scales or not all(math.isfinite(x) and x > 0 for x in scales):
+            break  # no hidden layer (L = 1: already smooth), or a dead layer
+        betas = [sharpness / x for x in scales]
+        warm.append(
+            minimize_lbfgs(
+                lambda betas=betas: fun(betas),
+                params,
+                tol=tol,
+                max_iter=max_iter // 4,
+                what=f"fit_dufm {what} (softplus warm start)",
+                warn=False,
+            )
+        )
+    used = sum(r.n_iter for r in warm)
+    rounds, value = _lbfgs_rounds(fun, params, tol=tol, budget=max_iter - used, what=what)
+    used += sum(r.n_iter for r in rounds)
     last = rounds[-1]
-    if len(rounds) == 1:
+    notes = []
+    if warm:
+        notes.append(f"{len(warm)} softplus-smoothed warm-start runs")
+    if len(rounds) > 1:
+        notes.append(f"{len(rounds)} L-BFGS runs from the stalled points")
+    if not notes:
         return last, value
+    everything = warm + rounds
     combined = dataclasses.replace(
         last,
         n_iter=used,
-        n_evals=sum(r.n_evals for r in rounds),
-        seconds=sum(r.seconds for r in rounds),
+        n_evals=sum(r.n_evals for r in everything),
+        seconds=sum(r.seconds for r in everything),
         max_iter=int(max_iter),
-        message=f"{last.message} (after {len(rounds)} L-BFGS runs from the stalled points)",
+        message=f"{last.message} (after {' and '.join(notes)})",
     )
     return combined, value
 
@@ -395,6 +469,11 @@ def fit_dufm(
     The objective is non-smooth (ReLU kinks) and its minima are degenerate (flat directions), so
     the default gradient tolerance is ``1e-6`` rather than the UFM's ``1e-9``; at the tests'
     example the value then agrees with $\mathcal L_{DNC}$ to better than $10^{-6}$ relative.
+    Each restart first runs L-BFGS on a smoothed problem (the ReLU replaced by a sharp softplus,
+    two stages) so that the exact solve does not start next to a kink it would stall on; the
+    returned point, its value and ``converged`` are those of the exact objective. Minima that sit
+    on kinks with a non-vanishing one-sided gradient (some low-rank solutions for $K \ge 3$) cannot
+    meet the gradient criterion and are returned with ``converged=False``.
 
     Parameters
     ----------
@@ -418,11 +497,11 @@ def fit_dufm(
         ``init_scale``) and every $W_l$ with $N(0, 2\,\text{init\_scale}^2/d)$ entries (He scaling).
     tol, max_iter : float, int
         Relative gradient-norm tolerance and iteration cap of each restart (near degenerate minima
-        L-BFGS converges slowly; the cap bounds the time a bad start can take; when a strong-Wolfe
+        L-BFGS converges slowly; the cap bounds the time a bad start can take; it includes the
+        smoothed warm-start stages, at most ``max_iter // 4`` iterations each; when a strong-Wolfe
         search stalls at a ReLU kink, L-BFGS is rerun from that point, at most 5 times, within
-        the same cap). If the returned restart
-        did not converge a ``ConvergenceWarning`` is issued; unconverged other restarts are only
-        reported.
+        the same cap). If the returned restart did not converge a ``ConvergenceWarning`` is
+        issued; unconverged other restarts are only reported.
     dnc_rtol : float
         Relative tolerance of the ``vs_dnc`` comparison.
     device : torch device, optional
@@ -486,8 +565,10 @@ def fit_dufm(
         ]
         params = [p.to(dev).requires_grad_() for p in [H1, *Ws]]
 
-        def fun(params: list[torch.Tensor] = params) -> torch.Tensor:
-            return sum(_terms(params[0], params[1:], Y, lw, lh).values())
+        def fun(
+            betas: Sequence[float] | None = None, params: list[torch.Tensor] = params
+        ) -> torch.Tensor:
+            return sum(_terms(params[0], params[1:], Y, lw, lh, betas).values())
 
         record, value = _solve(fun, params, tol=tol, max_iter=max_iter, what=f"restart {r}")
         results.append((value, record, [p.detach() for p in params]))
