@@ -190,7 +190,8 @@ def projection_basis(
     half = PCA_ROWS // 2
     # float32 is plenty for the directions: the rigour comes from the scaling below, in float64
     z = torch.cat([x[:: max(1, len(x) // half)], y[:: max(1, len(y) // half)]]).float()
-    z = z - z.mean(0)
+    if ordered:  # principal directions of the covariance; else of the second moments (the
+        z = z - z.mean(0)  # clouds come centred, or nearly, from the geometry and the solver)
     # the covariance pays when it is applied often enough (the ordered basis: several products)
     cov = z.T @ z if ordered and d <= z.shape[0] else None
 
@@ -505,12 +506,15 @@ def bellman_ford_potentials(
 class _Arcs:
     """The candidate pairs as sorted keys ``i * n + j`` with their exact costs."""
 
-    def __init__(self, n: int, keys: np.ndarray, cost: np.ndarray):
-        order = np.argsort(keys, kind="stable")
-        keys, cost = keys[order], cost[order]
-        first = np.ones(len(keys), dtype=bool)
-        first[1:] = keys[1:] != keys[:-1]
-        self.n, self.keys, self.cost = n, keys[first], cost[first]
+    def __init__(self, n: int, keys: np.ndarray, cost: np.ndarray, *, distinct: bool = False):
+        """``distinct``: the keys are already sorted and unique (the identity pairs)."""
+        if not distinct:
+            order = np.argsort(keys, kind="stable")
+            keys, cost = keys[order], cost[order]
+            first = np.ones(len(keys), dtype=bool)
+            first[1:] = keys[1:] != keys[:-1]
+            keys, cost = keys[first], cost[first]
+        self.n, self.keys, self.cost = n, keys, cost
 
     def add(self, keys: np.ndarray, cost: np.ndarray) -> None:
         fresh = ~np.isin(keys, self.keys, assume_unique=False)
@@ -691,8 +695,8 @@ class _SparseRun:
 
     def reset(self) -> None:
         """Back to the identity pairs alone."""
-        keys = (self.ident * self.n + self.ident).cpu().numpy()
-        self.arcs = _Arcs(self.n, keys, self.diag.cpu().numpy())
+        keys = np.arange(self.n, dtype=np.int64) * (self.n + 1)  # i * n + i
+        self.arcs = _Arcs(self.n, keys, self.diag.cpu().numpy(), distinct=True)
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
@@ -771,7 +775,8 @@ class _SparseRun:
 
     def identity_potentials(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Central potentials of the identity on the identity pairs: ``u_i = v_i = c_ii / 2``."""
-        return 0.5 * self.diag, 0.5 * self.diag
+        half = 0.5 * self.diag
+        return half, half
 
     def solve(self, k: int, max_rounds: int, r: int | None = None) -> SparseAssignment:
         n, dev = self.n, self.dev
