@@ -644,21 +644,27 @@ class _SparseRun:
         # n |m_x - m_y|^2, so the optimal one is unchanged, but the costs become
         # c'_ij = c_ij + alpha_i + beta_j and a common translation no longer hides the identity's
         # potentials (converted back at the end). Skipped when the means nearly agree.
+        # (no n x d temporaries beyond diff: fresh megabytes cost page faults at small n)
         delta = diff.mean(0)  # m_x - m_y
-        self.paired = diff.square().sum(1)  # c_ii, the value when the identity is optimal
         shift = float(delta @ delta)
-        # a bound on the norms of the clouds (centred or not)
-        self.radius = math.sqrt(max(float(c.square().sum(1).max()) for c in (x64, y64)))
+        flat = diff.view(-1)
+        centre = shift > CENTRING_THRESHOLD * float(flat @ flat) / self.n
+        # a bound on the norms of the clouds (centred or not); the 1.01 covers its rounding
+        self.radius = 1.01 * max(
+            float(torch.linalg.vector_norm(c, dim=1).max()) for c in (x64, y64)
+        )
         self.alpha = self.beta = None
-        self.x64, self.y64, self.diag = x64, y64, self.paired
-        if shift > CENTRING_THRESHOLD * float(self.paired.mean()):
+        self.x64, self.y64 = x64, y64
+        if centre:
             mx, my = x64.mean(0), y64.mean(0)
             self.radius += math.sqrt(max(float(mx @ mx), float(my @ my)))
             self.alpha = -2 * (x64 @ delta) + shift
             self.beta = 2 * (y64 @ delta)
             self.x64, self.y64 = x64 - mx, y64 - my
-            diff -= delta
-            self.diag = (diff * diff).sum(1)
+            self.diag = (diff - delta).square_().sum(1)
+        self.paired = diff.square_().sum(1)  # c_ii, the value when the identity is optimal
+        if not centre:
+            self.diag = self.paired
         self.max_flagged_fraction = max_flagged_fraction
         self.budget = max(16 * self.n, int(max_flagged_fraction * self.n * self.n))
         # the ranks, cheapest first: projections below d, then d itself (the float32 cost, no
