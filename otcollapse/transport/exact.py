@@ -143,11 +143,11 @@ def solve_assignment(
       seconds per stage.
     * **dense** (``candidates="dense"``, small ``n``, or the fallback): the ``cost_dtype`` cost
       matrix from one GEMM, scipy's ``linear_sum_assignment`` (shortest augmenting paths,
-      Crouse 2016); from ``n = WARM_START_MIN_N`` on scipy solves ``c_ij + p_j`` with column
-      prices ``p`` from an ε-scaling auction (:func:`otcollapse.transport.auction.auction_prices`),
-      which has the same optimal permutations and much shorter augmenting paths
-      (``params["warm_start"]``). The value is re-evaluated in float64 from the differences of the matched
-      pairs, so it is the exact cost of a feasible plan and never below W2^2; with
+      Crouse 2016); from ``n = WARM_START_MIN_N`` on scipy solves ``c_ij + p_j`` with
+      column prices ``p`` from an ε-scaling auction
+      (:func:`otcollapse.transport.auction.auction_prices`), which has the same optimal
+      permutations and much shorter augmenting paths (``params["warm_start"]``). The value is
+      re-evaluated in float64 from the differences of the matched pairs, so it is the exact cost of a feasible plan and never below W2^2; with
       ``cost_dtype="float32"`` the permutation is optimal for the rounded costs (the value
       exceeds W2^2 only when two assignments differ by less than that rounding; pass
       ``"float64"`` to rule it out). scipy returns no potentials: the dense path is certified
