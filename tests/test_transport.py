@@ -626,6 +626,8 @@ def test_auction_prices_are_nearly_optimal_duals(kind):
 
     eps = eps_factors[max(0, len(rounds) - 1)] * C.std()  # of the last phase that ran
     assert dual(p) <= opt + 1e-6 * abs(opt) + 1e-9
+    with pytest.raises(ValueError, match="square"):
+        auction_prices(torch.zeros(3, 4))
     if kind == "constant":  # nothing to bid for: no rounds, and the prices are exact duals
         assert rounds == [] and dual(p) == pytest.approx(opt)
         return
