@@ -76,16 +76,18 @@ def auction_prices(
     dev = cost.device
     c = cost if cost.dtype == torch.float32 else cost.float()
     scale = float(c.std()) if n > 1 else 0.0
+    # bids below a few float32 ulps of the costs would not move the prices
+    resolution = 4 * float(torch.finfo(torch.float32).eps) * float(c.abs().max())
     price = -c.amin(0)
     rounds_per_phase: list[int] = []
-    if not (math.isfinite(scale) and scale > 0) or not torch.isfinite(price).all():
-        return price.double(), rounds_per_phase
+    if not (math.isfinite(scale) and scale > resolution) or not torch.isfinite(price).all():
+        return price.double(), rounds_per_phase  # (nearly) constant costs: nothing to bid for
     rows_per_block = max(1, min(n, BLOCK_BYTES // (4 * n)))
     # one buffer for the gathered rows: a fresh block per round would be newly mapped memory
     buffer = torch.empty((rows_per_block, n), dtype=torch.float32, device=dev)
     limit = int((1.0 - stop_fraction) * n)
     for factor in eps_factors:
-        eps = factor * scale
+        eps = max(factor * scale, resolution)
         owner = torch.full((n,), -1, dtype=torch.long, device=dev)  # column -> row
         held = torch.full((n,), -1, dtype=torch.long, device=dev)  # row -> column
         free = torch.arange(n, device=dev)
