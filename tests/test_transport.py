@@ -319,6 +319,8 @@ def test_auto_stays_exact_beyond_the_dense_budget_between_nearby_layers(n):
         wasserstein(x, y, max_dense_bytes=budget, epsilon=2.0)
     with pytest.raises(ValueError, match="over the budget"):  # asked for explicitly: refused
         wasserstein(x, y, method="assignment", candidates="dense", max_dense_bytes=budget)
+    with pytest.raises(ValueError, match=r"return_plan=True needs the dense .* res.assignment"):
+        wasserstein(x, y, method="assignment", return_plan=True, max_dense_bytes=budget)
 
 
 def test_memory_budget_counts_the_matrices_each_solver_holds():

@@ -17,7 +17,7 @@ from otcollapse.transport.candidates import (
     describe,
     solve_sparse_assignment,
 )
-from otcollapse.transport.geometry import DenseBudgetError, PointCloudCost
+from otcollapse.transport.geometry import DenseBudgetError, PointCloudCost, format_bytes
 from otcollapse.transport.result import TransportResult
 
 __all__ = ["dense_potentials", "is_uniform", "solve_assignment", "solve_exact"]
@@ -212,6 +212,12 @@ def solve_assignment(
         raise ValueError(f"rank must be 'auto' or an int >= 1; got {rank!r}.")
     if not (isinstance(max_rounds, (int, np.integer)) and max_rounds >= 1):
         raise ValueError(f"max_rounds must be an int >= 1; got {max_rounds!r}.")
+    if return_plan and not geom.fits():
+        raise DenseBudgetError(
+            f"return_plan=True needs the dense {geom.n} x {geom.m} plan "
+            f"({format_bytes(geom.dense_bytes())}), over max_dense_bytes; the optimal "
+            "permutation is in res.assignment (index form) without it."
+        )
     t0 = time.perf_counter()
     n = geom.n
     sparse = is_int or (
