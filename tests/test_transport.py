@@ -635,7 +635,9 @@ def test_auction_prices_are_nearly_optimal_duals(kind):
         # equal only up to float32 rounding (GEMM tiles may differ in the last bits): no bids,
         # which could not move float32 prices (they ran 3 x 500 rounds before)
         noisy = C * (1 + 2.4e-7 * g.choice([-1.0, 0.0, 1.0], size=C.shape))  # float32 ulps
-        assert auction_prices(torch.as_tensor(noisy), stop_fraction=1.0)[1] == []
+        assert auction_prices(torch.as_tensor(noisy).float(), stop_fraction=1.0)[1] == []
+        # in float64 those differences are real: a few rounds, then the work cap stops it
+        assert sum(auction_prices(torch.as_tensor(noisy), stop_fraction=1.0)[1]) <= 20
         return
     # (float32 bids: a rounding allowance of n ulps of the largest cost)
     assert dual(p) >= opt - 1.01 * n * eps - n * 1e-6 * C.max()
@@ -645,6 +647,19 @@ def test_auction_prices_are_nearly_optimal_duals(kind):
         assert opt - dual(np.zeros(n)) > 10 * (opt - dual(p))
     else:  # nearby clouds: one round of the first phase settles it, no finer phase follows
         assert rounds == [1]
+
+
+def test_auction_leaves_tied_rows_to_scipy():
+    """Collapsed features: every row of a class ties with its classmates, and a Jacobi auction
+    settles ten rows a round (3 x 500 rounds before its work cap). The warm start stops after
+    a few reads of the matrix and the exact value is unchanged (zero: the same multiset)."""
+    g = np.random.default_rng(23)
+    centres = 5 * g.normal(size=(10, 16))
+    labels = np.repeat(np.arange(10), 60)
+    x, y = centres[labels], centres[g.permutation(labels)]
+    res = wasserstein(x, y, candidates="dense")
+    rounds = int(res.params["warm_start"].split()[3])
+    assert res.cost == 0.0 and rounds <= 20
 
 
 def test_bellman_ford_potentials_detect_a_non_optimal_permutation():

@@ -395,8 +395,8 @@ def _solve(
     for sharpness in _SMOOTHING_SHARPNESS:
         with torch.no_grad():
             scales = _pre_activation_scales(params[0], params[1:])
-        if not scales or not all(math.isfinite(x) and x > 0 for x in scales):
-            break  # no hidden layer (L = 1: already smooth), or a dead layer
+        if not scales or not all(math.isfinite(x) and x > 0 for x in scales) or max_iter < 4:
+            break  # no hidden layer (L = 1: already smooth), a dead layer, or no iterations
         betas = [sharpness / x for x in scales]
         warm.append(
             minimize_lbfgs(

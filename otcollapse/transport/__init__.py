@@ -134,7 +134,9 @@ def wasserstein(
         size: its sparse certified path needs O(n d) memory; chunked ``"sinkhorn"`` only when
         that path falls back to a dense matrix over ``max_dense_bytes``), else ``"exact"`` while
         the dense cost fits in ``max_dense_bytes`` and chunked ``"sinkhorn"`` beyond. The
-        result's ``params["auto"]`` says what was chosen and why.
+        result's ``params["auto"]`` says what was chosen and why. Beyond the budget ``auto``
+        accepts the options of both the assignment and Sinkhorn, and the solver that runs takes
+        its own.
         ``"exact"`` (POT network simplex), ``"assignment"``, ``"sinkhorn"`` (entropic, see
         :func:`otcollapse.transport.entropic.solve_sinkhorn`), ``"sliced"``, ``"gaussian"``
         (Bures), ``"gromov"`` (Gromov–Wasserstein, for different dimensions).
@@ -199,14 +201,14 @@ def wasserstein(
         try:
             res = _SOLVERS[method](geom, at, bt, **first_options)
         except DenseBudgetError as err:
-            if auto_reason is None or method != "assignment":
-                raise
+            if auto_reason is None or method != "assignment" or err.fallback is None:
+                raise  # (a refusal of an explicit request, e.g. return_plan, stands)
             # the sparse path could not certify without the dense matrix, which does not fit
-            why = (
-                f"the assignment's sparse path fell back ({err.fallback})" if err.fallback else err
-            )
             method = "sinkhorn"
-            auto_reason = f"{why}; its dense matrices exceed max_dense_bytes: chunked Sinkhorn"
+            auto_reason = (
+                f"the assignment's sparse path fell back ({err.fallback}); its dense matrices "
+                "exceed max_dense_bytes: chunked Sinkhorn"
+            )
             shared = ("return_plan", "return_potentials")
             res = _SOLVERS[method](
                 geom,

@@ -22,10 +22,12 @@ lowered in phases (ε-scaling, Bertsekas & Eckstein 1988), each phase restarting
 from the previous prices. A phase stops once ``stop_fraction`` of the rows are assigned: the
 last few rows would take as many rounds as all the others (bidding wars of one or two rows),
 and the exact solver that follows settles them quickly. When one round was enough (nearby
-clouds: the column reduction alone separates the rows) no finer phase follows.
+clouds: the column reduction alone separates the rows) no finer phase follows; nor when a phase
+runs out of work, ``WORK_PASSES`` reads of the matrix (tied rows, e.g. collapsed features, outbid
+each other by ``eps`` for as many rounds as the cost range allows).
 
-Prices are computed in float32 (precision only affects their quality, never the answer). The
-matrix is read in row blocks, so the auction adds O(block + n) memory to the cost matrix.
+Prices are computed in the matrix's dtype (precision only affects their quality, never the
+answer). The matrix is read in row blocks, so the auction adds O(block + n) memory to it.
 
 References
 ----------
@@ -50,6 +52,8 @@ EPS_FACTORS = (0.05, 0.01, 0.002)
 STOP_FRACTION = 0.99
 #: bidding rounds per phase at most (a safeguard: about 20-80 are needed on unrelated clouds)
 MAX_ROUNDS = 500
+#: a phase may read the matrix this many times over (rows bid per round, summed), no more
+WORK_PASSES = 4
 #: target size of one block of rows read per bidding round
 BLOCK_BYTES = 16 * 1024**2
 
@@ -61,39 +65,69 @@ def auction_prices(
     stop_fraction: float = STOP_FRACTION,
     max_rounds: int = MAX_ROUNDS,
 ) -> tuple[torch.Tensor, list[int]]:
-    """Column prices ``p`` for the square cost ``cost`` (n, n), in float64, and the bidding rounds
-    of each phase.
+    """Column prices ``p`` for a square cost matrix, and the bidding rounds of each phase.
 
-    ``cost + p[None, :]`` has the same optimal permutations as ``cost``; see the module
-    docstring for the auction that finds ``p``. The first phase starts from
+    ``cost + p[None, :]`` has the same optimal permutations as ``cost`` (see the module
+    docstring for the auction that finds ``p``). The first phase starts from
     ``p_j = -min_i c_ij`` (column reduction), so every column has a zero-cost row before any bid.
+
+    Parameters
+    ----------
+    cost : Tensor, shape (n, n)
+        float32 or float64; the auction works in that dtype, reading rows in blocks (no copy of
+        the matrix).
+    eps_factors : tuple of float
+        ``eps`` of the successive phases in units of the standard deviation of the costs
+        (floored at four ulps of the largest cost, below which bids would not move prices).
+    stop_fraction : float
+        A phase ends once this fraction of the rows is assigned.
+    max_rounds : int
+        Bidding rounds per phase at most.
+
+    Returns
+    -------
+    prices : Tensor, shape (n,), float64
+    rounds : list of int
+        Rounds of each phase that ran: none for (nearly) constant costs; the finer phases are
+        skipped after a one-round phase (nothing left to refine) and after a phase that ran out
+        of work (``WORK_PASSES`` reads of the matrix) or rounds before ``stop_fraction``: tied
+        rows (collapsed features) outbid each other by ``eps`` for as many rounds as the cost
+        range allows, which is scipy's job, not a warm start's.
+
+    Raises
+    ------
+    ValueError
+        A matrix that is not square.
     """
     if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
         raise ValueError(
             f"auction_prices needs a square cost matrix; got shape {tuple(cost.shape)}."
         )
     n = cost.shape[0]
-    dev = cost.device
-    c = cost if cost.dtype == torch.float32 else cost.float()
+    dev, dtype = cost.device, cost.dtype
+    c = cost if dtype in (torch.float32, torch.float64) else cost.double()
+    dtype = c.dtype
     scale = float(c.std()) if n > 1 else 0.0
-    # bids below a few float32 ulps of the costs would not move the prices
-    resolution = 4 * float(torch.finfo(torch.float32).eps) * float(c.abs().max())
+    low, high = torch.aminmax(c)
+    # bids below a few ulps of the costs would not move the prices
+    resolution = 4 * float(torch.finfo(dtype).eps) * max(abs(float(low)), abs(float(high)))
     price = -c.amin(0)
     rounds_per_phase: list[int] = []
     if not (math.isfinite(scale) and scale > resolution) or not torch.isfinite(price).all():
         return price.double(), rounds_per_phase  # (nearly) constant costs: nothing to bid for
-    rows_per_block = max(1, min(n, BLOCK_BYTES // (4 * n)))
+    rows_per_block = max(1, min(n, BLOCK_BYTES // (c.element_size() * n)))
     # one buffer for the gathered rows: a fresh block per round would be newly mapped memory
-    buffer = torch.empty((rows_per_block, n), dtype=torch.float32, device=dev)
+    buffer = torch.empty((rows_per_block, n), dtype=dtype, device=dev)
     limit = int((1.0 - stop_fraction) * n)
     for factor in eps_factors:
         eps = max(factor * scale, resolution)
         owner = torch.full((n,), -1, dtype=torch.long, device=dev)  # column -> row
         held = torch.full((n,), -1, dtype=torch.long, device=dev)  # row -> column
         free = torch.arange(n, device=dev)
-        rounds = 0
-        while free.numel() > limit and rounds < max_rounds:
+        rounds = work = 0
+        while free.numel() > limit and rounds < max_rounds and work < WORK_PASSES * n:
             rounds += 1
+            work += free.numel()
             best, gain = [], []
             for s in range(0, free.numel(), rows_per_block):
                 idx = free[s : s + rows_per_block]
@@ -104,7 +138,9 @@ def auction_prices(
                 gain.append(block.amin(1) - w1)
             j = torch.cat(best)
             bid = price[j] + torch.cat(gain) + eps
-            top = torch.full((n,), -float("inf"), device=dev).scatter_reduce_(0, j, bid, "amax")
+            top = torch.full((n,), -float("inf"), dtype=dtype, device=dev).scatter_reduce_(
+                0, j, bid, "amax"
+            )
             won = bid >= top[j]
             # one winner per column among equal top bids (the highest row index)
             winner = torch.full((n,), -1, dtype=torch.long, device=dev).scatter_reduce_(
@@ -119,8 +155,10 @@ def auction_prices(
             price[cols] = top[cols]
             free = (held < 0).nonzero()[:, 0]
         rounds_per_phase.append(rounds)
-        if rounds <= 1:  # one round assigned (nearly) every row: the prices need no refining
+        # one round: nothing left to refine; out of work or rounds (a price war among tied
+        # rows, each round won by a handful): finer phases would only fight longer
+        if rounds <= 1 or free.numel() > limit:
             break
-    if not torch.isfinite(price).all():  # float32 overflow on huge costs: no warm start
+    if not torch.isfinite(price).all():  # overflow on huge costs: no warm start
         return torch.zeros(n, dtype=torch.float64, device=dev), rounds_per_phase
     return price.double(), rounds_per_phase

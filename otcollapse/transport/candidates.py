@@ -311,6 +311,8 @@ def _scratch(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
     large blocks back to the system when they are freed), and faulting them in costs several
     times the product itself at n = 1000; one kept buffer pays that once per process.
     """
+    if rows * cols * like.element_size() > 2 * SCAN_BLOCK_BYTES:  # huge m: not kept
+        return torch.empty((rows, cols), dtype=like.dtype, device=like.device)
     key = (like.device, like.dtype)
     pool = _SCRATCH.__dict__.setdefault("pool", {})
     buf = pool.get(key)
@@ -667,6 +669,8 @@ class _SparseRun:
             self.diag = self.paired
         self.max_flagged_fraction = max_flagged_fraction
         self.budget = max(16 * self.n, int(max_flagged_fraction * self.n * self.n))
+        # flagged pairs cost ~48 bytes each (indices, exact and reduced costs): within the budget
+        self.budget = min(self.budget, max(16 * self.n, geom.max_dense_bytes // 48))
         # the ranks, cheapest first: projections below d, then d itself (the float32 cost, no
         # projection). From ESTIMATE_MIN_N on a sample of pairs picks one; below, the scan
         # starts at the smallest and moves up the ladder when it flags too many pairs
