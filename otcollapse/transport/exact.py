@@ -249,7 +249,13 @@ def solve_assignment(
         raise error from err
     # column prices from an auction: the same optimal permutations, much shorter augmenting
     # paths for scipy (see otcollapse.transport.auction)
-    prices, auction_rounds = auction_prices(C_t) if n >= WARM_START_MIN_N else (None, [])
+    # (bidding in float32 halves the memory traffic; with a float64 cost its float32 copy is the
+    # half matrix of ASSIGNMENT_COPIES)
+    prices, auction_rounds = (
+        auction_prices(C_t if C_t.dtype == torch.float32 else C_t.float())
+        if n >= WARM_START_MIN_N
+        else (None, [])
+    )
     # scipy solves in float64 and its own cast of a float32 matrix is slow: torch's is threaded
     C = C_t.to(torch.float64).cpu().numpy()
     del C_t
