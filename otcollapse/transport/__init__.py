@@ -192,12 +192,12 @@ def wasserstein(
         res = solve_gromov(xt, yt, at, bt, max_dense_bytes=max_dense_bytes, **options)
     else:
         geom = PointCloudCost(xt, yt, max_dense_bytes=max_dense_bytes)
-        first_options = options
+        first_options = fallback_options = options
         if method == "auto":
             method, auto_reason = _choose(geom, at, bt)
             if method == "assignment" and not geom.fits(ASSIGNMENT_COPIES):
                 # chunked Sinkhorn may follow: each solver takes the options it names
-                first_options = _split_options(options)
+                first_options, fallback_options = _split_options(options)
         try:
             res = _SOLVERS[method](geom, at, bt, **first_options)
         except DenseBudgetError as err:
@@ -209,13 +209,7 @@ def wasserstein(
                 f"the assignment's sparse path fell back ({err.fallback}); its dense matrices "
                 "exceed max_dense_bytes: chunked Sinkhorn"
             )
-            shared = ("return_plan", "return_potentials")
-            res = _SOLVERS[method](
-                geom,
-                at,
-                bt,
-                **{k: v for k, v in options.items() if k not in first_options or k in shared},
-            )
+            res = _SOLVERS[method](geom, at, bt, **fallback_options)
     if auto_reason is not None:
         params = {**res.params, "auto": auto_reason}
         res = dataclasses.replace(res, params=params, seconds=time.perf_counter() - t0)
@@ -230,9 +224,9 @@ def wasserstein(
     return res
 
 
-def _split_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The options of ``auto``'s assignment when chunked Sinkhorn may follow it: those the
-    assignment names (the rest are Sinkhorn's); an option neither names is refused now."""
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The options of ``auto``'s assignment and of the chunked Sinkhorn that may follow it: those
+    each names; an option neither names is refused now."""
     named = {
         solver: {
             p.name
@@ -247,7 +241,11 @@ def _split_options(options: dict[str, Any]) -> dict[str, Any]:
             f"method='auto' (assignment, or chunked Sinkhorn beyond the dense budget) takes no "
             f"option(s) {unknown}."
         )
-    return {k: v for k, v in options.items() if k in named["assignment"]}
+    assignment, sinkhorn = (
+        {k: v for k, v in options.items() if k in named[solver]}
+        for solver in ("assignment", "sinkhorn")
+    )
+    return assignment, sinkhorn
 
 
 def _choose(geom: PointCloudCost, a: torch.Tensor, b: torch.Tensor) -> tuple[str, str]:

@@ -668,9 +668,9 @@ class _SparseRun:
         if not centre:
             self.diag = self.paired
         self.max_flagged_fraction = max_flagged_fraction
-        self.budget = max(16 * self.n, int(max_flagged_fraction * self.n * self.n))
         # flagged pairs cost ~48 bytes each (indices, exact and reduced costs): within the budget
-        self.budget = min(self.budget, max(16 * self.n, geom.max_dense_bytes // 48))
+        flagged_cap = min(int(max_flagged_fraction * self.n * self.n), geom.max_dense_bytes // 48)
+        self.budget = max(16 * self.n, flagged_cap)
         # the ranks, cheapest first: projections below d, then d itself (the float32 cost, no
         # projection). From ESTIMATE_MIN_N on a sample of pairs picks one; below, the scan
         # starts at the smallest and moves up the ladder when it flags too many pairs

@@ -248,9 +248,8 @@ def solve_assignment(
         error.fallback = fallback
         raise error from err
     # column prices from an auction: the same optimal permutations, much shorter augmenting
-    # paths for scipy (see otcollapse.transport.auction)
-    # (bidding in float32 halves the memory traffic; with a float64 cost its float32 copy is the
-    # half matrix of ASSIGNMENT_COPIES)
+    # paths for scipy (otcollapse.transport.auction). Bids in float32 (half the memory traffic);
+    # a float64 cost's float32 copy is the half matrix of ASSIGNMENT_COPIES
     prices, auction_rounds = (
         auction_prices(C_t if C_t.dtype == torch.float32 else C_t.float())
         if n >= WARM_START_MIN_N
