@@ -65,7 +65,7 @@ def test_exact_with_weights_and_unequal_sizes_agrees_with_pot():
     res = wasserstein(x, y, a=a, b=b)
     assert res.method == "exact" and "network simplex" in res.params["auto"]
     assert res.cost == pytest.approx(pot_emd2(x, y, a, b), rel=1e-9)
-    assert res.gap_kind == "duality gap" and res.gap <= 1e-9 * res.cost
+    assert res.gap_kind == "certified gap" and res.gap <= 1e-9 * res.cost
     assert res.params["dual_violation"] <= 1e-9
 
 
@@ -76,7 +76,7 @@ def test_assignment_index_form_and_plan():
     # the residual map is close to the identity: the assignment must undo the shuffle
     assert np.array_equal(perm[res.assignment], np.arange(50))
     assert res.plan.shape == (50, 50) and np.allclose(res.plan.sum(1), 1 / 50)
-    assert res.gap is None and "no dual" in res.params["certificate"]
+    assert res.gap_kind == "certified gap" and res.gap <= 1e-9 * res.cost and res.converged
 
 
 def test_assignment_refuses_weights_and_unequal_sizes():
@@ -428,7 +428,7 @@ def assert_certificate(res, C):
     assert np.sort(sigma).tolist() == list(range(n))  # a permutation
     assert np.allclose(u + v[sigma], C[np.arange(n), sigma], rtol=0, atol=tol)
     assert abs(np.mean(u) + np.mean(v) - res.cost) <= tol
-    assert res.gap <= tol and res.gap_kind == "duality gap"
+    assert res.gap <= tol and res.gap_kind == "certified gap"
     assert res.params["dual_violation"] <= tol
 
 
@@ -457,7 +457,7 @@ def test_sparse_assignment_agrees_with_dense_and_pot(kind, as_input):
     assert res.cost == pytest.approx(ref, rel=1e-12)
     assert res.cost == pytest.approx(pot_emd2(x, y), rel=1e-12)
     forced_dense = wasserstein(x, y, candidates="dense")
-    assert forced_dense.params["path"] == "dense" and forced_dense.gap is None
+    assert forced_dense.params["path"] == "dense" and forced_dense.gap <= 1e-9 * ref
     assert forced_dense.cost == pytest.approx(ref, rel=1e-12)
     p = res.params
     if kind == "residual":  # the identity's potentials certify the identity in one scan
@@ -657,9 +657,13 @@ def test_auction_leaves_tied_rows_to_scipy():
     centres = 5 * g.normal(size=(10, 16))
     labels = np.repeat(np.arange(10), 60)
     x, y = centres[labels], centres[g.permutation(labels)]
+    from otcollapse.transport.auction import auction_prices
+
+    C = torch.as_tensor(((x[:, None] - y[None]) ** 2).sum(-1), dtype=torch.float32)
+    assert sum(auction_prices(C)[1]) <= 20
+    # wasserstein splits the separated classes and solves each alone (see the blocks tests)
     res = wasserstein(x, y, candidates="dense")
-    rounds = int(res.params["warm_start"].split()[3])
-    assert res.cost == 0.0 and rounds <= 20
+    assert res.cost == 0.0 and res.converged and res.params["blocks"] == 10
 
 
 def test_bellman_ford_potentials_detect_a_non_optimal_permutation():

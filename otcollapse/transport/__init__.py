@@ -177,6 +177,10 @@ def wasserstein(
     device = xt.device
     yt = yt.to(device)
     dtype = torch.promote_types(xt.dtype, yt.dtype)
+    if method in ("auto", "exact", "assignment"):
+        # exact costs need the points in float64: a float32 shift or GEMM would round away the
+        # distances inside a tight cluster (the transport.blocks module)
+        dtype = torch.float64
     xt, yt = xt.to(dtype), yt.to(dtype)
     at = _check_weights(a, xt.shape[0], "a", device)
     bt = _check_weights(b, yt.shape[0], "b", device)

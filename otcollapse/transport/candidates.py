@@ -132,6 +132,9 @@ class SparseAssignment:
     dual_violation : float
         ``max_ij (u_i + v_j - c_ij)``, over the candidate and flagged pairs (every other pair
         is certified feasible by the bound), at least 0.
+    lower : float
+        A certified lower bound on ``W2^2``: the dual value less ``dual_violation`` and the
+        rounding of the sums.
     tolerance : float
         Violations below it do not trigger another round (rounding of the float64 sums).
     rounds : int
@@ -156,6 +159,7 @@ class SparseAssignment:
     u: np.ndarray
     v: np.ndarray
     dual_violation: float
+    lower: float
     tolerance: float
     rounds: int
     arcs: int
@@ -251,14 +255,15 @@ class ProjectedBound:
         self.amax, self.bmax = float(self.aa.max()), float(self.bb.max())
         # error of the float64 projections themselves: gamma_d ||x_i|| per unit column, sqrt(r)
         # columns, for a_i and b_j together (none without a projection)
-        self.proj_error = 0.0
+        # and of the shifted copies themselves (each coordinate rounded relative to itself)
+        if radius is None:
+            radius = math.sqrt(
+                max(float((x64 * x64).sum(1).max()), float((y64 * y64).sum(1).max()))
+            )
+        eps64 = float(np.finfo(np.float64).eps) / 2
+        self.proj_error = 2 * 1.01 * eps64 * radius
         if basis is not None:
-            if radius is None:
-                radius = math.sqrt(
-                    max(float((x64 * x64).sum(1).max()), float((y64 * y64).sum(1).max()))
-                )
-            eps64 = float(np.finfo(np.float64).eps) / 2
-            self.proj_error = 2 * 1.01 * x64.shape[1] * eps64 * math.sqrt(self.rank) * radius
+            self.proj_error += 2 * 1.01 * x64.shape[1] * eps64 * math.sqrt(self.rank) * radius
 
     def factors(self, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """``L``, ``R`` and the rounding margin for potentials ``u``, ``v`` (float64)."""
@@ -378,9 +383,16 @@ def nearest(bound: ProjectedBound, k: int) -> torch.Tensor:
 
 
 def pair_costs(
-    x64: torch.Tensor, y64: torch.Tensor, i: torch.Tensor, j: torch.Tensor
+    x64: torch.Tensor,
+    y64: torch.Tensor,
+    i: torch.Tensor,
+    j: torch.Tensor,
+    delta: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``||x_i - y_j||^2`` in float64 from the differences, in cache-sized chunks."""
+    """``||x_i - y_j - delta||^2`` in float64 from the differences, in cache-sized chunks.
+
+    Pass the original points: the difference ``x_i - y_j`` is then rounded relative to itself,
+    so the cost is accurate to its own size however far the points are from the origin."""
     m, d = len(i), x64.shape[1]
     out = torch.empty(m, dtype=torch.float64, device=x64.device)
     chunk = max(1, min(m, PAIR_CHUNK_BYTES // (8 * d)))
@@ -392,6 +404,8 @@ def pair_costs(
         torch.index_select(x64, 0, i[s:e], out=lb)
         torch.index_select(y64, 0, j[s:e], out=rb)
         lb.sub_(rb)
+        if delta is not None:
+            lb.sub_(delta)
         lb.mul_(lb)
         torch.sum(lb, 1, out=out[s:e])
     return out
@@ -597,17 +611,22 @@ def solve_sparse_assignment(
     rank: int | str = "auto",
     max_rounds: int = 20,
     max_flagged_fraction: float = MAX_FLAGGED_FRACTION,
+    start: np.ndarray | None = None,
 ) -> SparseAssignment:
     """The optimal assignment with its certificate, by column generation on candidate pairs.
 
     ``k=None`` starts from the identity pairs, and from the identity plus ``KNN_FALLBACK``
     projected nearest neighbours per source when the identity's potentials flag too many pairs
     (estimated on a sample, or found by the first scan); an int ``k`` starts from the identity
-    plus ``k`` neighbours. Raises :class:`Unprofitable` when the bound flags more than
+    plus ``k`` neighbours. ``start``, a permutation (the dense path's, optimal for rounded
+    costs), is certified or improved instead, by a float64 scan at full rank. Raises
+    :class:`Unprofitable` when the bound flags more than
     ``max_flagged_fraction`` of the pairs (estimated or scanned), or ``max_rounds`` scans do
     not certify: the caller then solves densely.
     """
     run = _SparseRun(geom, rank, max_flagged_fraction)
+    if start is not None:
+        return run.certify(start, max_rounds)
     if k is not None:
         return run.solve(int(k), max_rounds, run.ladder[0])
     r, frac = run.ladder[0], 0.0
@@ -638,10 +657,12 @@ class _SparseRun:
         self.notes: list[str] = []
         self.n, self.d = geom.n, geom.x.shape[1]
         self.dev = geom.device
+        # exact costs from the original points (differences rounded relative to themselves);
+        # the shifted copies only feed the projections and bounds, whose margins cover them
+        self.cost_x, self.cost_y = geom.x64, geom.y64
         x64, y64 = geom.x.double(), geom.y.double()
-        self.cost_x, self.cost_y = x64, y64
         self.ident = torch.arange(self.n, device=self.dev)
-        diff = x64 - y64
+        diff = self.cost_x - self.cost_y
         # each cloud centred on its own mean: every permutation's cost drops by the same
         # n |m_x - m_y|^2, so the optimal one is unchanged, but the costs become
         # c'_ij = c_ij + alpha_i + beta_j and a common translation no longer hides the identity's
@@ -655,7 +676,8 @@ class _SparseRun:
         self.radius = 1.01 * max(
             float(torch.linalg.vector_norm(c, dim=1).max()) for c in (x64, y64)
         )
-        self.alpha = self.beta = None
+        self.alpha = self.beta = self.delta = None
+        self.shift_sq = 0.0  # mean c' = mean c - |delta|^2 on any permutation
         self.x64, self.y64 = x64, y64
         if centre:
             mx, my = x64.mean(0), y64.mean(0)
@@ -663,6 +685,7 @@ class _SparseRun:
             self.alpha = -2 * (x64 @ delta) + shift
             self.beta = 2 * (y64 @ delta)
             self.x64, self.y64 = x64 - mx, y64 - my
+            self.delta, self.shift_sq = delta, shift
             self.diag = (diff - delta).square_().sum(1)
         self.paired = diff.square_().sum(1)  # c_ii, the value when the identity is optimal
         if not centre:
@@ -798,7 +821,8 @@ class _SparseRun:
             ii = self.ident.repeat_interleave(nbr.shape[1])
             jj = nbr.reshape(-1)
             self.arcs.add(
-                (ii * n + jj).cpu().numpy(), pair_costs(self.x64, self.y64, ii, jj).cpu().numpy()
+                (ii * n + jj).cpu().numpy(),
+                pair_costs(self.cost_x, self.cost_y, ii, jj, self.delta).cpu().numpy(),
             )
             self.lap("neighbours")
             sigma, u, v = self.resolve()
@@ -812,6 +836,32 @@ class _SparseRun:
                     f"the potentials from {k} nearest neighbours would flag ~{frac:.1%} of "
                     "the pairs"
                 )
+        return self._certify(sigma, u, v, r, k, max_rounds)
+
+    def certify(self, start: np.ndarray, max_rounds: int) -> SparseAssignment:
+        """Certify (or improve) a permutation found on rounded costs: its pairs join the
+        candidates with exact costs, and the scan runs at full rank in float64, whose margin
+        is the rounding of a float64 cost, so only truly near-tight pairs are flagged."""
+        n = self.n
+        rows = torch.arange(n, device=self.dev)
+        cols = torch.as_tensor(start, device=self.dev)
+        cost = pair_costs(self.cost_x, self.cost_y, rows, cols, self.delta)
+        self.arcs.add((rows * n + cols).cpu().numpy(), cost.cpu().numpy())
+        sigma, u, v = self.resolve()
+        self.scan_dtype = torch.float64
+        return self._certify(sigma, u, v, self.d, 0, max_rounds)
+
+    def _certify(
+        self,
+        sigma: np.ndarray,
+        u: torch.Tensor,
+        v: torch.Tensor,
+        r: int,
+        k: int,
+        max_rounds: int,
+    ) -> SparseAssignment:
+        """Column generation from ``sigma``: scan, add the violated pairs, re-solve."""
+        n, dev = self.n, self.dev
         bound = self.bound(r)
         self.lap("projection")
         rounds = 0
@@ -836,7 +886,7 @@ class _SparseRun:
                 rounds -= 1
                 continue
             fi, fj, margin = hit
-            cf = pair_costs(self.x64, self.y64, fi, fj)
+            cf = pair_costs(self.cost_x, self.cost_y, fi, fj, self.delta)
             reduced = cf - u[fi] - v[fj]
             # the violation over the candidates (within tau by construction) and the flagged
             rows, cols = np.divmod(self.arcs.keys, n)
@@ -857,6 +907,11 @@ class _SparseRun:
         else:
             moved = self.cost_y[torch.as_tensor(sigma, device=dev)]
             pair = ((self.cost_x - moved) ** 2).sum(1).cpu().numpy()
+        # the dual bound in the centred frame (small numbers, no cancellation), moved back by
+        # the constant |delta|^2; rounding of the two float64 means on top
+        dual = float(u.mean() + v.mean())
+        rounding = 4 * float(np.finfo(np.float64).eps) * float(u.abs().mean() + v.abs().mean())
+        lower = dual + self.shift_sq - violation - rounding
         if self.alpha is not None:
             u, v = u - self.alpha, v - self.beta
         self.lap("value")
@@ -866,6 +921,7 @@ class _SparseRun:
             u=u.cpu().numpy(),
             v=v.cpu().numpy(),
             dual_violation=violation,
+            lower=lower,
             tolerance=tol_add,
             rounds=rounds,
             arcs=len(self.arcs.keys),

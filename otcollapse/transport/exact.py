@@ -11,6 +11,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from otcollapse.transport.auction import auction_prices
+from otcollapse.transport.blocks import RTOL, find_groups, solve_by_blocks
 from otcollapse.transport.candidates import (
     SparseAssignment,
     Unprofitable,
@@ -20,7 +21,7 @@ from otcollapse.transport.candidates import (
 from otcollapse.transport.geometry import DenseBudgetError, PointCloudCost, format_bytes
 from otcollapse.transport.result import TransportResult
 
-__all__ = ["dense_potentials", "is_uniform", "solve_assignment", "solve_exact"]
+__all__ = ["is_uniform", "solve_assignment", "solve_exact"]
 
 #: dense float64 (n, m) matrices the network simplex peaks at (measured: about 5 at n = m = 3000,
 #: the cost, POT's plan and POT's internal copies)
@@ -31,9 +32,9 @@ ASSIGNMENT_COPIES = 1.5
 SPARSE_MIN_N = 512
 #: from this size on the dense assignment starts from auction prices
 WARM_START_MIN_N = 512
-#: POT's network simplex accepts pivots within this absolute tolerance on reduced costs
-#: (EPSILON = 2.2e-15 in its C++ code), with a margin for accumulation
-POT_PIVOT_TOL = 64 * 2.2204460492503131e-15
+#: reduced costs the network simplex resolves, relative to the largest cost (POT's pivot
+#: tolerance, 2.2e-15, with the margin its accumulated potentials need)
+SIMPLEX_RESOLUTION = 1e-12
 #: network-simplex iteration cap: POT's default (1e5) stops early, non-optimally, from n ~ 2000
 EMD_MAX_ITER = 2_000_000_000
 
@@ -50,38 +51,63 @@ def solve_exact(
 ) -> TransportResult:
     """W2^2 by POT's network simplex (``ot.emd``) on the dense float64 cost.
 
-    The certificate is the duality gap ``|<pi, C> - (<a, u> + <b, v>)|`` of the returned dual
-    potentials; their largest violation of ``u_i + v_j <= C_ij`` is ``params["dual_violation"]``.
-    ``converged`` is POT's own flag (optimal solution found) and a dual violation within
-    ``1e-9 max C``, plus the rounding of the GEMM-form costs (``64 eps (max||x||^2 + max||y||^2)``)
-    and POT's absolute pivot tolerance (``64 * 2.2e-15``). A violation ``delta`` of the duals
-    bounds the error of the value: ``W2^2`` lies in ``[<a, u> + <b, v> - delta, cost]``.
+    Separated clusters of equal mass in both measures (collapsed features) are solved one
+    cluster at a time in their own frames (:mod:`otcollapse.transport.blocks`); otherwise the
+    whole problem in one frame. The cost matrix is divided by its largest entry before POT
+    sees it (POT's pivots use an absolute tolerance of about 2e-15, larger than the costs of
+    clouds at a scale below 1e-7) and the potentials are scaled back.
+
+    The value is ``sum pi_ij c_ij`` with ``c_ij`` from the differences of the original points:
+    the exact cost of a feasible plan, never below W2^2. The certificate is a lower bound from
+    POT's dual potentials ``u``, ``v`` on the computed matrix ``C'``:
+
+    $$W_2^2 \\ge \\langle a, u\\rangle + \\langle b, v\\rangle - \\delta - E, \\qquad
+      \\delta = \\max_{ij} (u_i + v_j - C'_{ij})^+,$$
+
+    with ``E`` the bound of :meth:`PointCloudCost.gemm_error` on ``|<pi, C'> - <pi, C>|`` and
+    the rounding of the sums. ``gap`` is the value less that bound (``gap_kind="certified
+    gap"``); ``params["dual_violation"]`` is ``delta``. ``converged`` is POT's own flag
+    (optimal solution found) and ``gap <= 1e-9 cost``: it fails, and says so, when float64
+    cannot resolve the costs that decide the answer.
     """
     _no_options(unused, "exact")
+    groups = find_groups(geom, a, b, SIMPLEX_RESOLUTION)
+    if groups is not None:
+        return solve_by_blocks(
+            solve_exact,
+            geom,
+            a,
+            b,
+            groups,
+            num_iter_max=num_iter_max,
+            return_plan=return_plan,
+            return_potentials=return_potentials,
+        )
     t0 = time.perf_counter()
     C = geom.dense(torch.float64, copies=EXACT_COPIES).cpu().numpy()
     a_np, b_np = a.double().cpu().numpy(), b.double().cpu().numpy()
-    plan, log = ot.emd(a_np, b_np, C, numItermax=num_iter_max, log=True)
-    u, v = log["u"], log["v"]
-    # the value from the differences on the plan's support: the GEMM form of C loses the
-    # small costs to cancellation (W2(x, x) would come out ~1e-8 instead of 0)
-    # entries below 1e-12 of their row's mass are the simplex's rounding residue (~1e-17), not
-    # transport: counted, they turn a zero W2 into ~1e-8
+    scale = float(C.max())
+    scale = scale if scale > 0 else 1.0
+    plan, log = ot.emd(a_np, b_np, C / scale, numItermax=num_iter_max, log=True)
+    u, v = log["u"] * scale, log["v"] * scale
+    # the value from the differences of the original points on the plan's support; entries
+    # below 1e-12 of their row's mass are the simplex's rounding residue (~1e-17), not transport
     rows, cols = np.nonzero(plan > 1e-12 * a_np[:, None])
-    diff = geom.x.double()[rows] - geom.y.double()[cols]
+    diff = geom.x64[rows] - geom.y64[cols]
     cost = float(plan[rows, cols] @ (diff * diff).sum(1).cpu().numpy())
-    gap = abs(float(plan[rows, cols] @ C[rows, cols]) - float(a_np @ u + b_np @ v))
     step = max(1, (64 * 1024**2) // (8 * max(1, geom.m)))  # row blocks: no n x m temporary
     violation = max(
         float(np.max(u[i : i + step, None] + v[None, :] - C[i : i + step]))
         for i in range(0, geom.n, step)
     )
-    # allowed violation: relative 1e-9, the rounding of the GEMM-form costs (a few ulps of
-    # ||x||^2 + ||y||^2), and POT's absolute pivot tolerance (2.2e-15 on reduced costs), without
-    # which tiny costs (collapsed features) could never be certified
-    rounding = 64 * np.finfo(np.float64).eps * float(geom.xx.max() + geom.yy.max())
-    tolerance = 1e-9 * float(C.max()) + rounding + POT_PIVOT_TOL
-    converged = bool(int(log.get("result_code", 0)) == 1 and violation <= tolerance)
+    eps = float(np.finfo(np.float64).eps)
+    # rounding of u_i + v_j - C_ij and of the dual sums
+    rounding = eps * (3 * float(np.abs(u).max() + np.abs(v).max() + scale))
+    rounding += 4 * eps * float(a_np @ np.abs(u) + b_np @ np.abs(v))
+    lower = float(a_np @ u + b_np @ v) - max(violation, 0.0) - rounding
+    lower -= geom.gemm_error(a, b, torch.float64)
+    gap = max(0.0, cost - max(lower, 0.0))
+    converged = bool(int(log.get("result_code", 0)) == 1 and gap <= RTOL * cost)
     seconds = time.perf_counter() - t0
     return TransportResult(
         cost=cost,
@@ -90,13 +116,14 @@ def solve_exact(
         params={
             "solver": "POT network simplex (ot.emd)",
             "num_iter_max": num_iter_max,
-            "dual_violation": violation,
+            "dual_violation": max(violation, 0.0),
+            "cost_scale": scale,
             "pot_warning": log.get("warning"),
         },
         converged=converged,
         n_iter=None,
         gap=gap,
-        gap_kind="duality gap",
+        gap_kind="certified gap",
         seconds=seconds,
         plan=plan if return_plan else None,
         potentials=(u, v) if return_potentials else None,
@@ -234,11 +261,26 @@ def solve_assignment(
             fallback = f"dense path: {why}"
         else:
             return _sparse_result(found, geom, candidates, return_plan, return_potentials, t0)
-    if cost_dtype is None:
-        # the fallback keeps the sparse path's exactness: a float64 GEMM costs about what a
-        # float32 one and its cast to float64 (which scipy needs) cost together
-        cost_dtype = "float64" if fallback is not None else "float32"
-    dtype = torch.float64 if cost_dtype == "float64" or return_potentials else torch.float32
+    groups = find_groups(geom, a, b)
+    if groups is not None:  # collapsed clusters: one cluster at a time, in its own frame
+        res = solve_by_blocks(
+            solve_assignment,
+            geom,
+            a,
+            b,
+            groups,
+            candidates=candidates,
+            rank=rank,
+            cost_dtype=cost_dtype,
+            max_rounds=max_rounds,
+            return_plan=return_plan,
+            return_potentials=return_potentials,
+        )
+        if fallback is not None:
+            res.params["fallback"] = fallback
+        return res
+    # float64 by default: float32 costs can rarely be certified to 1e-9 (gemm_error)
+    dtype = torch.float32 if cost_dtype == "float32" and not return_potentials else torch.float64
     try:
         C_t = geom.dense(dtype, copies=ASSIGNMENT_COPIES)
     except DenseBudgetError as err:
@@ -270,49 +312,54 @@ def solve_assignment(
         "candidates": candidates if is_int else str(candidates),
         "cost_dtype": "float64" if dtype == torch.float64 else "float32",
         "fallback": fallback,
-        "certificate": "none: scipy's assignment solver returns no dual potentials",
+        "certificate": (
+            "a priori: the permutation is optimal for the computed matrix, whose error on any "
+            "permutation is bounded (gemm_error); scipy returns no dual potentials"
+        ),
         "warm_start": (
             f"column prices from {sum(auction_rounds)} auction rounds"
             if prices is not None
             else None
         ),
     }
-    gap = gap_kind = potentials = None
-    converged = True
-    if return_potentials:
-        pot = dense_potentials(C, order)
-        if pot is None:
-            converged = False
-            params["certificate"] = (
-                "Bellman-Ford sweeps on the dense residual graph did not converge"
-            )
-        else:
-            u, v, violation, sweeps = pot
-            primal = float(C[np.arange(n), order].mean())
-            if prices is not None:  # back to the unpriced costs: c_ij = C_ij - p_j
-                v, primal = v - prices, primal - float(prices.mean())
-            gap, gap_kind = abs(primal - float(u.mean() + v.mean())), "duality gap"
-            tolerance = 1e-9 * float(C.max()) + 64 * np.finfo(np.float64).eps * float(
-                geom.xx.max() + geom.yy.max()
-            )
-            converged = bool(violation <= tolerance)
-            potentials = (u, v)
-            params.update(
-                certificate="potentials of the float64 matrix by Bellman-Ford sweeps",
-                dual_violation=violation,
-                sweeps=sweeps,
-            )
     del C
     pair_cost = geom.paired(torch.as_tensor(order, device=geom.device)).cpu().numpy()
+    cost = float(pair_cost.mean())
+    # optimal for C' = C + error: c(sigma) - W2^2 <= E(sigma) + E(sigma*) <= 2 gemm_error
+    gap = min(2 * geom.gemm_error(a, b, dtype), cost)
+    converged, potentials = gap <= RTOL * cost, None
+    if not converged or return_potentials:
+        # certify a posteriori: the permutation's pairs with exact costs, shortest-path
+        # potentials, and a float64 scan that computes the near-tight pairs' costs exactly
+        try:
+            found = solve_sparse_assignment(
+                geom, rank=rank, max_rounds=max(max_rounds, 20), start=order
+            )
+        except Unprofitable as why:
+            params["certificate"] = f"a priori bound too wide, and the exact scan failed: {why}"
+        else:
+            order, pair_cost = found.assignment, found.pair_cost
+            cost = float(pair_cost.mean())
+            gap = max(0.0, cost - max(found.lower, 0.0))
+            converged = gap <= RTOL * cost
+            potentials = (found.u, found.v) if return_potentials else None
+            params.update(
+                certificate=(
+                    "dual potentials feasible on all pairs (float64 scan at full rank, exact "
+                    "costs where flagged): W2^2 >= dual - dual_violation"
+                ),
+                dual_violation=found.dual_violation,
+                rounds=found.rounds,
+            )
     return TransportResult(
-        cost=float(pair_cost.mean()),
+        cost=cost,
         quantity="W2^2",
         method="assignment",
         params=params,
-        converged=converged,
+        converged=bool(converged),
         n_iter=None,
         gap=gap,
-        gap_kind=gap_kind,
+        gap_kind="certified gap",
         seconds=time.perf_counter() - t0,
         plan=_permutation_plan(order) if return_plan else None,
         assignment=order,
@@ -330,9 +377,7 @@ def _sparse_result(
 ) -> TransportResult:
     n = geom.n
     cost = float(found.pair_cost.mean())
-    dual = float(found.u.mean() + found.v.mean())
-    scale = float(found.pair_cost.max())
-    tolerance = 1e-9 * scale + found.tolerance
+    gap = max(0.0, cost - max(found.lower, 0.0))
     params: dict[str, Any] = {
         "solver": "sparse certified assignment (column generation on candidate pairs)",
         "path": "sparse",
@@ -350,10 +395,10 @@ def _sparse_result(
         quantity="W2^2",
         method="assignment",
         params=params,
-        converged=bool(found.dual_violation <= tolerance),
+        converged=bool(gap <= RTOL * cost),
         n_iter=found.rounds,
-        gap=abs(cost - dual),
-        gap_kind="duality gap",
+        gap=gap,
+        gap_kind="certified gap",
         seconds=time.perf_counter() - t0,
         plan=_permutation_plan(found.assignment) if return_plan else None,
         assignment=found.assignment,
@@ -366,38 +411,6 @@ def _permutation_plan(order: np.ndarray) -> np.ndarray:
     plan = np.zeros((n, n))
     plan[np.arange(n), order] = 1.0 / n
     return plan
-
-
-def dense_potentials(
-    C: np.ndarray, order: np.ndarray, max_sweeps: int | None = None
-) -> tuple[np.ndarray, np.ndarray, float, int] | None:
-    """Dual potentials of an optimal permutation of the dense cost ``C``.
-
-    Bellman–Ford on the residual graph (arcs ``order[i] -> j`` of weight
-    ``C_ij - C_{i order[i]}``) from a virtual source, one Jacobi sweep a pass over ``C``:
-    ``v_j <- min(v_j, min_i (C_ij - u_i))`` with ``u_i = C_{i order[i]} - v_{order[i]}``, until
-    no label drops by more than ``1e-13 max C``. Returns ``(u, v, violation, sweeps)`` with
-    ``violation = max_ij (u_i + v_j - C_ij)``, or None after ``max_sweeps`` sweeps.
-    """
-    n = len(order)
-    matched = C[np.arange(n), order]
-    tau = 1e-13 * float(C.max()) + 1e-300
-    step = max(1, (64 * 1024**2) // (8 * max(1, n)))
-    v = np.zeros(n)
-    max_sweeps = n + 2 if max_sweeps is None else max_sweeps
-    for sweep in range(1, max_sweeps + 1):
-        u = matched - v[order]
-        col = v.copy()
-        for i in range(0, n, step):
-            np.minimum(col, (C[i : i + step] - u[i : i + step, None]).min(0), out=col)
-        if not np.any(col < v - tau):
-            violation = max(
-                float(np.max(u[i : i + step, None] + v[None, :] - C[i : i + step]))
-                for i in range(0, n, step)
-            )
-            return u, v, max(violation, 0.0), sweep
-        v = np.minimum(v, col)
-    return None
 
 
 def is_uniform(w: torch.Tensor) -> bool:

@@ -5,6 +5,12 @@ gives the dense matrix when it fits in the memory budget and refuses otherwise, 
 row blocks, each block one GEMM ``||x||^2 + ||y||^2 - 2 x y^T``, so that entropic solvers need
 only O((n + m) d) memory. Both clouds are shifted by one common vector (the midpoint of their
 means): costs are unchanged, and the GEMM form loses less to cancellation.
+
+Exact costs never come from the shifted copies: the shift rounds every coordinate to the
+precision of the coordinate itself, which for tight clusters far from the origin (collapsed
+features) is larger than the distances inside a cluster. :meth:`PointCloudCost.paired` and the
+exact solvers' values use the original points (``x64``, ``y64``) and their differences; the GEMM
+form is used only where :meth:`PointCloudCost.gemm_error` bounds its error.
 """
 
 from __future__ import annotations
@@ -53,10 +59,38 @@ class PointCloudCost:
     def __init__(
         self, x: torch.Tensor, y: torch.Tensor, max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES
     ):
+        self.x0, self.y0 = x, y
         shift = 0.5 * (x.mean(0) + y.mean(0))
         self.x = x - shift
         self.y = y - shift
         self.max_dense_bytes = int(max_dense_bytes)
+
+    @functools.cached_property
+    def x64(self) -> torch.Tensor:
+        """The original (unshifted) ``x`` in float64: the source of every exact cost."""
+        return self.x0.double()
+
+    @functools.cached_property
+    def y64(self) -> torch.Tensor:
+        """The original (unshifted) ``y`` in float64."""
+        return self.y0.double()
+
+    def gemm_gamma(self, dtype: torch.dtype) -> float:
+        """``gamma`` with ``|C_gemm_ij - c_ij| <= gamma (||x'_i|| + ||y'_j||)^2`` for the shifted
+        points ``x'``, ``y'``: the dot product of length ``d + 2`` (``2 gamma_{d+2}``, Higham,
+        "Accuracy and Stability of Numerical Algorithms", 2002, sec. 3.1), the squared norms,
+        and the rounding of the shift in the clouds' own dtype (relative to ``x'`` itself)."""
+        k = self.x.shape[1] + 2
+        u = float(torch.finfo(dtype).eps) / 2
+        u_shift = float(torch.finfo(self.x.dtype).eps) / 2
+        return 2 * k * u / (1 - k * u) + 2 * k * u + 6 * u_shift
+
+    def gemm_error(self, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> float:
+        """A bound on ``|<pi, C_gemm> - <pi, C>|`` for every coupling ``pi`` of ``a`` and ``b``:
+        ``2 gamma (sum_i a_i ||x'_i||^2 + sum_j b_j ||y'_j||^2)``, since
+        ``(||x'_i|| + ||y'_j||)^2 <= 2 ||x'_i||^2 + 2 ||y'_j||^2``."""
+        scale = float(a.double() @ self.xx.double() + b.double() @ self.yy.double())
+        return 2 * self.gemm_gamma(dtype) * scale
 
     # squared norms on first use: the sparse assignment never needs them
     @functools.cached_property
@@ -139,14 +173,15 @@ class PointCloudCost:
             yield start, stop, self.block(start, stop, dtype)
 
     def paired(self, cols: torch.Tensor) -> torch.Tensor:
-        """``C[i, cols[i]]`` in float64, from the differences (no cancellation)."""
-        diff = self.x.double() - self.y.double()[cols]
+        """``C[i, cols[i]]`` in float64, from the differences of the original points."""
+        diff = self.x64 - self.y64[cols]
         return (diff * diff).sum(1)
 
     def transposed(self) -> PointCloudCost:
         """The geometry from ``y`` to ``x`` (same shift, same budget)."""
         t = PointCloudCost.__new__(PointCloudCost)
         t.x, t.y, t.xx, t.yy = self.y, self.x, self.yy, self.xx
+        t.x0, t.y0 = self.y0, self.x0
         t.max_dense_bytes = self.max_dense_bytes
         return t
 
