@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from otcollapse._utils import ArrayLike, check_finite, to_numpy
+from otcollapse._validation import check_int
 from otcollapse.transport.entropic import solve_sinkhorn
 from otcollapse.transport.exact import (
     ASSIGNMENT_COPIES,
@@ -74,6 +75,11 @@ def transport_methods() -> tuple[str, ...]:
 
 
 def _check_cloud(x: ArrayLike, what: str) -> torch.Tensor:
+    if (isinstance(x, torch.Tensor) and x.is_complex()) or np.iscomplexobj(x):
+        raise ValueError(
+            f"{what} is complex; W2 is defined for real points (take .real, or stack the real "
+            "and imaginary parts as coordinates)."
+        )
     if isinstance(x, torch.Tensor):
         t = x.detach()
         if not t.is_floating_point():
@@ -172,6 +178,7 @@ def wasserstein(
     """
     if method not in transport_methods():
         raise ValueError(f"unknown method {method!r}; choose one of {list(transport_methods())}.")
+    max_dense_bytes = check_int(max_dense_bytes, "max_dense_bytes", minimum=1)
     xt = _check_cloud(x, "x")
     yt = _check_cloud(y, "y")
     device = xt.device

@@ -119,11 +119,15 @@ def find_groups(
         return None
     x, y = geom.x64, geom.y64
     pooled = torch.cat([x, y])
-    step = max(1, len(pooled) // SAMPLE_POINTS)
-    found = _farthest_points(pooled[::step].cpu().numpy())
+    # a seeded random sample (an evenly strided one aliases with periodic class orders)
+    gen = torch.Generator().manual_seed(0)
+    sample = pooled
+    if len(pooled) > SAMPLE_POINTS:
+        sample = pooled[torch.randperm(len(pooled), generator=gen)[:SAMPLE_POINTS].to(x.device)]
+    found = _farthest_points(sample.cpu().numpy())
     if found is None:
         return None
-    anchors = pooled[::step][torch.as_tensor(found, device=pooled.device)]
+    anchors = sample[torch.as_tensor(found, device=pooled.device)]
     # nearest anchor in the shifted frame (any assignment is valid: the radii below are exact)
     centre = anchors.mean(0)
     ac = anchors - centre

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from otcollapse._utils import progress_bar
+from otcollapse._validation import check_int, check_real
 from otcollapse.transport.geometry import PointCloudCost
 from otcollapse.transport.result import TransportResult
 
@@ -219,6 +220,14 @@ def solve_sinkhorn(
     """
     if unused:
         raise ValueError(f"method='sinkhorn' takes no option(s) {sorted(unused)}.")
+    if eps is not None:
+        eps = check_real(eps, "eps", low=0.0)
+    eps_rel = check_real(eps_rel, "eps_rel", low=0.0)
+    if tol is not None:
+        tol = check_real(tol, "tol", low=0.0)
+    max_iter = check_int(max_iter, "max_iter", minimum=1)
+    if scaling is not None:
+        scaling = check_real(scaling, "scaling", low=0.0, high=1.0)
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}.")
     if scaling is None:

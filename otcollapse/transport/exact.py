@@ -10,6 +10,7 @@ import ot
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from otcollapse._validation import check_int
 from otcollapse.transport.auction import auction_prices
 from otcollapse.transport.blocks import RTOL, find_groups, solve_by_blocks
 from otcollapse.transport.candidates import (
@@ -71,6 +72,7 @@ def solve_exact(
     cannot resolve the costs that decide the answer.
     """
     _no_options(unused, "exact")
+    num_iter_max = check_int(num_iter_max, "num_iter_max", minimum=1)
     groups = find_groups(geom, a, b, SIMPLEX_RESOLUTION)
     if groups is not None:
         return solve_by_blocks(
@@ -108,18 +110,36 @@ def solve_exact(
     lower -= geom.gemm_error(a, b, torch.float64)
     gap = max(0.0, cost - max(lower, 0.0))
     converged = bool(int(log.get("result_code", 0)) == 1 and gap <= RTOL * cost)
+    params: dict[str, Any] = {
+        "solver": "POT network simplex (ot.emd)",
+        "num_iter_max": num_iter_max,
+        "dual_violation": max(violation, 0.0),
+        "cost_scale": scale,
+        "pot_warning": log.get("warning"),
+    }
+    if not converged and geom.n == geom.m and is_uniform(a) and is_uniform(b):
+        # uniform and of equal size: the plan is a permutation, which the assignment's exact
+        # scan can certify (or improve) with costs accurate to their own size
+        try:
+            found = solve_sparse_assignment(geom, start=plan.argmax(1), max_rounds=20)
+        except Unprofitable as why:
+            params["certificate"] = f"the exact scan of the permutation failed: {why}"
+        else:
+            cost = float(found.pair_cost.mean())
+            gap = max(0.0, cost - max(found.lower, 0.0))
+            converged = gap <= RTOL * cost
+            plan = _permutation_plan(found.assignment) if return_plan else None
+            u, v = found.u, found.v
+            params.update(
+                certificate="the simplex's permutation certified by the assignment's exact scan",
+                dual_violation=found.dual_violation,
+            )
     seconds = time.perf_counter() - t0
     return TransportResult(
         cost=cost,
         quantity="W2^2",
         method="exact",
-        params={
-            "solver": "POT network simplex (ot.emd)",
-            "num_iter_max": num_iter_max,
-            "dual_violation": max(violation, 0.0),
-            "cost_scale": scale,
-            "pot_warning": log.get("warning"),
-        },
+        params=params,
         converged=converged,
         n_iter=None,
         gap=gap,

@@ -14,10 +14,45 @@ from otcollapse.transport.result import TransportResult
 __all__ = ["bures_map", "gaussian_w2", "solve_gaussian", "sqrtm_psd"]
 
 
+def _eigh(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of a symmetric matrix; LAPACK's divide-and-conquer can fail to
+    converge on rank-deficient matrices (a few points in many dimensions), so the SVD, which
+    equals it for a PSD matrix, takes over then."""
+    S = 0.5 * (S + S.T)
+    try:
+        return np.linalg.eigh(S)
+    except np.linalg.LinAlgError:
+        u, sv, _ = np.linalg.svd(S)
+        return sv[::-1], u[:, ::-1]
+
+
 def sqrtm_psd(S: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric positive semi-definite matrix (eigenvalues clipped at 0)."""
-    vals, vecs = np.linalg.eigh(0.5 * (S + S.T))
-    return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+    """Symmetric square root of a symmetric positive semi-definite matrix.
+
+    Eigenvalues within the rounding of the decomposition (``8 d eps`` of the largest) are set to
+    zero: the square root would turn a rounding error of ``1e-16`` into ``1e-8`` (a singular
+    covariance, e.g. fewer points than dimensions, has exact zeros there)."""
+    vals, vecs = _eigh(S)
+    floor = 8 * len(vals) * np.finfo(np.float64).eps * float(np.abs(vals).max(initial=0.0))
+    vals = np.where(vals > floor, vals, 0.0)
+    return (vecs * np.sqrt(vals)) @ vecs.T
+
+
+def _check_covariance(S: np.ndarray, name: str) -> np.ndarray:
+    """A symmetric PSD covariance, or a ValueError: its eigenvalues may dip below zero only by
+    rounding (``1e-10`` of the largest)."""
+    S = np.asarray(S, dtype=np.float64)
+    if S.ndim != 2 or S.shape[0] != S.shape[1] or not np.all(np.isfinite(S)):
+        raise ValueError(f"{name} must be a finite square matrix; got shape {S.shape}.")
+    scale = float(np.abs(S).max()) if S.size else 0.0
+    if float(np.abs(S - S.T).max(initial=0.0)) > 1e-10 * scale:
+        raise ValueError(f"{name} is not symmetric; a covariance is.")
+    low = float(_eigh(S)[0].min()) if S.size else 0.0
+    if low < -1e-10 * scale:
+        raise ValueError(
+            f"{name} has a negative eigenvalue ({low:.3g}); a covariance is positive semi-definite."
+        )
+    return S
 
 
 def gaussian_w2(m0: np.ndarray, S0: np.ndarray, m1: np.ndarray, S1: np.ndarray) -> float:
@@ -25,17 +60,15 @@ def gaussian_w2(m0: np.ndarray, S0: np.ndarray, m1: np.ndarray, S1: np.ndarray) 
 
     $$W_2^2 = \\|m_0 - m_1\\|^2 + \\operatorname{Tr}\\Big(\\Sigma_0 + \\Sigma_1
       - 2\\big(\\Sigma_1^{1/2} \\Sigma_0 \\Sigma_1^{1/2}\\big)^{1/2}\\Big).$$
+
+    Rank-deficient (singular) covariances are allowed: ``Tr((S1^{1/2} S0 S1^{1/2})^{1/2})`` is
+    computed as the nuclear norm of ``S0^{1/2} S1^{1/2}`` (the sum of its singular values), which
+    needs no inverse. A covariance that is not symmetric positive semi-definite is refused.
     """
     m0, m1 = np.asarray(m0, dtype=np.float64), np.asarray(m1, dtype=np.float64)
-    S0, S1 = np.asarray(S0, dtype=np.float64), np.asarray(S1, dtype=np.float64)
-    r1 = sqrtm_psd(S1)
-    cross = np.linalg.eigvalsh(r1 @ S0 @ r1)
-    val = float(
-        np.sum((m0 - m1) ** 2)
-        + np.trace(S0)
-        + np.trace(S1)
-        - 2 * np.sqrt(np.clip(cross, 0, None)).sum()
-    )
+    S0, S1 = _check_covariance(S0, "S0"), _check_covariance(S1, "S1")
+    cross = np.linalg.svd(sqrtm_psd(S0) @ sqrtm_psd(S1), compute_uv=False).sum()
+    val = float(np.sum((m0 - m1) ** 2) + np.trace(S0) + np.trace(S1) - 2 * cross)
     return max(val, 0.0)
 
 
@@ -49,7 +82,7 @@ def bures_map(S0: np.ndarray, S1: np.ndarray) -> np.ndarray:
     is the McCann interpolation (a constant-speed geodesic).
     """
     S0 = np.asarray(S0, dtype=np.float64)
-    vals, vecs = np.linalg.eigh(0.5 * (S0 + S0.T))
+    vals, vecs = _eigh(S0)
     if vals.min() <= 1e-12 * max(vals.max(), 1e-300):
         raise ValueError("bures_map needs a positive-definite source covariance S0.")
     r0 = (vecs * np.sqrt(vals)) @ vecs.T

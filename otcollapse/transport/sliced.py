@@ -10,7 +10,8 @@ import numpy as np
 import ot
 import torch
 
-from otcollapse.transport.geometry import PointCloudCost
+from otcollapse._validation import check_int
+from otcollapse.transport.geometry import PointCloudCost, format_bytes
 from otcollapse.transport.result import TransportResult
 
 __all__ = ["orthonormal_directions", "solve_sliced"]
@@ -64,10 +65,18 @@ def solve_sliced(
         raise ValueError(f"method='sliced' takes no option(s) {sorted(unused)}.")
     t0 = time.perf_counter()
     d = int(geom.x.shape[1])
-    n_projections = max(128, d) if n_projections is None else int(n_projections)
-    if n_projections < 1:
-        raise ValueError("n_projections must be positive.")
+    seed = check_int(seed, "seed")
+    if n_projections is None:
+        n_projections = max(128, d)
+    n_projections = check_int(n_projections, "n_projections", minimum=1)
     n_blocks = math.ceil(n_projections / d)
+    # the projected clouds, (n + m) x P, and the directions, P x d, in float64
+    need = 8 * n_blocks * d * (geom.n + geom.m + d)
+    if need > geom.max_dense_bytes:
+        raise ValueError(
+            f"n_projections={n_projections} needs {format_bytes(need)} of projections, over "
+            f"max_dense_bytes ({format_bytes(geom.max_dense_bytes)}); use fewer projections."
+        )
     theta = orthonormal_directions(d, n_blocks, seed, device=geom.device).to(geom.dtype)
     px = geom.x @ theta.T  # (n, P)
     py = geom.y @ theta.T
