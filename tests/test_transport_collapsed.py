@@ -171,7 +171,7 @@ def test_certificate_can_fail():
 def test_unbalanced_clusters_are_solved_whole():
     """One sample moved to another class: the plan must cross clusters, no split applies, and
     the value (dominated by the crossing) is still certified and exact."""
-    x, y, labels = collapsed(3, 30, 4, 1e-6, 10.0, seed=5)
+    x, y, _ = collapsed(3, 30, 4, 1e-6, 10.0, seed=5)
     y[0] = y[1]  # class 0 loses a point to class 1 in y
     geom = PointCloudCost(torch.as_tensor(x), torch.as_tensor(y))
     uniform = torch.full((30,), 1 / 30, dtype=torch.float64)
@@ -218,7 +218,7 @@ def test_gaussian_with_rank_deficient_covariance():
 
 def test_duplicated_points_and_shuffles_of_collapsed_classes():
     """Every point repeated: the same multiset shuffled has W2 = 0, certified."""
-    x, _, labels = collapsed(4, 80, 5, 1e-7, 1e2, seed=9)
+    x, _, _ = collapsed(4, 80, 5, 1e-7, 1e2, seed=9)
     xd = np.repeat(x, 3, axis=0)
     perm = np.random.default_rng(1).permutation(len(xd))
     for method in ("auto", "exact", "assignment"):
