@@ -2,6 +2,7 @@
 
     python benchmarks/transport.py            # full table (several minutes on 2 cores)
     python benchmarks/transport.py --quick    # smoke run with small n
+    python benchmarks/transport.py --kinds residual,collapsed   # some data kinds only
 
 Writes benchmarks/results/transport.{json,md}. Every case runs in a fresh subprocess so that its
 peak resident memory (ru_maxrss) is its own. The POT way is ``ot.dist`` + ``ot.emd2`` with a
@@ -26,8 +27,18 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
+#: collapsed features: classes, their spread, the norm of their centres
+COLLAPSED_K, COLLAPSED_SPREAD, COLLAPSED_NORM = 10, 1e-4, 10.0
+
+
 def data(kind: str, n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     g = np.random.default_rng(seed)
+    if kind == "collapsed":  # two samples of 10 tight classes (the terminal phase)
+        centres = g.normal(size=(COLLAPSED_K, d))
+        centres *= COLLAPSED_NORM / np.linalg.norm(centres, axis=1, keepdims=True)
+        labels = np.arange(n) % COLLAPSED_K
+        x = centres[labels] + COLLAPSED_SPREAD * g.normal(size=(n, d))
+        return x, centres[labels] + COLLAPSED_SPREAD * g.normal(size=(n, d))
     x = g.normal(size=(n, d))
     if kind == "residual":  # y = x + 0.3 tanh(x W), W Gaussian / sqrt(d)
         W = g.normal(size=(d, d)) / np.sqrt(d)
@@ -105,6 +116,23 @@ def case_ours(kind: str, n: int, d: int, method: str, opts: dict) -> dict:
     }
 
 
+def case_oracle(kind: str, n: int, d: int) -> dict:
+    """The collapsed pair's W2^2 without cancellation: each class centred on its own mean,
+    POT's network simplex on its cost divided by the largest, weighted by the class's mass."""
+    import ot
+
+    x, y = data(kind, n, d)
+    labels = np.arange(n) % COLLAPSED_K
+    total = 0.0
+    for k in range(COLLAPSED_K):
+        i = labels == k
+        c = x[i].mean(0)
+        M = ot.dist(x[i] - c, y[i] - c)
+        w = np.full(int(i.sum()), 1 / i.sum())
+        total += i.mean() * M.max() * ot.emd2(w, w, M / M.max(), numItermax=10**9)
+    return {"value": float(total)}
+
+
 def case_sinkhorn_iter(n: int, d: int) -> dict:
     """Seconds per Sinkhorn iteration (one f and one g update) at size n, chunked, float32."""
     import torch
@@ -160,6 +188,8 @@ def child(spec: dict) -> None:
     kind = spec["case"]
     if kind == "pot":
         rec = case_pot(spec["data"], spec["n"], spec["d"])
+    elif kind == "oracle":
+        rec = case_oracle(spec["data"], spec["n"], spec["d"])
     elif kind == "ours":
         rec = case_ours(
             spec["data"], spec["n"], spec["d"], spec["method"], dict(spec.get("opts", {}))
@@ -173,6 +203,11 @@ def child(spec: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument(
+        "--kinds",
+        default="residual,unrelated,collapsed,large",
+        help="comma-separated data kinds to run (residual, unrelated, collapsed, large)",
+    )
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
@@ -187,8 +222,14 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    for kind in ("residual", "unrelated"):
-        for n in sizes:
+    kinds = args.kinds.split(",")
+    for kind in ("residual", "unrelated", "collapsed"):
+        if kind not in kinds:
+            continue
+        oracle = None
+        for n in sizes if kind != "collapsed" else sizes[1:2]:
+            if kind == "collapsed":
+                oracle = run_case({"case": "oracle", "data": kind, "n": n, "d": d}).get("value")
             pot = run_case({"case": "pot", "data": kind, "n": n, "d": d})
             show(
                 {
@@ -197,6 +238,7 @@ def main() -> None:
                     "method": "POT loop (ot.dist + ot.emd2)",
                     **pot,
                     "ratio": 1.0,
+                    **_error(pot, oracle),
                 }
             )
             methods = [
@@ -214,13 +256,28 @@ def main() -> None:
                 if "value" in rec and "value" in pot:
                     rec["rel_diff_vs_pot"] = abs(rec["value"] - pot["value"]) / pot["value"]
                     rec["ratio"] = pot["seconds"] / rec["seconds"]
+                rec.update(_error(rec, oracle))
                 label = method + (" (float32, eps_rel=1e-2)" if opts.get("float32") else "")
                 if method == "auto" and "method" in rec:
                     label = f"auto -> {rec['method']}"
                 if rec.get("path"):  # which assignment path ran: sparse certified, or dense
                     label += f" ({rec['path']}{', forced' if 'candidates' in opts else ''})"
                 show({"data": kind, "n": n, **rec, "method": label})
-    # chunked Sinkhorn at sizes where no dense matrix is built
+    if "large" in kinds:
+        large_rows(big, huge, sub, d, show)
+    write(rows, args.quick, d)
+
+
+def _error(rec: dict, oracle: float | None) -> dict:
+    """Relative error against the collapsed pair's oracle (the POT loop's is the cancellation
+    of ot.dist's ||x||^2 + ||y||^2 - 2 x.y)."""
+    if oracle is None or "value" not in rec:
+        return {}
+    return {"rel_err_vs_oracle": abs(rec["value"] - oracle) / oracle}
+
+
+def large_rows(big: int, huge: int, sub: int, d: int, show) -> None:
+    """Sizes where no dense matrix is built: chunked Sinkhorn and auto's sparse assignment."""
     rec = run_case(
         {
             "case": "ours",
@@ -261,6 +318,8 @@ def main() -> None:
         sk["rel_diff_vs_exact"] = (sk["value"] - ex["value"]) / ex["value"]
     show({"data": "residual", "n": sub, **sk, "method": "sinkhorn chunked (subsample check)"})
 
+
+def write(rows: list[dict], quick: bool, d: int) -> None:
     import torch
 
     meta = {
@@ -268,12 +327,12 @@ def main() -> None:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": platform.processor(),
-        "quick": args.quick,
+        "quick": quick,
         "d": d,
     }
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    name = "transport_quick" if args.quick else "transport"
+    name = "transport_quick" if quick else "transport"
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     cols = [
         "data",
@@ -284,6 +343,7 @@ def main() -> None:
         "ratio",
         "value",
         "rel_diff_vs_pot",
+        "rel_err_vs_oracle",
         "converged",
         "peak_mb",
         "seconds_per_iteration",

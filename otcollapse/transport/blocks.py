@@ -230,6 +230,7 @@ def solve_by_blocks(
     first = res
     params = {
         **{k: v for k, v in first.params.items() if k in ("solver", "num_iter_max", "cost_dtype")},
+        "path": "blocks",
         "blocks": groups.count,
         "block_separation": groups.separation,
         "block_parts": parts,

@@ -194,12 +194,15 @@ def solve_assignment(
       column prices ``p`` from an ε-scaling auction
       (:func:`otcollapse.transport.auction.auction_prices`), which has the same optimal
       permutations and much shorter augmenting paths (``params["warm_start"]``). The value is
-      re-evaluated in float64 from the differences of the matched pairs, so it is the exact cost of a feasible plan and never below W2^2; with
-      ``cost_dtype="float32"`` the permutation is optimal for the rounded costs (the value
-      exceeds W2^2 only when two assignments differ by less than that rounding; pass
-      ``"float64"`` to rule it out). scipy returns no potentials: the dense path is certified
-      only with ``return_potentials=True`` (potentials of the float64 matrix by Bellman–Ford
-      sweeps on the dense residual graph, O(n^2) per sweep).
+      re-evaluated in float64 from the differences of the original points of the matched
+      pairs, so it is the exact cost of a feasible plan and never below W2^2. Certificate: the
+      computed matrix errs by at most ``E`` (:meth:`PointCloudCost.gemm_error`) on any
+      permutation, so ``cost - W2^2 <= 2 E``; when that is not within ``1e-9 cost`` (or
+      potentials are requested) the permutation is certified a posteriori by the sparse path's
+      machinery started from it (exact costs, shortest-path potentials, a float64 scan at full
+      rank).
+    * **blocks**: separated clusters of equal size (collapsed features) are split and solved one
+      by one in their own frames (:mod:`otcollapse.transport.blocks`), before the dense path.
 
     Both paths give the same value (to rounding); they may return different optimal
     permutations when several exist (the sparse path keeps the identity among tied optima).
@@ -219,8 +222,8 @@ def solve_assignment(
         cheapest of 16, 32, 64 and ``d`` (no projection) by the fraction of pairs each flags on
         a sample; below, 16 first and the next one up whenever a scan flags too many pairs.
     cost_dtype : {"float32", "float64"}, optional
-        Dtype of the dense path's matrix; by default float32, and float64 when the dense path
-        is the sparse one's fallback.
+        Dtype of the dense path's matrix; default float64 (float32 costs can rarely be
+        certified to 1e-9, and the a posteriori certificate then does the work).
     max_rounds : int
         Scans of the sparse path before it falls back to the dense one.
 
