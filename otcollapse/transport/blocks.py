@@ -58,8 +58,10 @@ GAP_RATIO = 4.0
 MAX_GROUPS = 256
 #: pooled points sampled for the farthest-point sampling
 SAMPLE_POINTS = 2048
+#: dimensions of the random projection the farthest-point search runs in
+FPS_DIM = 16
 #: sources sampled to estimate the scale of the costs before a solve
-SCALE_ROWS = 32
+SCALE_ROWS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,14 +80,17 @@ def needs_frames(
     """Whether the one-frame problem could miss :data:`RTOL`.
 
     The cost scale is estimated by the squared distance of a few sampled sources to their
-    nearest target (by differences); the one-frame error is :meth:`PointCloudCost.gemm_error`
+    nearest target; the one-frame error is :meth:`PointCloudCost.gemm_error`
     plus ``resolution`` times the largest cost (the solver's own: the network simplex resolves
     reduced costs to about 1e-13 of the largest). Only a choice of path depends on this
     estimate: the certificate of the result does not.
     """
     step = max(1, geom.n // SCALE_ROWS)
-    rows = geom.x64[::step]
-    nearest = torch.stack([((r - geom.y64) ** 2).sum(1).min() for r in rows])
+    rows = geom.x[::step][:SCALE_ROWS]
+    # one small GEMM in the shared frame: where it cancels (collapsed clusters) the estimate
+    # drops to the rounding level, which asks for frames, as it should
+    sq = (rows * rows).sum(1)[:, None] + geom.yy[None, :] - 2 * rows @ geom.y.T
+    nearest = sq.amin(1).clamp(min=0)
     estimate = float(nearest.mean())
     error = geom.gemm_error(a, b, torch.float64)
     if resolution:
@@ -124,7 +129,14 @@ def find_groups(
     sample = pooled
     if len(pooled) > SAMPLE_POINTS:
         sample = pooled[torch.randperm(len(pooled), generator=gen)[:SAMPLE_POINTS].to(x.device)]
-    found = _farthest_points(sample.cpu().numpy())
+    # distances for the search in a random projection to at most FPS_DIM dimensions (the
+    # anchors only seed the groups: radii and separations below are exact)
+    d = sample.shape[1]
+    if d > FPS_DIM:
+        proj = torch.randn((d, FPS_DIM), generator=gen, dtype=torch.float64).to(x.device)
+        found = _farthest_points(((sample - sample.mean(0)) @ proj).cpu().numpy())
+    else:
+        found = _farthest_points(sample.cpu().numpy())
     if found is None:
         return None
     anchors = sample[torch.as_tensor(found, device=pooled.device)]
