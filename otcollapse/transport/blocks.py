@@ -160,7 +160,8 @@ def find_groups(
         return None
     rx = _radii(x, anchors, gx, count)
     ry = _radii(y, anchors, gy, count)
-    dist = torch.cdist(anchors, anchors)  # only far-apart anchors matter: no cancellation issue
+    # by differences (cdist's matrix-product mode would cancel for anchors far from the origin)
+    dist = torch.cdist(anchors, anchors, compute_mode="donot_use_mm_for_euclid_dist")
     dist = dist * (1 - 1e-12)
     need = (rx + ry)[:, None]
     room = dist - rx[:, None] - ry[None, :]
