@@ -23,20 +23,51 @@ def is_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
-def to_numpy(x: ArrayLike, dtype: Any = None) -> np.ndarray:
-    """NumPy view of ``x`` (a tensor is detached and moved to the CPU); no copy when possible."""
+def _refuse_complex(dtype: Any, what: str) -> None:
+    raise ValueError(
+        f"complex values in {what} (dtype {dtype}): otcollapse works with real numbers, and a cast "
+        "would silently drop the imaginary part. Pass real values: x.real, abs(x), or both parts "
+        "as separate features (np.concatenate([x.real, x.imag], axis=1))."
+    )
+
+
+def check_not_complex(x: Any, what: str) -> None:
+    """Raise a ValueError naming ``what`` if ``x`` has a complex dtype (nothing is read)."""
     if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            _refuse_complex(x.dtype, what)
+        return
+    dt = getattr(x, "dtype", None)
+    if isinstance(dt, np.dtype) and dt.kind == "c":
+        _refuse_complex(dt, what)
+
+
+def to_numpy(x: ArrayLike, dtype: Any = None, *, what: str = "the input") -> np.ndarray:
+    """NumPy view of ``x`` (a tensor is detached and moved to the CPU); no copy when possible.
+
+    Complex values are refused with a ValueError naming ``what``: a cast to a real dtype would
+    drop the imaginary part without a word.
+    """
+    if isinstance(x, torch.Tensor):
+        check_not_complex(x, what)
         x = x.detach().cpu().numpy()
+    elif not isinstance(x, np.ndarray):
+        x = np.asarray(x)  # a nested sequence: look at its own dtype before any cast
+    check_not_complex(x, what)
     return np.asarray(x, dtype=dtype)
 
 
 def to_tensor(
-    x: ArrayLike, *, dtype: torch.dtype | None = None, device: Any = None
+    x: ArrayLike, *, dtype: torch.dtype | None = None, device: Any = None, what: str = "the input"
 ) -> torch.Tensor:
-    """Torch tensor of ``x`` on ``device`` (default: where ``x`` already is, else the CPU)."""
+    """Torch tensor of ``x`` on ``device`` (default: where ``x`` already is, else the CPU).
+
+    Complex values are refused as in :func:`to_numpy`.
+    """
     if isinstance(x, torch.Tensor):
+        check_not_complex(x, what)
         return x.detach().to(device=device if device is not None else x.device, dtype=dtype)
-    return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+    return torch.as_tensor(to_numpy(x, what=what), dtype=dtype, device=device)
 
 
 def check_finite(x: ArrayLike, what: str) -> None:
@@ -115,7 +146,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def check_labels(labels: ArrayLike, n: int) -> np.ndarray:
     """``labels`` as int64 of shape (n,), or a ValueError saying what is wrong."""
-    lab = to_numpy(labels)
+    lab = to_numpy(labels, what="labels")
     if lab.ndim == 2 and lab.shape[1] == 1:  # a column vector
         lab = lab[:, 0]
     if lab.ndim != 1 or lab.shape[0] != n:
@@ -130,6 +161,63 @@ def check_labels(labels: ArrayLike, n: int) -> np.ndarray:
     elif lab.dtype.kind not in "iub":
         raise ValueError(f"labels must be integers (class indices); got dtype {lab.dtype}.")
     return lab.astype(np.int64)
+
+
+def available_devices() -> list[str]:
+    """The torch devices this machine can run on: ``"cpu"``, each CUDA GPU, Apple's ``"mps"``."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` that exists here, or a ValueError naming it.
+
+    Accepts a string (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``), a ``torch.device`` or an
+    int (a CUDA GPU's index). Refuses names torch does not know (``"gpu"``), CUDA when torch sees
+    no CUDA GPU, a GPU index beyond the count, and device types otcollapse does not run on; the
+    message lists the available devices.
+    """
+    avail = available_devices()
+    if isinstance(device, (bool, np.bool_)) or not isinstance(
+        device, (str, torch.device, int, np.integer)
+    ):
+        raise TypeError(
+            f"{name} must be a device name such as 'cpu' or 'cuda:0' (or a torch.device); got "
+            f"{device!r} ({type(device).__name__}). Available: {avail}."
+        )
+    if isinstance(device, (int, np.integer)):
+        spec: Any = f"cuda:{int(device)}"
+    else:
+        spec = device
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        hint = " (an NVIDIA GPU is 'cuda')" if str(spec).strip().lower() == "gpu" else ""
+        raise ValueError(f"unknown {name} {device!r}{hint}; available: {avail}.") from None
+    if dev.type == "cpu":
+        if dev.index not in (None, 0):
+            raise ValueError(f"{name} {device!r} does not exist; available: {avail}.")
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{name} {device!r} asked for, but torch sees no CUDA GPU; available: {avail}."
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(
+                f"{name} {device!r} does not exist: torch sees {count} CUDA GPU(s); "
+                f"available: {avail}."
+            )
+        return dev
+    if dev.type == "mps" and "mps" in avail:
+        return dev
+    raise ValueError(f"{name} {device!r} is not available here; available: {avail}.")
 
 
 def json_safe(v: Any) -> Any:

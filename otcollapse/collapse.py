@@ -51,7 +51,7 @@ import dataclasses
 import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,15 @@ from scipy import stats
 from tqdm import tqdm
 
 from otcollapse import _utils
-from otcollapse._utils import ArrayLike, check_labels, iter_rows, json_safe, to_numpy
+from otcollapse._utils import (
+    ArrayLike,
+    check_labels,
+    check_not_complex,
+    iter_rows,
+    json_safe,
+    to_numpy,
+)
+from otcollapse._validation import check_int, check_real
 from otcollapse.measures import Trajectory
 from otcollapse.transport import wasserstein
 
@@ -127,7 +135,8 @@ _HEAD = frozenset({"nc3", "nc4_mismatch"})
 def _check_features(features: ArrayLike) -> Any:
     x = features
     if not hasattr(x, "shape") or not hasattr(x, "__getitem__"):
-        x = np.asarray(x, dtype=np.float64)
+        x = to_numpy(x, dtype=np.float64, what="features")
+    check_not_complex(x, "features")
     if len(x.shape) != 2:
         raise ValueError(
             f"features have shape {tuple(x.shape)}; give a 2-D array (n_samples, n_features) "
@@ -143,7 +152,7 @@ def _check_features(features: ArrayLike) -> Any:
 def _check_weights(weights: ArrayLike | None, n: int) -> np.ndarray:
     if weights is None:
         return np.ones(n)
-    w = to_numpy(weights, dtype=np.float64).reshape(-1)
+    w = to_numpy(weights, dtype=np.float64, what="weights").reshape(-1)
     if w.shape[0] != n:
         raise ValueError(f"weights have length {w.shape[0]} but the features have {n} samples.")
     if not np.all(np.isfinite(w)):
@@ -162,7 +171,7 @@ def _check_classifier(classifier: Any, d: int) -> tuple[np.ndarray, np.ndarray |
         W, b = classifier
     else:
         W, b = classifier, None
-    W = to_numpy(W, dtype=np.float64)
+    W = to_numpy(W, dtype=np.float64, what="classifier W")
     if W.ndim != 2 or W.shape[1] != d:
         raise ValueError(
             f"classifier W has shape {W.shape}; it must be (K, d) with d = {d}, the dimension of "
@@ -171,7 +180,7 @@ def _check_classifier(classifier: Any, d: int) -> tuple[np.ndarray, np.ndarray |
     if not np.all(np.isfinite(W)):
         raise ValueError("classifier W contains NaN or inf values.")
     if b is not None:
-        b = to_numpy(b, dtype=np.float64).reshape(-1)
+        b = to_numpy(b, dtype=np.float64, what="classifier bias").reshape(-1)
         if b.shape[0] != W.shape[0]:
             raise ValueError(f"classifier bias has length {b.shape[0]}; W has {W.shape[0]} rows.")
         if not np.all(np.isfinite(b)):
@@ -194,7 +203,13 @@ def _check_metrics(metrics: Sequence[str] | str | None) -> tuple[str, ...]:
         return METRICS
     if isinstance(metrics, str):
         metrics = [metrics]
-    unknown = [m for m in metrics if m not in METRICS]
+    if not isinstance(metrics, Iterable):
+        raise TypeError(
+            f"metrics must be a metric name or a list of names from {list(METRICS)}; got "
+            f"{metrics!r}."
+        )
+    metrics = list(metrics)
+    unknown = [m for m in metrics if not isinstance(m, str) or m not in METRICS]
     if unknown:
         raise ValueError(f"unknown collapse metric(s) {unknown}; valid names: {list(METRICS)}.")
     if not metrics:
@@ -206,10 +221,13 @@ def _block_size(block_size: int | None, dim: int) -> int:
     """Rows per block: the given number, else ``SCAN_ROWS`` capped at about 64 MiB of float64."""
     if block_size is None:
         return max(1, min(_utils.SCAN_ROWS, _BLOCK_BYTES // (8 * dim)))
-    b = int(block_size)
-    if b < 1:
-        raise ValueError(f"block_size must be a positive number of rows; got {block_size}.")
-    return b
+    return check_int(block_size, "block_size (rows per block)", minimum=1)
+
+
+def _check_rtol(rtol: float) -> float:
+    return check_real(
+        rtol, "rtol (the relative eigenvalue cutoff)", minimum=0.0, maximum=1.0, open_max=True
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -580,8 +598,7 @@ def _compute(
             f"{sorted(want & _WITHIN)} need a covariance, so every class needs at least two. Drop "
             "or merge those classes, collect more samples, or pass metrics= without them."
         )
-    if not 0 <= rtol < 1:
-        raise ValueError(f"rtol is a relative eigenvalue cutoff in [0, 1); got {rtol}.")
+    rtol = _check_rtol(rtol)
     st = _statistics(x, classes, idx, w, block)
     total = float(w.sum())
     a = w / total
@@ -767,7 +784,7 @@ def _check_head(
         _check_label_range(raw, head[0].shape[0], "classifier")
     lg = None
     if logits is not None:
-        lg = to_numpy(logits, dtype=np.float64)
+        lg = to_numpy(logits, dtype=np.float64, what="logits")
         if lg.ndim != 2 or lg.shape[0] != n:
             raise ValueError(f"logits have shape {lg.shape}; they must be (n, K) with n = {n}.")
         if not np.all(np.isfinite(lg)):
@@ -876,6 +893,7 @@ def layer_collapse(
     """
     x, raw, classes, idx, w = _prepare(features, labels, weights)
     chosen = _check_metrics(metrics)
+    _check_rtol(rtol)
     n, d = int(x.shape[0]), int(x.shape[1])
     head, lg = _check_head(raw, d, n, classifier, logits)
     if metrics is not None:
@@ -1575,6 +1593,9 @@ def collapse_profile(
             "Trajectory.from_arrays."
         )
     chosen = _check_metrics(metrics)
+    _check_rtol(rtol)
+    if block_size is not None:
+        _block_size(block_size, 1)
     head_given = classifier if classifier is not None else traj.classifier
     last = len(traj) - 1
     if metrics is not None:

@@ -36,6 +36,7 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from otcollapse._utils import ArrayLike, json_safe, progress_bar, rng, to_numpy, to_tensor
+from otcollapse._validation import check_int, check_real
 from otcollapse.measures import LayerMeasure, Trajectory
 from otcollapse.transport import TransportResult, bures_map, gaussian_w2, wasserstein
 from otcollapse.transport.geometry import DEFAULT_MAX_DENSE_BYTES
@@ -76,9 +77,9 @@ def _progress(items: Iterable[Any], progress: bool, desc: str, total: int | None
     return progress_bar(items, progress=progress, desc=desc, total=total)
 
 
-def _f64(x: ArrayLike) -> torch.Tensor:
+def _f64(x: ArrayLike, what: str = "the points") -> torch.Tensor:
     """The points as a float64 tensor on their own device (a memory map is read whole)."""
-    return to_tensor(x, dtype=torch.float64)
+    return to_tensor(x, dtype=torch.float64, what=what)
 
 
 def _rows(x: Any, idx: np.ndarray) -> Any:
@@ -124,15 +125,22 @@ def _check_trajectory(traj: Any, who: str) -> None:
 
 
 def _check_boot(n_boot: int, boot_fraction: float, ci_level: float) -> None:
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
-        raise ValueError(f"n_boot must be a non-negative int; got {n_boot!r}.")
-    if not 0.0 < boot_fraction < 1.0:
-        raise ValueError(
-            "boot_fraction must lie in (0, 1) (subsampling without replacement); "
-            f"got {boot_fraction}."
-        )
-    if not 0.0 < ci_level < 1.0:
-        raise ValueError(f"ci_level must lie in (0, 1); got {ci_level}.")
+    check_int(n_boot, "n_boot", minimum=0)
+    check_real(
+        boot_fraction,
+        "boot_fraction (subsampling without replacement)",
+        minimum=0.0,
+        maximum=1.0,
+        open_min=True,
+        open_max=True,
+    )
+    check_real(ci_level, "ci_level", minimum=0.0, maximum=1.0, open_min=True, open_max=True)
+
+
+def _check_max_dense_bytes(options: dict[str, Any]) -> None:
+    """The memory budget, when given, checked before it sizes anything here."""
+    if options.get("max_dense_bytes") is not None:
+        check_int(options["max_dense_bytes"], "max_dense_bytes", minimum=0)
 
 
 def _boot_seeds(seed: int, n_boot: int) -> list[int]:
@@ -781,13 +789,65 @@ class TrajectoryComparison:
 
 
 # ============================================================================ scores on their own
-def _assignment_or_plan_ots(res: TransportResult) -> float:
-    """Fraction of mass sent to its own output, from an assignment or a dense plan."""
+#: odd multipliers of the row hash that detects duplicated points (golden-ratio sequence)
+_HASH_STEP = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _atom_ids(x: Any, what: str) -> tuple[np.ndarray, int]:
+    """Index of every row's distinct point (identical rows share one), and the number of them.
+
+    A first pass hashes the rows' bits with wrapping integer arithmetic (exact and
+    order-free, so identical rows hash alike): all hashes distinct means no duplicates, and
+    only otherwise are the rows compared whole.
+    """
+    xn = np.ascontiguousarray(to_numpy(x, dtype=np.float64, what=what)) + 0.0  # -0.0 == 0.0
+    n, d = xn.shape
+    mult = (np.arange(1, d + 1, dtype=np.uint64) * _HASH_STEP) | np.uint64(1)
+    h = (xn.view(np.uint64) * mult).sum(axis=1, dtype=np.uint64)
+    if np.unique(h).size == n:
+        return np.arange(n), n
+    _, inv = np.unique(xn, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    return inv, int(inv.max()) + 1
+
+
+def _ots_from_coupling(res: TransportResult, x_in: Any, x_out: Any, w: np.ndarray | None) -> float:
+    r"""OTS of an optimal coupling, independent of how it breaks ties between identical points.
+
+    Without duplicated points: the mass the coupling keeps on the identity pairs (the fraction
+    of fixed points of an assignment). With duplicates: merge identical points into atoms
+    ``u_p`` (inputs) and ``v_q`` (outputs); with ``Pi`` the coupling's plan between the atoms and
+    ``s_pq`` the mass of the samples whose input is ``u_p`` and output ``v_q``,
+    ``OTS = sum_pq min(Pi_pq, s_pq)`` (see :func:`ots`).
+    """
+    p, n_p = _atom_ids(x_in, "x_in")
+    q, n_q = _atom_ids(x_out, "x_out")
+    n = p.size
     if res.assignment is not None:
         sigma = np.asarray(res.assignment)
-        return float(np.mean(sigma == np.arange(sigma.size)))
-    plan = np.asarray(res.plan)
-    return float(np.trace(plan) / plan.sum())
+        if n_p == n and n_q == n:
+            return float(np.mean(sigma == np.arange(n)))
+        # uniform masses 1/n: count samples, so that the value is an exact fraction
+        plan_keys = p * n_q + q[sigma]
+        plan_mass = np.ones(n)
+        a = np.ones(n)
+        total = float(n)
+    else:
+        plan = np.asarray(res.plan, dtype=np.float64)
+        if n_p == n and n_q == n:
+            return float(np.trace(plan) / plan.sum())
+        rows, cols = np.nonzero(plan > 0)
+        plan_keys = p[rows] * n_q + q[cols]
+        plan_mass = plan[rows, cols] / plan.sum()
+        a = np.full(n, 1.0 / n) if w is None else np.asarray(w, dtype=np.float64) / np.sum(w)
+        total = 1.0
+    own_keys, own_inv = np.unique(p * n_q + q, return_inverse=True)
+    own_mass = np.bincount(own_inv.reshape(-1), weights=a, minlength=own_keys.size)
+    keys, inv = np.unique(plan_keys, return_inverse=True)
+    mass = np.bincount(inv.reshape(-1), weights=plan_mass, minlength=keys.size)
+    pos = np.minimum(np.searchsorted(keys, own_keys), keys.size - 1)
+    on_own = np.where(keys[pos] == own_keys, mass[pos], 0.0)
+    return float(np.minimum(on_own, own_mass).sum() / total)
 
 
 def _fit_method(weights: np.ndarray | None, method: str) -> str:
@@ -833,6 +893,25 @@ def ots(
     map, the gradient of any strictly convex function); about ``1/n`` when the outputs are a
     random permutation of the inputs.
 
+    Duplicated points. When samples share an input point (or an output point), the optimal
+    coupling of the samples is not unique: exchanging two identical inputs changes which sample
+    "is sent to its own output" but not the transport. OTS does not depend on that choice: it is
+    the largest mass that an optimal coupling keeps on the identity pairs ``(i, i)``. Merge
+    identical points into atoms, inputs ``u_p`` and outputs ``v_q``, let ``Pi`` be the optimal
+    plan between the atoms and ``s_pq`` the mass of the samples with input ``u_p`` and output
+    ``v_q``; then
+
+    $$\mathrm{OTS} = \max_{\pi \to \Pi} \sum_i \pi_{ii}
+      = \sum_{p,q} \min\big(\Pi_{pq},\, s_{pq}\big),
+      \qquad s_{pq} = \sum_{i:\, x^{\mathrm{in}}_i = u_p,\ x^{\mathrm{out}}_i = v_q} a_i,$$
+
+    the maximum over the optimal sample couplings ``pi`` that induce ``Pi`` (each block
+    ``(p, q)`` can keep ``min(Pi_pq, s_pq)`` on its own samples' pairs, and no more). Without
+    duplicates this is the definition above. A translation of duplicated samples has OTS = 1,
+    with or without weights. Ties between different optimal plans ``Pi`` of *distinct* points
+    (a degenerate configuration, e.g. the corners of a square) are left to the solver.
+    Points are identical when all their coordinates are equal.
+
     Parameters
     ----------
     x_in, x_out : array-like or Tensor, shape (n, d)
@@ -858,17 +937,17 @@ def ots(
     ----------
     Gai & Zhang, "Deep Residual Networks Learn the Geodesic Curve in the Wasserstein Space".
     """
-    xi, xo = to_numpy(x_in).shape, to_numpy(x_out).shape
+    xi, xo = to_numpy(x_in, what="x_in").shape, to_numpy(x_out, what="x_out").shape
     if len(xi) != 2 or xi != xo:
         raise ValueError(
             f"ots needs inputs and outputs of the same samples in one space, two (n, d) arrays of "
             f"equal shape; got {xi} and {xo}. Map them to one space first (the block's shortcut "
             "image, or Trajectory.project)."
         )
-    w = None if weights is None else to_numpy(weights, dtype=np.float64).reshape(-1)
+    w = None if weights is None else to_numpy(weights, dtype=np.float64, what="weights").reshape(-1)
     fit = "assignment" if w is None else "exact"
     res = _exact_solve(x_in, x_out, w, fit, options, "ots")
-    return _assignment_or_plan_ots(res)
+    return _ots_from_coupling(res, x_in, x_out, w)
 
 
 def _track_layers(tracks: Any) -> list[torch.Tensor]:
@@ -881,9 +960,9 @@ def _track_layers(tracks: Any) -> list[torch.Tensor]:
             )
         return [_f64(x) for x in tracks.layers]
     if isinstance(tracks, (np.ndarray, torch.Tensor)) and tracks.ndim == 3:
-        return [_f64(tracks[i]) for i in range(tracks.shape[0])]
+        return [_f64(tracks[i], "the tracks") for i in range(tracks.shape[0])]
     if isinstance(tracks, (list, tuple)):
-        layers = [_f64(x) for x in tracks]
+        layers = [_f64(x, f"layer {i} of the tracks") for i, x in enumerate(tracks)]
     else:
         raise ValueError(
             "lss takes a Trajectory, a sequence of (n, d) arrays (layers 0..L) or an array of "
@@ -941,6 +1020,7 @@ def lss(
     ----------
     Gai & Zhang, "Deep Residual Networks Learn the Geodesic Curve in the Wasserstein Space".
     """
+    rtol = check_real(rtol, "rtol (the relative threshold of a zero step)", minimum=0.0)
     layers = _track_layers(tracks)
     if len(layers) < 2:
         raise ValueError(
@@ -949,7 +1029,7 @@ def lss(
     if weights is None and isinstance(tracks, Trajectory):
         weights = tracks.weights
     n = int(layers[0].shape[0])
-    w = None if weights is None else to_numpy(weights, dtype=np.float64).reshape(-1)
+    w = None if weights is None else to_numpy(weights, dtype=np.float64, what="weights").reshape(-1)
     if w is not None and w.shape[0] != n:
         raise ValueError(f"weights have length {w.shape[0]} but the tracks have {n} samples.")
     dev = layers[0].device
@@ -1060,12 +1140,8 @@ def mccann_interpolate(
     ----------
     McCann, "A convexity principle for interacting gases", Adv. Math. 128 (1997).
     """
-    t = float(t)
-    if not 0.0 <= t <= 1.0:
-        raise ValueError(
-            f"t must lie in [0, 1] (the displacement interpolation is a geodesic there); got {t}."
-        )
-    X0, X1 = _f64(x0), _f64(x1)
+    t = check_real(t, "t (the time of the displacement interpolation)", minimum=0.0, maximum=1.0)
+    X0, X1 = _f64(x0, "x0"), _f64(x1, "x1")
     X1 = X1.to(X0.device)
     if X0.ndim != 2 or X1.ndim != 2 or X0.shape[1] != X1.shape[1]:
         raise ValueError(
@@ -1080,8 +1156,8 @@ def mccann_interpolate(
         return LayerMeasure(pts, masses, None, f"mccann(t={t:g})")
 
     if plan is None:
-        wa = None if a is None else to_numpy(a, dtype=np.float64).reshape(-1)
-        wb = None if b is None else to_numpy(b, dtype=np.float64).reshape(-1)
+        wa = None if a is None else to_numpy(a, dtype=np.float64, what="a").reshape(-1)
+        wb = None if b is None else to_numpy(b, dtype=np.float64, what="b").reshape(-1)
         if wa is None and wb is None and n == m:
             plan = wasserstein(x0, x1, method="assignment", **options)
         else:
@@ -1093,7 +1169,7 @@ def mccann_interpolate(
                 "with return_plan=True."
             )
         plan = plan.assignment if plan.assignment is not None else plan.plan
-    P = to_numpy(plan)
+    P = to_numpy(plan, what="plan")
     if P.ndim == 1:
         sigma = P.astype(np.int64)
         if n != m or sigma.shape != (n,) or not np.array_equal(np.sort(sigma), np.arange(n)):
@@ -1177,13 +1253,33 @@ def _resolve_pairs(traj: Trajectory, pairs: Any) -> tuple[str, list[tuple[int, i
         raise ValueError(
             f"unknown pairs {pairs!r}; use one of {list(PAIR_KINDS)} or a list of (source, target)."
         )
+    form = (
+        f"pairs must be one of {list(PAIR_KINDS)} or a list of (source, target) pairs of layer "
+        f"indices in 0..{L}"
+    )
+    if not isinstance(pairs, Iterable):
+        raise TypeError(f"{form}; got {pairs!r}.")
     out = []
     for p in pairs:
-        s, t = (int(v) for v in p)
-        s, t = range(L + 1)[s], range(L + 1)[t]
+        if isinstance(p, (str, bytes)) or not isinstance(p, Iterable):
+            raise TypeError(f"{form}; got the entry {p!r} (e.g. pairs=[(0, {L})]).")
+        p = tuple(p)
+        if len(p) != 2:
+            raise ValueError(f"{form}; the entry {p!r} has {len(p)} elements, not 2.")
+        for v in p:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{form}; the pair {p!r} holds {v!r}, not an integer.")
+            if not -(L + 1) <= int(v) <= L:
+                raise ValueError(
+                    f"pairs: the pair {p!r} names layer {int(v)}, but the trajectory has "
+                    f"{L + 1} layers, 0..{L} ({', '.join(traj.names)})."
+                )
+        s, t = range(L + 1)[int(p[0])], range(L + 1)[int(p[1])]
         if s == t:
-            raise ValueError(f"pair ({s}, {t}) compares a layer with itself.")
+            raise ValueError(f"pairs: pair ({s}, {t}) compares a layer with itself.")
         out.append((min(s, t), max(s, t)))
+    if not out:
+        raise ValueError(f"pairs is empty; {form}.")
     return "custom", out
 
 
@@ -1278,7 +1374,12 @@ def transport_profile(
     ------
     ValueError
         Fewer than two layers; a pair across a change of dimension without a shortcut image,
-        ``method="gromov"`` or a projection; ``by_class`` without labels; unknown ``pairs``.
+        ``method="gromov"`` or a projection; ``by_class`` without labels; unknown ``pairs``, a
+        pair naming a layer the trajectory does not have, or an empty list of pairs; ``n_boot``,
+        ``boot_fraction`` or ``ci_level`` out of range.
+    TypeError
+        ``pairs`` entries that are not pairs of integers; non-numeric ``n_boot``,
+        ``boot_fraction`` or ``ci_level``.
 
     Examples
     --------
@@ -1507,7 +1608,7 @@ def _mccann_discrete(
             conv.append(False)
             continue
         starts = [interp.paired_start(h)]
-        if grid >= 2:
+        if grid >= 1:
             starts += [float(v) for v in np.linspace(0.0, 1.0, grid)]
         best_t, best_cost, n_ev, ok_all = math.nan, math.inf, 0, True
         done: dict[float, float] = {}
@@ -1679,7 +1780,7 @@ def _segment_quick(
     return {
         "path_ratio": R,
         "speed_cv": cv,
-        "ots": _assignment_or_plan_ots(end),
+        "ots": _ots_from_coupling(end, work.layers[seg[0]], work.layers[seg[-1]], w),
         "lss_mean": math.nan if ls.mean is None else ls.mean,
         "lss_median": math.nan if ls.median is None else ls.median,
     }
@@ -1746,7 +1847,8 @@ def geodesic_test(
     ci_level : float
         Coverage of the percentile intervals.
     mccann_grid : int
-        Extra equally spaced starts of the McCann fit (0: start from the network's coupling only).
+        Extra equally spaced starts ``0, 1/(k-1), ..., 1`` of the McCann fit (``k >= 0``; 0: start
+        from the network's coupling only, 1: also from ``t = 0``).
     profile : TransportProfile, optional
         A successive-step profile of the same analysed samples and method (e.g. from
         :func:`transport_profile`) whose step values are reused instead of recomputed.
@@ -1764,7 +1866,11 @@ def geodesic_test(
     ValueError
         Fewer than two layers; no two consecutive layers of equal dimension;
         ``method="gromov"``; a profile that does not match; an exact coupling too large for
-        memory (use ``max_samples``).
+        memory (use ``max_samples``); ``mccann_grid < 0``, ``max_samples < 2``,
+        ``max_dense_bytes < 0``, or ``n_boot``, ``boot_fraction``, ``ci_level`` out of range.
+    TypeError
+        A non-integer ``mccann_grid``, ``max_samples``, ``n_boot`` or ``max_dense_bytes``, or a
+        non-numeric ``boot_fraction`` / ``ci_level``.
 
     Examples
     --------
@@ -1793,8 +1899,10 @@ def geodesic_test(
             "within segments (and traj.project(dim) to analyse across a change of dimension)."
         )
     _check_boot(n_boot, boot_fraction, ci_level)
-    if max_samples is not None and max_samples < 2:
-        raise ValueError(f"max_samples must be at least 2 (or None); got {max_samples}.")
+    if max_samples is not None:
+        check_int(max_samples, "max_samples (or None for all samples)", minimum=2)
+    mccann_grid = check_int(mccann_grid, "mccann_grid (extra starts of the McCann fit)", minimum=0)
+    _check_max_dense_bytes(options)
     notes: list[str] = []
     subsample = None
     work = traj
@@ -1906,7 +2014,7 @@ def geodesic_test(
                 path_ratio=R,
                 speed_cv=cv,
                 mccann=mc,
-                ots=_assignment_or_plan_ots(end),
+                ots=_ots_from_coupling(end, work.layers[seg[0]], work.layers[seg[-1]], w),
                 lss=ls,
                 ci={},
                 methods={

@@ -26,13 +26,16 @@ import torch
 
 from otcollapse._utils import (
     ArrayLike,
+    check_device,
     check_finite,
     check_labels,
+    check_not_complex,
     iter_rows,
     rng,
     to_numpy,
     to_tensor,
 )
+from otcollapse._validation import check_int
 
 __all__ = ["LayerMeasure", "Trajectory"]
 
@@ -84,18 +87,20 @@ class LayerMeasure:
 
     def tensor(self, dtype: torch.dtype = torch.float64, device: Any = None) -> torch.Tensor:
         """The points as a torch tensor (on their own device unless ``device`` is given)."""
-        return to_tensor(self.points, dtype=dtype, device=device)
+        dev = None if device is None else check_device(device)
+        return to_tensor(self.points, dtype=dtype, device=dev)
 
 
 def _as_2d_layer(x: ArrayLike, name: str) -> Any:
+    check_not_complex(x, f"layer {name!r}")
     if isinstance(x, torch.Tensor):
         arr = x.detach()
-        if not (arr.is_floating_point() or arr.is_complex()) and arr.dtype != torch.bool:
+        if not arr.is_floating_point() and arr.dtype != torch.bool:
             arr = arr.double()
     elif isinstance(x, np.ndarray):  # includes np.memmap: keep it mapped
         arr = x
     else:
-        arr = np.asarray(x, dtype=np.float64)
+        arr = to_numpy(x, dtype=np.float64, what=f"layer {name!r}")
     if arr.ndim != 2:
         raise ValueError(
             f"layer {name!r} has shape {tuple(arr.shape)}; every layer must be a 2-D array "
@@ -111,7 +116,7 @@ def _as_2d_layer(x: ArrayLike, name: str) -> Any:
 
 
 def _check_weights(weights: ArrayLike, n: int) -> np.ndarray:
-    w = to_numpy(weights, dtype=np.float64).reshape(-1)
+    w = to_numpy(weights, dtype=np.float64, what="weights").reshape(-1)
     if w.shape[0] != n:
         raise ValueError(f"weights have length {w.shape[0]} but the layers have {n} samples.")
     if not np.all(np.isfinite(w)):
@@ -262,14 +267,14 @@ class Trajectory:
         classifier = None
         if self.classifier is not None:
             W, b = self.classifier
-            W = to_numpy(W, dtype=np.float64)
+            W = to_numpy(W, dtype=np.float64, what="classifier W")
             d_last = int(layers[-1].shape[1])
             if W.ndim != 2 or W.shape[1] != d_last:
                 raise ValueError(
                     f"classifier W has shape {W.shape}; it must be (K, d_L) with d_L = {d_last}."
                 )
             if b is not None:
-                b = to_numpy(b, dtype=np.float64).reshape(-1)
+                b = to_numpy(b, dtype=np.float64, what="classifier bias").reshape(-1)
                 if b.shape[0] != W.shape[0]:
                     raise ValueError(
                         f"classifier bias has length {b.shape[0]}, W has {W.shape[0]} rows."
@@ -278,7 +283,7 @@ class Trajectory:
             classifier = (W, b)
         logits = None
         if self.logits is not None:
-            logits = to_numpy(self.logits, dtype=np.float64)
+            logits = to_numpy(self.logits, dtype=np.float64, what="logits")
             if logits.ndim != 2 or logits.shape[0] != n:
                 raise ValueError(
                     f"logits have shape {logits.shape}; they must be (n, K) with n = {n}."
@@ -439,6 +444,7 @@ class Trajectory:
         sample while ``n`` allows it.
         """
         N = self.n_samples
+        n = check_int(n, "the subsample size n")
         if not 1 <= n <= N:
             raise ValueError(f"subsample size must be in 1..{N}; got {n}.")
         g = rng(seed)
@@ -468,6 +474,7 @@ class Trajectory:
 
     def subsample(self, n: int, seed: int = 0) -> Trajectory:
         """A seeded, class-stratified subsample of ``n`` samples (see :meth:`subsample_indices`)."""
+        n = check_int(n, "the subsample size n", minimum=1)
         if n >= self.n_samples:
             return self
         sub = self.take(self.subsample_indices(n, seed))
@@ -492,8 +499,7 @@ class Trajectory:
         """
         if method not in ("random", "pca"):
             raise ValueError(f"unknown projection method {method!r}; use 'random' or 'pca'.")
-        if dim < 1:
-            raise ValueError(f"dim must be positive; got {dim}.")
+        dim = check_int(dim, "dim", minimum=1)
         g = rng(seed)
         maps: dict[int, np.ndarray | None] = {}
         for d in sorted(set(self.dims)):
@@ -528,10 +534,26 @@ class Trajectory:
         )
 
     def to(self, device: Any, dtype: torch.dtype | None = None) -> Trajectory:
-        """A copy whose layers (and shortcut images) are torch tensors on ``device``."""
+        """A copy whose layers (and shortcut images) are torch tensors on ``device``.
+
+        Parameters
+        ----------
+        device : str, torch.device or int
+            ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; a device that does not exist here
+            (``"gpu"``, CUDA without a CUDA GPU, a GPU index beyond the count) is a ValueError
+            listing the available ones.
+        dtype : torch floating dtype, optional
+            Cast to it (default: keep each layer's dtype).
+        """
+        dev = check_device(device)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(
+                f"dtype must be a torch floating dtype such as torch.float32 or torch.float64; "
+                f"got {dtype!r}."
+            )
 
         def move(x: Any) -> torch.Tensor:
-            t = to_tensor(x, device=device)
+            t = to_tensor(x, device=dev)
             return t if dtype is None else t.to(dtype)
 
         return self.replace(

@@ -578,3 +578,35 @@ def test_classifier_class_without_samples():
 
 def _means(X, y):
     return np.stack([X[y == k].mean(0) for k in np.unique(y)])
+
+
+@pytest.mark.parametrize("form", ["numpy", "torch", "list"])
+def test_complex_features_are_refused_not_truncated(form):
+    """Casting complex features to float64 would drop the imaginary part silently (issue 19)."""
+    X, y = _clusters([5, 6, 7], 3)
+    Z = X + 1j * X[::-1]
+    Zin = {"numpy": Z, "torch": torch.as_tensor(Z), "list": Z.tolist()}[form]
+    for f in (nc1, cdnv, nc1_tilde, nc2, w2sq_to_class_means):
+        with pytest.raises(ValueError, match="complex values in features"):
+            f(Zin, y)
+    with pytest.raises(ValueError, match="complex values in weights"):
+        nc1(X, y, weights=np.ones(len(y)) + 0j)
+    with pytest.raises(ValueError, match="complex values in layer 'layer0'"):
+        collapse_profile(Trajectory.from_arrays([Zin], labels=y))
+
+
+def test_bad_parameters_name_themselves():
+    X, y = _clusters([5, 6, 7], 3)
+    traj = Trajectory.from_arrays([X, X], labels=y)
+    for call, kind, match in [
+        (lambda: nc1(X, y, rtol="1e-10"), TypeError, "rtol"),
+        (lambda: nc1(X, y, rtol=math.nan), ValueError, "rtol"),
+        (lambda: nc1(X, y, rtol=-0.1), ValueError, "rtol"),
+        (lambda: collapse_profile(traj, rtol=1.0), ValueError, "rtol"),
+        (lambda: nc1(X, y, block_size=0), ValueError, "block_size"),
+        (lambda: nc1(X, y, block_size=2.5), TypeError, "block_size"),
+        (lambda: collapse_profile(traj, block_size="8"), TypeError, "block_size"),
+        (lambda: layer_collapse(X, y, metrics=3), TypeError, "metrics"),
+    ]:
+        with pytest.raises(kind, match=match):
+            call()

@@ -7,6 +7,7 @@ computed in this file; the Bures map from scipy's matrix square root).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from scipy.optimize import linear_sum_assignment
+from scipy.optimize import linear_sum_assignment, linprog
 
 from otcollapse import Trajectory, wasserstein
 from otcollapse.constructions import discrete_geodesic
@@ -247,6 +248,95 @@ def test_ots_counts_the_fixed_points_of_a_random_permutation():
         assert ots(x, x[perm]) <= 0.05
 
 
+def _duplicated(n_distinct: int, copies: int, d: int, seed: int) -> np.ndarray:
+    """``n_distinct`` random points, each repeated ``copies`` times, rows shuffled."""
+    g = np.random.default_rng(seed)
+    base = g.normal(size=(n_distinct, d))
+    return base[g.permutation(np.repeat(np.arange(n_distinct), copies))]
+
+
+def best_fixed_points(x: np.ndarray, y: np.ndarray) -> float:
+    """Brute force over all n! assignments: the most fixed points among the optimal ones."""
+    n = len(x)
+    C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    perms = np.array(list(itertools.permutations(range(n))))
+    costs = C[np.arange(n), perms].sum(1)
+    optimal = perms[costs <= costs.min() + 1e-9 * (1.0 + abs(costs.min()))]
+    return float((optimal == np.arange(n)).sum(1).max() / n)
+
+
+def best_diagonal_mass(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    """Linear programs: the largest sum_i pi_ii over the optimal couplings of (x, w), (y, w)."""
+    n = len(x)
+    C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1).ravel()
+    A_eq = np.vstack([np.kron(np.eye(n), np.ones(n)), np.kron(np.ones(n), np.eye(n))])
+    b_eq = np.concatenate([w, w])
+    best = linprog(C, A_eq=A_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+    diag = -np.eye(n).ravel()
+    res = linprog(
+        diag,
+        A_ub=C[None],
+        b_ub=[best.fun + 1e-11],  # rounding room: gaps to other vertices are >> 1e-11
+        A_eq=A_eq,
+        b_eq=b_eq,
+        bounds=(0, None),
+        method="highs",
+    )
+    return float(-res.fun)
+
+
+def test_ots_of_a_translation_of_duplicated_samples_is_one(as_input):
+    """A pure translation is optimal however the solver pairs identical points: OTS = 1 with and
+    without weights, and inside geodesic_test (issue 19: 1.0, 0.0 weighted, 0.567 in the test)."""
+    x = _duplicated(15, 2, 3, seed=40)
+    y = x + 0.3
+    w = np.random.default_rng(41).uniform(0.5, 1.5, size=len(x))
+    w /= w.sum()
+    assert ots(as_input(x), as_input(y)) == 1.0
+    assert ots(as_input(x), as_input(y), weights=np.full(len(x), 1 / len(x))) == pytest.approx(
+        1.0, abs=1e-12
+    )
+    assert ots(as_input(x), as_input(y), weights=w) == pytest.approx(1.0, abs=1e-12)
+    # every sample at one point: still a translation
+    same = np.zeros((6, 2))
+    assert ots(same, same + 1.0) == 1.0
+    assert ots(same, same + 1.0, weights=np.full(6, 1 / 6)) == pytest.approx(1.0, abs=1e-12)
+    layers = [as_input(x), as_input(x + 0.15), as_input(y)]
+    rep = geodesic_test(Trajectory.from_arrays(layers), n_boot=3)
+    assert rep.segments[0].ots == 1.0 and rep.segments[0].ci["ots"] == (1.0, 1.0)
+    rep_w = geodesic_test(Trajectory.from_arrays(layers, weights=w))
+    assert rep_w.segments[0].ots == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ots_without_duplicates_is_unchanged_against_a_brute_force_assignment():
+    g = np.random.default_rng(42)
+    x = g.normal(size=(40, 3))
+    y = x + 0.6 * g.normal(size=(40, 3))  # noisy: some samples change partner
+    expected = float(np.mean(optimal_sigma(x, y) == np.arange(40)))
+    assert 0.0 < expected < 1.0
+    assert ots(x, y) == expected
+    assert ots(x, y, weights=np.full(40, 1 / 40)) == pytest.approx(expected, abs=1e-12)
+    rep = geodesic_test(Trajectory.from_arrays([x, (x + y) / 2, y]))
+    assert rep.segments[0].ots == expected
+
+
+@pytest.mark.parametrize("seed", [43, 44, 45])
+def test_ots_with_duplicates_is_the_best_optimal_assignment(seed):
+    """Inputs and outputs with repeated points, not a translation: OTS is the most fixed points of
+    any optimal assignment (brute force over 7! assignments), and the most diagonal mass of any
+    optimal weighted coupling (two linear programs); reordering the samples changes nothing."""
+    g = np.random.default_rng(seed)
+    x = g.normal(size=(4, 2))[[0, 0, 1, 1, 2, 3, 3]]
+    y = (x + 0.8 * g.normal(size=(4, 2))[[0, 0, 1, 2, 2, 3, 3]])[[0, 1, 2, 3, 4, 6, 5]]
+    expected = best_fixed_points(x, y)
+    assert ots(x, y) == pytest.approx(expected, abs=1e-15)
+    order = g.permutation(7)
+    assert ots(x[order], y[order]) == pytest.approx(expected, abs=1e-15)
+    w = g.uniform(0.5, 1.5, size=7)
+    w /= w.sum()
+    assert ots(x, y, weights=w) == pytest.approx(best_diagonal_mass(x, y, w), abs=1e-8)
+
+
 # ----------------------------------------------------------------------------- zig-zag, LSS
 def test_zigzag_path_detours_with_exact_ratio_lss_and_mccann_fit():
     """Every sample follows the same zig-zag: layer l is x0 translated by u_l = c_1 + ... + c_l.
@@ -381,6 +471,43 @@ def test_errors_say_what_to_do():
     assert len(proj) == 3 and all(r.quantity == "W2^2" for r in proj.rows)
     skipped = transport_profile(traj, cross="skip")
     assert [(r.source, r.target) for r in skipped.rows] == [(1, 2)] and len(skipped.skipped) == 1
+
+
+_X = np.random.default_rng(20).normal(size=(12, 2))
+_TRAJ = Trajectory.from_arrays([_X, _X + 1.0, _X + 2.0])
+BAD_PARAMETERS = [
+    (lambda: geodesic_test(_TRAJ, mccann_grid=-1), ValueError, "mccann_grid"),
+    (lambda: geodesic_test(_TRAJ, mccann_grid=2.5), TypeError, "mccann_grid"),
+    (lambda: geodesic_test(_TRAJ, max_samples=1), ValueError, "max_samples"),
+    (lambda: geodesic_test(_TRAJ, max_samples=10.0), TypeError, "max_samples"),
+    (lambda: geodesic_test(_TRAJ, max_dense_bytes=-1), ValueError, "max_dense_bytes"),
+    (lambda: geodesic_test(_TRAJ, n_boot=-1), ValueError, "n_boot"),
+    (lambda: geodesic_test(_TRAJ, n_boot=2.0), TypeError, "n_boot"),
+    (lambda: geodesic_test(_TRAJ, n_boot=2, boot_fraction="0.5"), TypeError, "boot_fraction"),
+    (lambda: geodesic_test(_TRAJ, n_boot=2, boot_fraction=math.nan), ValueError, "boot_fraction"),
+    (lambda: transport_profile(_TRAJ, ci_level=1.0), ValueError, "ci_level"),
+    (lambda: transport_profile(_TRAJ, pairs=[(0, 9)]), ValueError, "pairs.*layer 9.*0..2"),
+    (lambda: transport_profile(_TRAJ, pairs=[(-4, 1)]), ValueError, "pairs"),
+    (lambda: transport_profile(_TRAJ, pairs=[(0, 1.5)]), TypeError, "pairs"),
+    (lambda: transport_profile(_TRAJ, pairs=[(0, 1, 2)]), ValueError, "pairs"),
+    (lambda: transport_profile(_TRAJ, pairs=(0, 1)), TypeError, "pairs"),
+    (lambda: transport_profile(_TRAJ, pairs=[]), ValueError, "pairs is empty"),
+    (lambda: transport_profile(_TRAJ, pairs=5), TypeError, "pairs"),
+    (lambda: transport_profile(_TRAJ, pairs=[(1, 1)]), ValueError, "pairs.*itself"),
+    (lambda: lss(_TRAJ, rtol=-1.0), ValueError, "rtol"),
+    (lambda: lss(_TRAJ, rtol=math.nan), ValueError, "rtol"),
+    (lambda: mccann_interpolate(_X, _X, "0.5"), TypeError, "t "),
+    (lambda: mccann_interpolate(_X, _X, math.nan), ValueError, "t "),
+    (lambda: ots(_X + 1j, _X), ValueError, "complex values in x_in"),
+    (lambda: ots(_X, torch.as_tensor(_X + 1j)), ValueError, "complex values in x_out"),
+    (lambda: lss([_X, _X + 1j]), ValueError, "complex values in layer 1 of the tracks"),
+]
+
+
+@pytest.mark.parametrize("call, kind, match", BAD_PARAMETERS)
+def test_bad_parameters_are_refused_by_name(call, kind, match):
+    with pytest.raises(kind, match=match):
+        call()
 
 
 # ----------------------------------------------------------------------------- profile extras

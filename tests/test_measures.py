@@ -173,3 +173,37 @@ def test_finite_values_whose_sum_overflows_pass_and_bad_values_are_counted(as_te
     bad[1, 1], bad[2, 0] = -np.inf, np.nan
     with pytest.raises(ValueError, match="1 NaN and 1 infinite"):
         Trajectory.from_arrays([torch.as_tensor(bad) if as_tensor else bad])
+
+
+@pytest.mark.parametrize("form", ["numpy", "torch", "list"])
+def test_complex_values_are_refused_by_name(form):
+    g = np.random.default_rng(4)
+    x = g.normal(size=(6, 2))
+    z = x + 1j * g.normal(size=(6, 2))
+    zin = {"numpy": z, "torch": torch.as_tensor(z), "list": z.tolist()}[form]
+    with pytest.raises(ValueError, match="complex values in layer 'b1'"):
+        Trajectory.from_arrays([x, zin], names=["in", "b1"])
+    with pytest.raises(ValueError, match="complex values in weights"):
+        Trajectory.from_arrays([x], weights=np.full(6, 1 / 6) + 0j)
+    with pytest.raises(ValueError, match="complex values in logits"):
+        Trajectory.from_arrays([x], logits=zin)
+    with pytest.raises(ValueError, match="complex values in classifier W"):
+        Trajectory.from_arrays([x], classifier=(zin[:2] if form != "list" else z[:2], None))
+    with pytest.raises(ValueError, match="complex values in labels"):
+        Trajectory.from_arrays([x], labels=np.arange(6) + 0j)
+
+
+def test_to_subsample_and_project_refuse_bad_parameters():
+    traj = make(dims=(3, 3))
+    with pytest.raises(TypeError, match="dtype"):
+        traj.to("cpu", dtype=torch.int64)
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        traj.to("gpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        traj[0].tensor(device="gpu")
+    with pytest.raises(TypeError, match="subsample size"):
+        traj.subsample(10.0)
+    with pytest.raises(TypeError, match="dim"):
+        traj.project(2.5)
+    with pytest.raises(ValueError, match="dim"):
+        traj.project(0)

@@ -233,6 +233,40 @@ def test_bad_input():
         fit_mufm(X3, Y3, n_layers=1, lambda_ot=1.0, coupling="sinkhorn", **KW)
 
 
+def test_bad_solver_parameters_and_devices_are_refused_by_name():
+    ufm = dict(dim=4, lambda_w=1e-3, lambda_h=1e-3)
+    for call, kind, match in [
+        (lambda: fit_ufm(Y, **ufm, tol=-1.0), ValueError, "tol"),
+        (lambda: fit_ufm(Y, **ufm, tol=0.0), ValueError, "tol"),
+        (lambda: fit_ufm(Y, **ufm, tol="1e-9"), TypeError, "tol"),
+        (lambda: fit_ufm(Y, **ufm, tol=math.nan), ValueError, "tol"),
+        (lambda: fit_ufm(Y, **ufm, max_iter=-1), ValueError, "max_iter"),
+        (lambda: fit_ufm(Y, **ufm, max_iter=2.5), TypeError, "max_iter"),
+        (lambda: fit_ufm(Y, dim=4.5, lambda_w=1e-3, lambda_h=1e-3), TypeError, "dim"),
+        (lambda: fit_ufm(Y, dim=4, lambda_w="1e-3", lambda_h=1e-3), TypeError, "lambda_w"),
+        (lambda: fit_ufm(Y, **ufm, device="gpu"), ValueError, "unknown device 'gpu'"),
+        (lambda: fit_ufm(Y, **ufm, device="cuda:99"), ValueError, "device 'cuda:99'"),
+        (lambda: fit_mufm(X3, Y3, n_layers=1, lambda_ot=1.0, tol=-1.0, **KW), ValueError, "tol"),
+        (
+            lambda: fit_mufm(X3, Y3, n_layers=1, lambda_ot=1.0, max_iter=-1, **KW),
+            ValueError,
+            "max_iter",
+        ),
+        (
+            lambda: fit_mufm(X3 + 1j, Y3, n_layers=1, lambda_ot=1.0, **KW),
+            ValueError,
+            "complex values in X",
+        ),
+        (
+            lambda: fit_mufm((X3 + 1j).tolist(), Y3, n_layers=1, lambda_ot=1.0, **KW),
+            ValueError,
+            "complex values in X",
+        ),
+    ]:
+        with pytest.raises(kind, match=match):
+            call()
+
+
 def test_non_convergence_is_reported():
     with pytest.warns(ConvergenceWarning, match="converged=False"):
         sol = fit_ufm(Y, dim=5, lambda_w=LAM, lambda_h=LAM, max_iter=2)

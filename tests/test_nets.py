@@ -422,6 +422,58 @@ def test_train_bad_input():
         train(_fresh(), _easy(), epochs=1, lr=0.1, weight_decay=0.0, resume=True)
 
 
+def test_train_refuses_nan_rates_nan_inputs_and_non_integer_labels():
+    """Each bad value gets a ValueError/TypeError that names it, before any training step."""
+    X, y = torch.randn(12, 8), torch.arange(12) % 3
+    kw = dict(epochs=1, weight_decay=0.0)
+    Xnan = X.clone()
+    Xnan[2, 3] = float("nan")
+    for call, kind, match in [
+        (lambda: train(_fresh(), (X, y), lr=float("nan"), **kw), ValueError, "lr"),
+        (lambda: train(_fresh(), (X, y), lr=float("inf"), **kw), ValueError, "lr"),
+        (lambda: train(_fresh(), (X, y), lr=-0.1, **kw), ValueError, "lr"),
+        (lambda: train(_fresh(), (X, y), lr="0.1", **kw), TypeError, "lr"),
+        (
+            lambda: train(_fresh(), (X, y), lr=0.1, epochs=1, weight_decay=np.nan),
+            ValueError,
+            "weight_decay",
+        ),
+        (lambda: train(_fresh(), (X, y), lr=0.1, momentum=1.5, **kw), ValueError, "momentum"),
+        (lambda: train(_fresh(), (X, y), lr=0.1, batch_size=0, **kw), ValueError, "batch_size"),
+        (lambda: train(_fresh(), (X, y), lr=0.1, batch_size=8.0, **kw), TypeError, "batch_size"),
+        (lambda: train(_fresh(), (X, y), lr=0.1, seed=0.5, **kw), TypeError, "seed"),
+        (lambda: train(_fresh(), (Xnan, y), lr=0.1, **kw), ValueError, "inputs X contains 1 NaN"),
+        (
+            lambda: train(_fresh(), (X.numpy() + 1j, y), lr=0.1, **kw),
+            ValueError,
+            "complex values in the inputs X",
+        ),
+        (
+            lambda: train(_fresh(), (X, y + 0.5), lr=0.1, **kw),
+            ValueError,
+            "labels must be integers",
+        ),
+        (
+            lambda: train(
+                _fresh(), (X, y.double().where(y > 0, torch.tensor(float("nan")))), lr=0.1, **kw
+            ),
+            ValueError,
+            "labels must be integers",
+        ),
+    ]:
+        with pytest.raises(kind, match=match):
+            call()
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:99", "tpu", "cpu:3"])
+def test_train_and_capture_refuse_unknown_devices(device):
+    X, y = torch.randn(6, 8), torch.arange(6) % 3
+    with pytest.raises(ValueError, match=f"device '{device}'.*available: \\['cpu'"):
+        train(_fresh(), (X, y), epochs=1, lr=0.1, weight_decay=0.0, device=device)
+    with pytest.raises(ValueError, match=f"device '{device}'.*available: \\['cpu'"):
+        capture(_fresh(), (X, y), device=device)
+
+
 def test_basic_block_shortcut_rules():
     assert isinstance(BasicBlock(4, 4, 1).shortcut, nn.Identity)
     assert isinstance(BasicBlock(4, 8, 1).shortcut, nn.Sequential)

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from otcollapse._utils import progress_bar
+from otcollapse._utils import check_device, check_not_complex, progress_bar
+from otcollapse._validation import check_int
 from otcollapse.measures import Trajectory
 
 __all__ = ["capture", "find_blocks"]
@@ -160,6 +161,7 @@ def _as_batches(
     elif isinstance(data, (torch.Tensor, np.ndarray)):
         X = data
     if X is not None:
+        check_not_complex(X, "the inputs X")
         X = torch.as_tensor(np.asarray(X)) if not isinstance(X, torch.Tensor) else X
         n = int(X.shape[0])
         if y is not None:
@@ -274,8 +276,10 @@ def capture(
         ``"blocks"`` finds the blocks (:func:`find_blocks`); a list gives module names from
         ``model.named_modules()``, hooked in the order given.
     pool : "avg", "flatten" or ("project", k)
-    device : torch device, optional
-        Where to run; default the model's device. The model is moved there (in place).
+    device : str or torch device, optional
+        Where to run; default the model's device. The model is moved there (in place). A device
+        that does not exist here (``"gpu"``, ``"cuda"`` without a CUDA GPU, a GPU index beyond
+        the count) is a ValueError listing the available ones.
     batch_size : int
         The features do not depend on it (eval mode).
     split : str, optional
@@ -302,7 +306,7 @@ def capture(
     ValueError
         No identifiable blocks (candidate names listed), unknown layer names (available ones
         listed), an invalid pool spec, a hooked module that runs more than once per forward pass,
-        unreadable or empty data.
+        unreadable, complex or empty data, a device that does not exist here.
 
     Examples
     --------
@@ -313,9 +317,10 @@ def capture(
     (('stem', 'blocks.0', 'blocks.1', 'blocks.2'), (16, 16, 16, 16))
     """
     mode, k = _parse_pool(pool)
-    pooler = _Pooler(mode, k, int(seed))
+    pooler = _Pooler(mode, k, check_int(seed, "seed"))
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    dev_given = None if device is None else check_device(device)
     if isinstance(layers, str):
         if layers != "blocks":
             raise ValueError(f"layers must be 'blocks' or a list of module names; got {layers!r}.")
@@ -327,11 +332,11 @@ def capture(
             raise ValueError("layers is empty; give at least one module name.")
         first_name = "input"
     names = [first_name, *[n for n, _ in hooked]]
-    if device is None:
+    if dev_given is None:
         p = next(iter(model.parameters()), None)
         dev = p.device if p is not None else torch.device("cpu")
     else:
-        dev = torch.device(device)
+        dev = dev_given
         model.to(dev)
     n, batches = _as_batches(data, batch_size)
     if n == 0:

@@ -29,7 +29,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from otcollapse._utils import atomic_path, progress_bar
+from otcollapse._utils import (
+    atomic_path,
+    check_device,
+    check_finite,
+    check_labels,
+    check_not_complex,
+    progress_bar,
+)
+from otcollapse._validation import check_int, check_real
 
 __all__ = ["CHECKPOINT_NAME", "TrainHistory", "load_checkpoint", "train"]
 
@@ -121,14 +129,19 @@ def _xy(data: Any, purpose: str = "train on") -> tuple[torch.Tensor, torch.Tenso
             f"cannot {purpose} data of type {type(data).__name__}; give an otcollapse Dataset or "
             "an (X, y) pair of arrays/tensors."
         )
+    check_not_complex(X, "the inputs X")
     X = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
-    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
-    y = y.reshape(-1).long()
     if X.ndim < 1 or X.shape[0] == 0:
         raise ValueError("the data set is empty.")
-    if y.shape[0] != X.shape[0]:
-        raise ValueError(f"{y.shape[0]} labels for {X.shape[0]} samples; give one per sample.")
-    return X.float(), y
+    n = int(X.shape[0])
+    y_shape = tuple(y.shape) if hasattr(y, "shape") else (len(y),)
+    if len(y_shape) == 1 and y_shape[0] != n:
+        raise ValueError(f"{y_shape[0]} labels for {n} samples; give one per sample.")
+    # integer class indices: 0.5 or NaN would otherwise be truncated to a class silently
+    y = torch.as_tensor(check_labels(y, n))
+    X = X.float()
+    check_finite(X, "the inputs X")
+    return X, y
 
 
 def _loss_fn(kind: str, n_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -243,8 +256,9 @@ def train(
     batch_size : int
     seed : int
         Seeds the batch order (the model's initialisation is the caller's).
-    device : torch device, optional
-        Default the model's device.
+    device : str or torch device, optional
+        Default the model's device; one that does not exist here (``"gpu"``, ``"cuda"``
+        without a CUDA GPU, ``"cuda:7"`` on a machine with fewer GPUs) is a ValueError.
     checkpoint_dir : path, optional
         Write ``checkpoint.pt`` there every ``checkpoint_every`` epochs and after the last,
         atomically (temporary file, then rename): a killed run leaves the previous checkpoint.
@@ -266,7 +280,13 @@ def train(
     Raises
     ------
     ValueError
-        Unknown loss, optimizer or schedule, bad data, a checkpoint made with other options.
+        Unknown loss, optimizer or schedule; a learning rate that is not a finite number > 0, a
+        negative or non-finite ``weight_decay``, ``momentum`` outside [0, 1); bad data (NaN/inf
+        or complex inputs, labels that are not integer class indices, one label per sample);
+        a device that does not exist here; a checkpoint made with other options.
+    TypeError
+        Non-numeric ``lr``, ``weight_decay``, ``momentum``; non-integer ``batch_size``,
+        ``checkpoint_every`` or ``seed``.
 
     References
     ----------
@@ -275,8 +295,13 @@ def train(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int; got {epochs!r}.")
-    if batch_size < 1 or checkpoint_every < 1:
-        raise ValueError("batch_size and checkpoint_every must be positive.")
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=1)
+    lr = check_real(lr, "lr (the learning rate)", minimum=0.0, open_min=True)
+    weight_decay = check_real(weight_decay, "weight_decay", minimum=0.0)
+    momentum = check_real(momentum, "momentum", minimum=0.0, maximum=1.0, open_max=True)
+    seed = check_int(seed, "seed")
+    dev_given = None if device is None else check_device(device)
     X, y = _xy(data)
     n_out = None
     head = getattr(model, "head", getattr(model, "fc", None))
@@ -286,11 +311,11 @@ def train(
     if int(y.max()) >= n_classes or int(y.min()) < 0:
         raise ValueError(f"labels must lie in 0..{n_classes - 1} (the model's outputs).")
     loss_fn = _loss_fn(loss, n_classes)
-    if device is None:
+    if dev_given is None:
         p = next(iter(model.parameters()), None)
         dev = p.device if p is not None else torch.device("cpu")
     else:
-        dev = torch.device(device)
+        dev = dev_given
         model.to(dev)
     X, y = X.to(dev), y.to(dev)
     opt = _optimizer(model, optimizer, lr, weight_decay, momentum)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from otcollapse._utils import ArrayLike, to_numpy
+from otcollapse._validation import check_int, check_real
 from otcollapse.transport import ConvergenceWarning
 
 __all__ = ["SolverRecord", "minimize_lbfgs"]
@@ -201,13 +202,13 @@ def minimize_lbfgs(
     Raises
     ------
     ValueError
-        ``tol`` not positive, ``max_iter < 0``, a parameter not a float64 leaf requiring grad, or a
-        non-finite objective at the starting point.
+        ``tol`` not a finite number > 0, ``max_iter < 0``, ``history_size < 1``, a parameter not a
+        float64 leaf requiring grad, or a non-finite objective at the starting point.
+    TypeError
+        A non-numeric ``tol`` or a non-integer ``max_iter`` / ``history_size``.
     """
-    if not (tol > 0):
-        raise ValueError(f"tol must be positive; got {tol}.")
-    if max_iter < 0:
-        raise ValueError(f"max_iter must be >= 0; got {max_iter}.")
+    tol, max_iter = _check_solver(tol, max_iter)
+    history_size = check_int(history_size, "history_size", minimum=1)
     params = list(params)
     for i, p in enumerate(params):
         if p.dtype != torch.float64 or not p.requires_grad or not p.is_leaf:
@@ -316,10 +317,13 @@ def minimize_lbfgs(
 
 # ----------------------------------------------- validation shared by the surrogate models
 def _check_lambda(name: str, value: float) -> float:
-    v = float(value)
-    if not np.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
-    return v
+    return check_real(value, name, minimum=0.0)
+
+
+def _check_solver(tol: float, max_iter: int) -> tuple[float, int]:
+    """The solver's tolerance (finite, > 0) and iteration cap (an int >= 0)."""
+    tol = check_real(tol, "tol (the relative gradient-norm tolerance)", minimum=0.0, open_min=True)
+    return tol, check_int(max_iter, "max_iter", minimum=0)
 
 
 def _check_labels(y: ArrayLike, n: int | None = None) -> tuple[np.ndarray, int]:

@@ -36,13 +36,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from otcollapse._utils import ArrayLike, check_finite, is_tensor, json_safe
+from otcollapse._utils import (
+    ArrayLike,
+    check_device,
+    check_finite,
+    check_not_complex,
+    is_tensor,
+    json_safe,
+    to_numpy,
+)
+from otcollapse._validation import check_int
 from otcollapse.measures import Trajectory
 from otcollapse.surrogates.core import (
     SolverRecord,
     _check_choice,
     _check_labels,
     _check_lambda,
+    _check_solver,
     minimize_lbfgs,
 )
 from otcollapse.transport import ConvergenceWarning, wasserstein
@@ -309,8 +319,9 @@ def fit_ufm(
         Relative gradient-norm tolerance (see :func:`~otcollapse.surrogates.core.minimize_lbfgs`).
     max_iter : int
         L-BFGS iteration cap; reaching it gives ``converged=False`` and a ``ConvergenceWarning``.
-    device : torch device, optional
-        Where to run (default CPU).
+    device : str or torch device, optional
+        Where to run (default CPU); one that does not exist here (``"gpu"``, ``"cuda"`` without
+        a CUDA GPU, a GPU index beyond the count) is a ValueError listing the available ones.
 
     Returns
     -------
@@ -320,7 +331,9 @@ def fit_ufm(
     ------
     ValueError
         Negative or non-finite λ, K < 2, labels not covering ``0..K-1``, ``dim < 1``, unknown
-        ``loss``.
+        ``loss``, ``tol <= 0``, ``max_iter < 0``, a device that does not exist here.
+    TypeError
+        Non-numeric λ or ``tol``; non-integer ``dim``, ``seed`` or ``max_iter``.
 
     References
     ----------
@@ -335,11 +348,11 @@ def fit_ufm(
     lambda_b = _check_lambda("lambda_b", lambda_b)
     _check_choice("loss", loss, _LOSSES)
     labels, K = _check_labels(y)
-    d = int(dim)
-    if d < 1:
-        raise ValueError(f"dim must be >= 1; got {dim}.")
+    d = check_int(dim, "dim (the feature dimension)", minimum=1)
+    seed = check_int(seed, "seed")
+    tol, max_iter = _check_solver(tol, max_iter)
     N = labels.size
-    dev = torch.device("cpu") if device is None else torch.device(device)
+    dev = torch.device("cpu") if device is None else check_device(device)
     gen = torch.Generator().manual_seed(int(seed))
     opts = dict(dtype=torch.float64)
     H = (torch.randn(N, d, generator=gen, **opts) / np.sqrt(d)).to(dev).requires_grad_()
@@ -666,9 +679,11 @@ def fit_mufm(
     Raises
     ------
     ValueError
-        Negative λ, K < 2, ``n_layers < 1``, NaN/inf in ``X``, labels of the wrong length or not
-        covering ``0..K-1``, an embedding that cannot produce ``dim``, unknown options, an
-        ``init`` of other shapes.
+        Negative λ, K < 2, ``n_layers < 1``, NaN/inf or complex values in ``X``, labels of the
+        wrong length or not covering ``0..K-1``, an embedding that cannot produce ``dim``,
+        unknown options, ``tol <= 0``, ``max_iter < 0``, an ``init`` of other shapes.
+    TypeError
+        Non-numeric λ or ``tol``; non-integer ``dim``, ``seed`` or ``max_iter``.
 
     References
     ----------
@@ -687,10 +702,15 @@ def fit_mufm(
     L = int(n_layers)
     if L < 1 or L != n_layers:
         raise ValueError(f"n_layers must be an integer >= 1 (transport steps); got {n_layers!r}.")
+    seed = check_int(seed, "seed")
+    tol, max_iter = _check_solver(tol, max_iter)
+    if dim is not None:
+        check_int(dim, "dim (the feature dimension)", minimum=1)
+    check_not_complex(X, "X (the MUFM input H_0)")
     if is_tensor(X):
         Xt = X.detach().to(torch.float64)
     else:
-        Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
+        Xt = torch.as_tensor(to_numpy(X, dtype=np.float64, what="X (the MUFM input H_0)"))
     if Xt.ndim != 2 or Xt.shape[0] == 0 or Xt.shape[1] == 0:
         raise ValueError(f"X must be a non-empty 2-D array (N, d); got shape {tuple(Xt.shape)}.")
     check_finite(Xt, "X (the MUFM input H_0)")

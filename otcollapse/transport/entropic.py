@@ -221,13 +221,15 @@ def solve_sinkhorn(
     if unused:
         raise ValueError(f"method='sinkhorn' takes no option(s) {sorted(unused)}.")
     if eps is not None:
-        eps = check_real(eps, "eps", low=0.0)
-    eps_rel = check_real(eps_rel, "eps_rel", low=0.0)
+        eps = check_real(eps, "eps", minimum=0.0, open_min=True)
+    eps_rel = check_real(eps_rel, "eps_rel", minimum=0.0, open_min=True)
     if tol is not None:
-        tol = check_real(tol, "tol", low=0.0)
+        tol = check_real(tol, "tol", minimum=0.0, open_min=True)
     max_iter = check_int(max_iter, "max_iter", minimum=1)
     if scaling is not None:
-        scaling = check_real(scaling, "scaling", low=0.0, high=1.0)
+        scaling = check_real(
+            scaling, "scaling", minimum=0.0, maximum=1.0, open_min=True, open_max=True
+        )
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}.")
     if scaling is None:

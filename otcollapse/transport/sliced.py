@@ -65,7 +65,7 @@ def solve_sliced(
         raise ValueError(f"method='sliced' takes no option(s) {sorted(unused)}.")
     t0 = time.perf_counter()
     d = int(geom.x.shape[1])
-    seed = check_int(seed, "seed")
+    seed = check_int(seed, "seed", minimum=0)
     if n_projections is None:
         n_projections = max(128, d)
     n_projections = check_int(n_projections, "n_projections", minimum=1)
