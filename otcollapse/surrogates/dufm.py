@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-from otcollapse._utils import ArrayLike, json_safe
+from otcollapse._utils import ArrayLike, check_device, json_safe
 from otcollapse.collapse import CollapseProfile, collapse_profile
 from otcollapse.measures import Trajectory
 from otcollapse.surrogates.core import SolverRecord, _check_labels, _check_lambda, minimize_lbfgs
@@ -547,7 +547,7 @@ def fit_dufm(
     if not (dnc_rtol >= 0):
         raise ValueError(f"dnc_rtol must be >= 0; got {dnc_rtol!r}.")
     N = labels.size
-    dev = torch.device("cpu") if device is None else torch.device(device)
+    dev = torch.device("cpu") if device is None else check_device(device)
     f64 = torch.float64
     Y = torch.nn.functional.one_hot(torch.as_tensor(labels, device=dev), K).T.to(f64)
     dims = [d] * L + [K]  # output dimension of W_1..W_L is dims[1..L]

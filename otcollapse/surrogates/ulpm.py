@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from otcollapse._utils import ArrayLike, json_safe
+from otcollapse._utils import ArrayLike, check_device, json_safe
 from otcollapse.measures import Trajectory
 from otcollapse.surrogates.core import _check_labels
 
@@ -624,7 +624,7 @@ def fit_ulpm(
     sep = solve_ulpm_separation(labels, dim=d, rho=rho, tol=tol, max_iter=max_iter)
 
     N = labels.size
-    dev = torch.device("cpu") if device is None else torch.device(device)
+    dev = torch.device("cpu") if device is None else check_device(device)
     gen = torch.Generator().manual_seed(int(seed))
     f64 = torch.float64
     W = (torch.randn(K, d, generator=gen, dtype=f64) * (init_scale / math.sqrt(d))).to(dev)
