@@ -1,21 +1,31 @@
 """The ``otcollapse`` command line: ``run``, ``analyze``, ``mufm``, ``report``, ``reproduce``.
 
 Every command writes a run folder with ``report.html``, ``metrics.json`` and PNG figures, and
-prints where the report is. Errors a user can act on (a missing file, a wrong format, an unknown
-data set, layers of different sample counts) print one line ``otcollapse: error: ...`` and exit
-with status 2; ``--help`` works on every command.
+prints where the report is. Errors a user can act on (a missing, empty, truncated or damaged
+file, a file of the wrong kind, a folder where a file is expected, an output folder that cannot
+be made or written, a setting out of range, an unknown data set, layers of different sample
+counts) print one line ``otcollapse: error: ...`` naming the file or the setting, what is wrong
+and what to do, and exit with status 2; :func:`error_line` is the one place that words them. The
+settings and the input files are checked before the output folder is made, and a refused
+command removes an output folder it made. A command writing into a folder holds it
+(:func:`otcollapse.io.locked_folder`): a second command writing into the same folder is refused
+the same way. ``--help`` works on every command.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_features", "main"]
+from otcollapse.io import FolderInUseError
+
+__all__ = ["error_line", "load_features", "main"]
 
 EXIT_USAGE = 2
 
@@ -56,6 +66,67 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------------- loading features
+_SAVE_PT = (
+    "save a dict {'layers': [tensor, ...], 'labels': tensor} of plain tensors with torch.save"
+)
+
+
+def _input_file(p: Path) -> None:
+    """A missing path or a folder where a file is expected: the OSError the one place words."""
+    if not p.exists():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(p))
+    if p.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(p))
+
+
+def _load_pt(p: Path) -> Any:
+    """``torch.load(weights_only=True)``; a file it cannot read is a UserError saying why."""
+    import pickle
+    import warnings
+
+    import torch
+
+    from otcollapse.io import file_head, short_reason
+
+    head = file_head(p)  # a folder or a permission problem is an OSError here, worded in main
+    if not head:
+        raise UserError(
+            f"{str(p)!r} is empty (0 bytes): it was not written completely; {_SAVE_PT}."
+        )
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols: one line only
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as err:
+        if isinstance(err, OSError) and err.filename is not None:
+            raise
+        text = str(err)
+        glob = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if glob:
+            raise UserError(
+                f"{str(p)!r} holds Python objects ({glob.group(1)}) that torch.load("
+                "weights_only=True) refuses: loading them could run code from the file; it was "
+                f"refused. {_SAVE_PT[0].upper()}{_SAVE_PT[1:]}."
+            ) from None
+        if not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip (old: a pickle)
+            raise UserError(
+                f"{str(p)!r} is not a PyTorch file (torch.save writes a zip archive; is it another "
+                f"kind of file renamed {p.suffix}?); {_SAVE_PT}."
+            ) from None
+        if isinstance(err, pickle.UnpicklingError):
+            raise UserError(
+                f"{str(p)!r} cannot be read with torch.load(weights_only=True): it is damaged, or "
+                "holds Python objects that need pickle, which could run code, so it was refused; "
+                f"{_SAVE_PT}."
+            ) from None
+        raise UserError(
+            f"{str(p)!r} is truncated or damaged ({short_reason(err)}); write it again or copy it "
+            "again from where it came from."
+        ) from None
+
+
 def load_features(path: str | Path) -> Any:
     """Load a saved trajectory without running code from the file.
 
@@ -67,20 +138,25 @@ def load_features(path: str | Path) -> Any:
     - ``.pt`` / ``.pth``: a dict ``{"layers": [tensor (n, d_l), ...], "labels": tensor (n,)}``
       (optionally ``"names"``), read with ``torch.load(weights_only=True)``.
 
-    A file that needs pickle (arbitrary objects) is refused with an explanation.
-    """
-    import numpy as np
+    A file that needs pickle (arbitrary objects) is refused with an explanation; so is an empty,
+    truncated or damaged file. Every refusal names the file.
 
-    from otcollapse.io import load_trajectory
+    Raises
+    ------
+    UserError
+        A file of the wrong kind or content (what is wrong, what to do).
+    OSError
+        A missing path, a folder, no permission (the path is the exception's ``filename``).
+    """
+    from otcollapse.io import load_trajectory, open_npz
     from otcollapse.measures import Trajectory
 
     p = Path(path)
-    if not p.exists():
-        raise UserError(f"no such file: {str(p)!r}")
+    _input_file(p)
     if p.suffix == ".npz":
         try:
-            with np.load(p, allow_pickle=False) as z:
-                keys = list(z.keys())
+            with open_npz(p) as z:
+                keys = list(z.files)
                 if "header" in keys:
                     return load_trajectory(p)
                 layer_keys = sorted(
@@ -96,39 +172,30 @@ def load_features(path: str | Path) -> Any:
                     raise UserError(f"{str(p)!r} has no 'labels' (or 'y') array.")
                 layers = [z[k] for k in layer_keys]
                 labels = z[lab_key]
+            return Trajectory.from_arrays(layers, labels=labels, names=[k[6:] for k in layer_keys])
         except ValueError as err:
-            if "pickle" in str(err).lower() or "allow_pickle" in str(err):
-                raise UserError(
-                    f"{str(p)!r} holds Python objects that need pickle to load, which could run "
-                    "code; save plain numeric arrays instead (np.savez with arrays only)."
-                ) from None
-            raise UserError(f"{str(p)!r} is not a readable .npz file: {err}") from None
-        return Trajectory.from_arrays(layers, labels=labels, names=[k[6:] for k in layer_keys])
+            raise _naming(p, err) from None
     if p.suffix in (".pt", ".pth"):
-        import pickle
-
-        import torch
-
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, AttributeError) as err:
-            raise UserError(
-                f"{str(p)!r} cannot be loaded with torch.load(weights_only=True), so loading it "
-                "could run code from the file; it was refused. Save a dict "
-                "{'layers': [tensor, ...], 'labels': tensor} of plain tensors instead. "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-            ) from None
+        obj = _load_pt(p)
         if not isinstance(obj, dict) or "layers" not in obj or "labels" not in obj:
             raise UserError(
                 f"{str(p)!r} must hold a dict with 'layers' (a list of (n, d_l) tensors) and "
                 f"'labels'; got {type(obj).__name__}"
-                + (f" with keys {sorted(obj)}" if isinstance(obj, dict) else "")
+                + (f" with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else "")
                 + "."
             )
-        return Trajectory.from_arrays(
-            list(obj["layers"]), labels=obj["labels"], names=obj.get("names")
-        )
+        try:
+            layers = list(obj["layers"])
+            return Trajectory.from_arrays(layers, labels=obj["labels"], names=obj.get("names"))
+        except (ValueError, TypeError) as err:
+            raise _naming(p, err) from None
     raise UserError(f"{str(p)!r}: unknown format {p.suffix!r}; use .npz, .pt or .pth.")
+
+
+def _naming(p: Path, err: Exception) -> UserError:
+    """``err`` as a UserError whose message names the file ``p`` (once)."""
+    text = str(err)
+    return UserError(text if str(p) in text else f"{str(p)!r}: {text}")
 
 
 # ---------------------------------------------------------------------------- commands
@@ -364,14 +431,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# ---------------------------------------------------------------------------- errors
+_PATH_PROBLEMS: dict[int, tuple[str, str]] = {
+    errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.EISDIR: ("a folder, where a file is expected", "give the path of a file"),
+    errno.ENOTDIR: ("a part of this path is a file, not a folder", "choose another path"),
+    errno.EEXIST: (
+        "a file, where a folder is wanted",
+        "choose another output folder (--out), or move the file away",
+    ),
+    errno.EACCES: (
+        "permission denied",
+        "choose a place you may read or write (--out), or change its permissions",
+    ),
+    errno.EROFS: ("read-only file system", "choose a folder on a writable disk (--out)"),
+    errno.ENOSPC: (
+        "no space left on the disk",
+        "free some space and run the command again (a run continues with --resume)",
+    ),
+    errno.ENAMETOOLONG: ("name too long", "choose a shorter path"),
+}
+_PATH_PROBLEMS[errno.EPERM] = _PATH_PROBLEMS[errno.EACCES]
+_PATH_PROBLEMS[errno.EDQUOT] = _PATH_PROBLEMS[errno.ENOSPC]
+
+
+def error_line(err: BaseException) -> str:
+    """The one line ``otcollapse: error: ...`` for a problem with the user's input.
+
+    The one place where the command line words problems with files and paths: an ``OSError``
+    names its path, what is wrong (missing, a folder, no permission, an existing file where a
+    folder is wanted, a full disk) and what to do; a ``UserError`` or ``ValueError`` (a file of
+    the wrong kind or content, a bad setting, a folder in use) already says all three.
+    """
+    if isinstance(err, OSError) and not isinstance(err, FolderInUseError):
+        path = err.filename2 if err.filename2 is not None else err.filename  # a rename's target
+        what, fix = _PATH_PROBLEMS.get(
+            err.errno or -1, (err.strerror or str(err) or type(err).__name__, "check the path")
+        )
+        text = f"{os.fspath(path)!r}: {what}; {fix}." if path is not None else f"{what}; {fix}."
+    else:
+        text = str(err)
+    return "otcollapse: error: " + " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``otcollapse`` command; returns the exit status."""
+    """Entry point of the ``otcollapse`` command; returns the exit status.
+
+    A problem with the user's input (a file, a path, a setting, an output folder in use by
+    another run) prints one line :func:`error_line` on stderr and returns 2, before any work
+    that it would spoil; an output folder the refused command made is removed again.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (UserError, ValueError, FileNotFoundError) as err:
-        print(f"otcollapse: error: {err}", file=sys.stderr)
+    except (UserError, ValueError, FolderInUseError, OSError) as err:
+        print(error_line(err), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("otcollapse: interrupted (a run can continue with --resume)", file=sys.stderr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import platform
 import shutil
 import time
@@ -29,11 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from otcollapse._utils import atomic_path, json_safe
+from otcollapse._utils import atomic_path, check_device, json_safe
 from otcollapse.collapse import CollapseProfile, collapse_profile
 from otcollapse.data import Dataset, load_dataset
 from otcollapse.geodesic import GeodesicReport, geodesic_test
-from otcollapse.io import load_trajectory, save_json, save_trajectory
+from otcollapse.io import (
+    LOCK_FILE,
+    load_trajectory,
+    locked_folder,
+    open_npz,
+    save_json,
+    save_trajectory,
+)
 from otcollapse.measures import Trajectory
 from otcollapse.nets import ConvResNet, ResidualMLP, capture, train
 from otcollapse.nets.train import TrainHistory
@@ -56,6 +64,19 @@ Log = Callable[[str], Any]
 
 def _say(msg: str) -> None:
     print(msg, flush=True)  # flushed: a long run shows its progress even when piped to a file
+
+
+def _check_number(name: str, value: Any, *, positive: bool = False) -> None:
+    """A finite real number, ``> 0`` (``positive``) or ``>= 0``; else a ValueError naming it."""
+    ok = (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > 0 if positive else value >= 0)
+    )
+    if not ok:
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +160,8 @@ class RunConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int; got {v!r}.")
-        if not self.lr > 0 or not self.weight_decay >= 0:
-            raise ValueError("lr must be > 0 and weight_decay >= 0.")
+        _check_number("lr", self.lr, positive=True)
+        _check_number("weight_decay", self.weight_decay)
         bad = [s for s in self.splits if s not in ("train", "test")]
         if bad or "train" not in self.splits:
             raise ValueError(f"splits must be ('train',) or ('train', 'test'); got {self.splits}.")
@@ -148,14 +169,11 @@ class RunConfig:
             raise ValueError("max_samples must be at least 20.")
         if any(not 0 <= e <= self.epochs for e in self.epochs_captured()):
             raise ValueError(f"capture_epochs must lie in 0..{self.epochs}.")
-        try:
-            dev = torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"unknown device {self.device!r}; e.g. 'cpu' or 'cuda:0'.") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} asked for, but torch sees no CUDA GPU.")
-        if any(not g > 0 for g in self.mufm_grid) or not self.mufm_grid:
+        check_device(self.device)
+        if not self.mufm_grid:
             raise ValueError("mufm_grid must hold positive λ_OT values.")
+        for g in self.mufm_grid:
+            _check_number("each mufm_grid value (λ_OT)", g, positive=True)
 
     def epochs_captured(self) -> tuple[int, ...]:
         if self.capture_epochs is not None:
@@ -333,7 +351,7 @@ def _result_dicts(res: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- run
 def _load_data(config: RunConfig, split: str, seed: int) -> Dataset:
-    from otcollapse.data import dataset_names, from_folder
+    from otcollapse.data import dataset_names
 
     if config.data in dataset_names():
         return load_dataset(config.data, split=split, seed=seed)
@@ -345,10 +363,26 @@ def _load_data(config: RunConfig, split: str, seed: int) -> Dataset:
         )
     if split != "train":
         raise ValueError("a user data set on disk has one split: capture splits=('train',).")
-    return from_folder(path)
+    return _from_disk(path)
+
+
+def _from_disk(path: str | Path) -> Dataset:
+    """``from_folder(path)``; a damaged ``.npz`` gets the words of ``otcollapse analyze``."""
+    from otcollapse.data import from_folder
+
+    path = Path(path)
+    try:
+        return from_folder(path)
+    except Exception:
+        if path.is_file() and path.suffix == ".npz":
+            with open_npz(path) as z:  # raises the ValueError naming what is wrong with it
+                for key in z.files:
+                    z[key]
+        raise
 
 
 def _build(config: RunConfig, data: Dataset, plain: bool) -> torch.nn.Module:
+    _check_model(config, data)
     if config.model == "mlp":
         return ResidualMLP(
             data.n_features,
@@ -358,12 +392,15 @@ def _build(config: RunConfig, data: Dataset, plain: bool) -> torch.nn.Module:
             plain=plain,
             batchnorm=True,
         )
+    return ConvResNet(data.input_shape[0], config.width, config.blocks, data.n_classes, plain=plain)
+
+
+def _check_model(config: RunConfig, data: Dataset) -> None:
     shape = data.input_shape
-    if len(shape) != 3:
+    if config.model == "conv" and len(shape) != 3:
         raise ValueError(
             f"model='conv' needs image inputs (C, H, W); {data.name!r} has shape {shape}."
         )
-    return ConvResNet(shape[0], config.width, config.blocks, data.n_classes, plain=plain)
 
 
 def _traj_path(folder: Path, model: str, split: str, epoch: int) -> Path:
@@ -381,12 +418,24 @@ def _capture(
     return traj.replace(metadata=json_safe(meta))
 
 
-def _run_seed(
-    config: RunConfig, seed: int, folder: Path, *, resume: bool, progress: bool, log: Log
-) -> dict[str, Any]:
-    t0 = time.perf_counter()
+def _load_splits(config: RunConfig, seed: int) -> tuple[Dataset, Dataset | None]:
     data = _load_data(config, "train", seed)
     test = _load_data(config, "test", seed) if "test" in config.splits else None
+    return data, test
+
+
+def _run_seed(
+    config: RunConfig,
+    seed: int,
+    folder: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    log: Log,
+    splits: tuple[Dataset, Dataset | None] | None = None,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    data, test = splits if splits is not None else _load_splits(config, seed)
     log(f"[seed {seed}] data: {data!r}")
     final: dict[str, dict[str, Any]] = {}
     epoch_profiles: dict[str, dict[int, CollapseProfile]] = {}
@@ -595,27 +644,52 @@ def run_experiment(
     every captured epoch; then fit and calibrate the MUFM to the ResNet's last layers
     (``calibrate_mufm`` with the NC1 discrepancy), draw the figures and write ``report.html``.
 
+    The data set is read and the settings are checked before ``out`` is touched. The run holds
+    ``out`` with :func:`otcollapse.io.locked_folder` from start to end: a second run into the same
+    folder is refused at once, and the temporary files of writes killed before their rename are
+    removed when the run starts or resumes. A folder this call made is removed again when the run
+    fails before writing anything into it.
+
     Raises
     ------
     ValueError
         An existing non-empty ``out`` folder without ``resume`` (nothing is overwritten), bad
-        settings, an unknown data set.
+        settings, an unknown or unreadable data set.
+    otcollapse.io.FolderInUseError
+        Another process is writing into ``out``.
     """
+    out = Path(out)
+    seeds = [config.seed + i for i in range(config.seeds)]
+    first = _load_splits(config, seeds[0])
+    _check_model(config, first[0])
+    with locked_folder(out, on_error="empty"):
+        # checked while holding the folder: no other run can start writing there meanwhile
+        if not resume and any(e.name != LOCK_FILE for e in out.iterdir()):
+            raise ValueError(
+                f"the output folder {str(out)!r} is not empty; pass resume=True (--resume) to "
+                "continue the run there, or choose another folder."
+            )
+        return _run_seeds(config, seeds, out, first, resume=resume, progress=progress, log=log)
+
+
+def _run_seeds(
+    config: RunConfig,
+    seeds: list[int],
+    out: Path,
+    first: tuple[Dataset, Dataset | None],
+    *,
+    resume: bool,
+    progress: bool,
+    log: Log,
+) -> dict[str, Any]:
     from otcollapse.report import write_report
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise ValueError(
-            f"the output folder {str(out)!r} is not empty; pass resume=True (--resume) to "
-            "continue the run there, or choose another folder."
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    seeds = [config.seed + i for i in range(config.seeds)]
     per_seed = []
     for s in seeds:
         folder = out if len(seeds) == 1 else out / f"seed_{s}"
         folder.mkdir(parents=True, exist_ok=True)
-        m = _run_seed(config, s, folder, resume=resume, progress=progress, log=log)
+        splits = first if s == seeds[0] else None
+        m = _run_seed(config, s, folder, resume=resume, progress=progress, log=log, splits=splits)
         if len(seeds) > 1:
             write_report(folder)
         per_seed.append(m)
@@ -658,23 +732,51 @@ def analyze_trajectories(
 
     Each trajectory gets ``collapse_profile`` and, when it has a segment of at least two
     layers, ``geodesic_test`` (per segment of equal dimension); figures compare them side by
-    side. ``max_samples`` analyses a stratified subsample.
+    side. ``max_samples`` analyses a stratified subsample. ``out`` is held with
+    :func:`otcollapse.io.locked_folder` while it is written; a folder this call made is removed
+    again when the analysis fails.
     """
-    from otcollapse.report import write_report
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if not trajectories:
         raise ValueError("no trajectories to analyse.")
-    results: dict[str, Any] = {}
-    kept: dict[str, Trajectory] = {}
     for name, traj in trajectories.items():
         if traj.labels is None:
             raise ValueError(f"trajectory {name!r} has no labels; the collapse metrics need them.")
+    with locked_folder(out, on_error="remove") as folder:
+        return _analyze(
+            trajectories,
+            folder,
+            seed=seed,
+            max_samples=max_samples,
+            source=source,
+            kind=kind,
+            extra=extra,
+            log=log,
+        )
+
+
+def _analyze(
+    trajectories: Mapping[str, Trajectory],
+    out: Path,
+    *,
+    seed: int,
+    max_samples: int | None,
+    source: Mapping[str, Any] | None,
+    kind: str,
+    extra: Mapping[str, Any] | None,
+    log: Log,
+) -> dict[str, Any]:
+    from otcollapse.report import write_report
+
+    results: dict[str, Any] = {}
+    kept: dict[str, Trajectory] = {}
+    for name, traj in trajectories.items():
         if max_samples is not None and traj.n_samples > max_samples:
             traj = traj.subsample(max_samples, seed=seed)
         log(f"analysing {name}: {traj}")
-        results[name] = _analyse(traj, seed=seed, geodesic=len(traj) >= 2)
+        try:
+            results[name] = _analyse(traj, seed=seed, geodesic=len(traj) >= 2)
+        except ValueError as err:  # say which of the trajectories (for analyze: which file)
+            raise ValueError(f"trajectory {name!r}: {err}") from err
         kept[name] = traj
         save_trajectory(out / "trajectories" / f"{name}.npz", traj)
     head = headline(results)
@@ -719,12 +821,56 @@ def fit_mufm_report(
     ``y``; the inputs are flattened (and reduced to ``dim`` by PCA when given: ``embed="pca"``),
     then ``fit_mufm`` runs for every λ_OT and its trajectory ``H_0 = X, ..., H_L`` goes through
     :func:`analyze_trajectories`. ``metrics.json`` records every solution (objective and its
-    terms, gradient norm, iterations, converged).
+    terms, gradient norm, iterations, converged). The settings and the data are checked before
+    ``out`` is made, and ``out`` is held (:func:`otcollapse.io.locked_folder`) from the first fit
+    to the report.
     """
-    from otcollapse.surrogates import fit_mufm
-
+    if not len(lambda_ot):
+        raise ValueError("lambda_ot must hold at least one value.")
+    for lam in lambda_ot:
+        _check_number("each lambda_ot value", lam)
+    for name, v in (("lambda_w", lambda_w), ("lambda_h", lambda_h), ("lambda_b", lambda_b)):
+        _check_number(name, v)
     config = RunConfig(data=data, mufm=False)  # validates nothing MUFM-specific; reuses the loader
     ds = _load_data(config, "train", seed)
+    with locked_folder(out, on_error="remove"):
+        return _fit_mufm_report(
+            ds,
+            data,
+            out,
+            n_layers=n_layers,
+            lambda_ot=lambda_ot,
+            lambda_w=lambda_w,
+            lambda_h=lambda_h,
+            lambda_b=lambda_b,
+            loss=loss,
+            coupling=coupling,
+            samples=samples,
+            dim=dim,
+            seed=seed,
+            log=log,
+        )
+
+
+def _fit_mufm_report(
+    ds: Dataset,
+    data: str,
+    out: str | Path,
+    *,
+    n_layers: int,
+    lambda_ot: Sequence[float],
+    lambda_w: float,
+    lambda_h: float,
+    lambda_b: float,
+    loss: str,
+    coupling: str,
+    samples: int | None,
+    dim: int | None,
+    seed: int,
+    log: Log,
+) -> dict[str, Any]:
+    from otcollapse.surrogates import fit_mufm
+
     if samples is not None:
         ds = ds.subsample(samples, seed=seed)
     X = ds.X.reshape(len(ds), -1).double().numpy()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from otcollapse._utils import atomic_write_text
+from otcollapse.io import load_json, locked_folder
 
 __all__ = ["GLOSSARY", "write_report"]
 
@@ -306,10 +307,16 @@ def _model_details(name: str, res: Mapping[str, Any]) -> str:
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` from ``run_dir/metrics.json`` and ``run_dir/figures/``.
 
+    The folder is held (:func:`otcollapse.io.locked_folder`) while the report is written, so a
+    report is not rebuilt while another process is still writing the run.
+
     Raises
     ------
     ValueError
-        When ``run_dir`` has no ``metrics.json`` (not a run folder).
+        When ``run_dir`` has no ``metrics.json`` (not a run folder), or a ``metrics.json`` that
+        is not valid JSON (the message names the file).
+    otcollapse.io.FolderInUseError
+        When another process is writing into ``run_dir``.
     """
     folder = Path(run_dir)
     mpath = folder / "metrics.json"
@@ -318,7 +325,11 @@ def write_report(run_dir: str | Path) -> Path:
             f"{str(folder)!r} has no metrics.json: not an otcollapse run folder (made by "
             "`otcollapse run`, `analyze` or `mufm`)."
         )
-    m = json.loads(mpath.read_text(encoding="utf-8"))
+    with locked_folder(folder):
+        return _write_report(folder, load_json(mpath))
+
+
+def _write_report(folder: Path, m: Mapping[str, Any]) -> Path:
     kind = m.get("kind", "run")
     title = {
         "run": "otcollapse run: a ResNet and its plain twin",

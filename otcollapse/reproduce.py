@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from otcollapse.experiment import RunConfig, run_experiment
-from otcollapse.io import save_json
+from otcollapse.experiment import RunConfig, _from_disk, run_experiment
+from otcollapse.io import locked_folder, save_json
 
 __all__ = ["REPRODUCTIONS", "reproduce"]
 
@@ -36,9 +36,7 @@ _WGZ = "S. Wang, K. Gai, S. Zhang, Progressive feedforward collapse of ResNet tr
 
 
 def _config(data: str, quick: bool, seed: int, **kw: Any) -> RunConfig:
-    from otcollapse.data import from_folder
-
-    shape = from_folder(data).input_shape  # validates the path and tells images from vectors
+    shape = _from_disk(data).input_shape  # validates the path and tells images from vectors
     model = "conv" if len(shape) == 3 and min(shape[1:]) >= 4 else "mlp"
     base: dict[str, Any] = {"data": str(data), "model": model, "seed": seed, "mufm": False}
     if quick:
@@ -154,7 +152,12 @@ def reproduce(
     Returns the ``metrics.json`` contents, whose ``published`` rows hold the published and the
     measured value of each reference point. ``quick=True`` uses tiny settings (to check the
     pipeline, e.g. on a synthetic stand-in), not to reproduce anything.
+
+    The data set is read before ``out`` is made, and ``out`` is held
+    (:func:`otcollapse.io.locked_folder`) for the whole reproduction: a second writer is refused.
     """
     if name not in REPRODUCTIONS:
         raise ValueError(f"unknown reproduction {name!r}; choose from {sorted(REPRODUCTIONS)}.")
-    return REPRODUCTIONS[name](str(data), Path(out), quick, seed)
+    _config(str(data), quick, seed)  # the data set and the settings, before out is touched
+    with locked_folder(out, on_error="empty") as folder:
+        return REPRODUCTIONS[name](str(data), folder, quick, seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -92,3 +93,123 @@ def test_json_round_trip(tmp_path):
     obj = {"a": [1, 2.5, None], "b": "x"}
     save_json(tmp_path / "r.json", obj)
     assert load_json(tmp_path / "r.json") == obj
+
+
+# ---------------------------------------------------------------------------- damaged files
+def test_damaged_npz_files_name_the_file_and_the_problem(tmp_path):
+    path = save_trajectory(tmp_path / "t.npz", full_trajectory())
+    raw = path.read_bytes()
+    cases = {
+        "half.npz": (raw[: len(raw) // 2], "truncated or damaged"),
+        "empty.npz": (b"", "empty (0 bytes)"),
+        "text.npz": (b"layer_0,labels\n1,0\n", "not a .npz archive"),
+        "pickle.npz": (b"\x80\x04K\x01.", "is a Python pickle"),
+    }
+    for name, (content, problem) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=re.escape(problem)) as info:
+            load_trajectory(tmp_path / name)
+        assert repr(str(tmp_path / name)) in str(info.value)
+        assert "allow_pickle" not in str(info.value)
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    os.replace(tmp_path / "one.npy", tmp_path / "one.npz")
+    with pytest.raises(ValueError, match=r"single \.npy array"):
+        load_trajectory(tmp_path / "one.npz")
+
+
+def test_open_npz_reads_lazily_and_reports_crc_errors(tmp_path):
+    from otcollapse.io import open_npz
+
+    np.savez(tmp_path / "a.npz", good=np.arange(4.0), bad=np.arange(64.0))
+    raw = bytearray((tmp_path / "a.npz").read_bytes())
+    at = raw.index(b"bad.npy") + 200
+    raw[at] ^= 0xFF
+    (tmp_path / "a.npz").write_bytes(bytes(raw))
+    with open_npz(tmp_path / "a.npz") as z:
+        assert sorted(z.files) == ["bad", "good"] and "bad" in z and len(z) == 2
+        assert np.array_equal(z["good"], np.arange(4.0))  # the intact member reads
+        with pytest.raises(ValueError, match="CRC"):
+            z["bad"]
+        with pytest.raises(KeyError):
+            z["missing"]
+    with pytest.raises(IsADirectoryError):  # a path problem stays an OSError
+        with open_npz(tmp_path):
+            pass
+
+
+def test_truncated_json_names_the_file(tmp_path):
+    (tmp_path / "m.json").write_text('{"a": [1, 2')
+    with pytest.raises(ValueError, match=r"m\.json' is not valid JSON"):
+        load_json(tmp_path / "m.json")
+    (tmp_path / "e.json").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"e\.json' is empty"):
+        load_json(tmp_path / "e.json")
+
+
+# ---------------------------------------------------------------------------- folder lock
+def test_locked_folder_is_exclusive_reentrant_and_leaves_no_lock_file(tmp_path):
+    import threading
+
+    from otcollapse.io import LOCK_FILE, FolderInUseError, locked_folder
+
+    out = tmp_path / "a" / "b"
+    with locked_folder(out) as folder:
+        assert folder == out and (out / LOCK_FILE).read_text().strip() == str(os.getpid())
+        with locked_folder(out):  # the same thread may take it again (a nested job)
+            pass
+        assert (out / LOCK_FILE).exists()
+        got: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                with locked_folder(out):
+                    pass
+            except BaseException as exc:
+                got.append(exc)
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        assert len(got) == 1 and isinstance(got[0], FolderInUseError)
+    assert os.listdir(out) == []
+    with locked_folder(out):  # free again
+        pass
+
+
+def test_locked_folder_takes_over_a_stale_lock_and_cleans_killed_writes(tmp_path):
+    from otcollapse.io import LOCK_FILE, clean_temporaries, locked_folder
+
+    (tmp_path / "checkpoints" / "plain").mkdir(parents=True)
+    (tmp_path / LOCK_FILE).write_text("12345\n")  # left by a killed process: no flock held
+    dead = [
+        tmp_path / ".metrics.json.ab_cd123.tmp",
+        tmp_path / "checkpoints" / "plain" / ".checkpoint.pt.x1y2z3w4.tmp",
+    ]
+    alive = [tmp_path / "metrics.json", tmp_path / ".hidden.tmp", tmp_path / "my.abcdefgh.tmp"]
+    for f in dead + alive:
+        f.write_text("x")
+    with locked_folder(tmp_path):
+        assert (tmp_path / LOCK_FILE).read_text().strip() == str(os.getpid())
+        assert not any(f.exists() for f in dead) and all(f.exists() for f in alive)
+    assert clean_temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("on_error", "write", "left"),
+    [("keep", True, True), ("empty", False, False), ("empty", True, True), ("remove", True, False)],
+)
+def test_locked_folder_removes_what_a_failed_job_made(tmp_path, on_error, write, left):
+    from otcollapse.io import locked_folder
+
+    class Refused(Exception):
+        pass
+
+    with pytest.raises(Refused), locked_folder(tmp_path / "new" / "out", on_error=on_error) as f:
+        if write:
+            (f / "partial.json").write_text("{}")
+        raise Refused
+    assert (tmp_path / "new").exists() == left
+    (tmp_path / "old").mkdir()  # a folder the job found is never removed
+    with pytest.raises(Refused), locked_folder(tmp_path / "old", on_error="remove"):
+        raise Refused
+    assert (tmp_path / "old").is_dir()
