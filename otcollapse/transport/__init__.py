@@ -178,7 +178,7 @@ def wasserstein(
     """
     if method not in transport_methods():
         raise ValueError(f"unknown method {method!r}; choose one of {list(transport_methods())}.")
-    max_dense_bytes = check_int(max_dense_bytes, "max_dense_bytes", minimum=1)
+    max_dense_bytes = check_int(max_dense_bytes, "max_dense_bytes", minimum=0)
     xt = _check_cloud(x, "x")
     yt = _check_cloud(y, "y")
     device = xt.device

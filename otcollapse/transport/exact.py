@@ -90,7 +90,8 @@ def solve_exact(
     a_np, b_np = a.double().cpu().numpy(), b.double().cpu().numpy()
     scale = float(C.max())
     scale = scale if scale > 0 else 1.0
-    plan, log = ot.emd(a_np, b_np, C / scale, numItermax=num_iter_max, log=True)
+    C /= scale  # in place: one n x m matrix, the violation below is read in these units
+    plan, log = ot.emd(a_np, b_np, C, numItermax=num_iter_max, log=True)
     u, v = log["u"] * scale, log["v"] * scale
     # the value from the differences of the original points on the plan's support; entries
     # below 1e-12 of their row's mass are the simplex's rounding residue (~1e-17), not transport
@@ -98,8 +99,8 @@ def solve_exact(
     diff = geom.x64[rows] - geom.y64[cols]
     cost = float(plan[rows, cols] @ (diff * diff).sum(1).cpu().numpy())
     step = max(1, (64 * 1024**2) // (8 * max(1, geom.m)))  # row blocks: no n x m temporary
-    violation = max(
-        float(np.max(u[i : i + step, None] + v[None, :] - C[i : i + step]))
+    violation = scale * max(
+        float(np.max(log["u"][i : i + step, None] + log["v"][None, :] - C[i : i + step]))
         for i in range(0, geom.n, step)
     )
     eps = float(np.finfo(np.float64).eps)
