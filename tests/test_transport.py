@@ -715,3 +715,42 @@ def test_converged_is_a_python_bool(method):
     for opts in ({}, {"return_potentials": True}):
         res = wasserstein(x, y, method=method, **opts)
         assert type(res.converged) is bool
+
+
+@pytest.mark.parametrize(
+    "options, error, name",
+    [
+        ({"method": "sinkhorn", "eps": "0.1"}, TypeError, "eps"),
+        ({"method": "sinkhorn", "eps": -1.0}, ValueError, "eps"),
+        ({"method": "sinkhorn", "eps_rel": float("nan")}, ValueError, "eps_rel"),
+        ({"method": "sinkhorn", "max_iter": -1}, ValueError, "max_iter"),
+        ({"method": "sinkhorn", "max_iter": 2.5}, TypeError, "max_iter"),
+        ({"method": "sinkhorn", "tol": -1e-3}, ValueError, "tol"),
+        ({"method": "sinkhorn", "scaling": 1.0}, ValueError, "scaling"),
+        ({"max_dense_bytes": -1}, ValueError, "max_dense_bytes"),
+        ({"max_dense_bytes": "2GB"}, TypeError, "max_dense_bytes"),
+        ({"method": "sliced", "n_projections": 2**62}, ValueError, "n_projections"),
+        ({"method": "sliced", "n_projections": 0}, ValueError, "n_projections"),
+        ({"method": "sliced", "seed": -3}, ValueError, "seed"),
+        ({"method": "exact", "num_iter_max": 0}, ValueError, "num_iter_max"),
+    ],
+)
+def test_bad_options_are_refused_by_name(options, error, name):
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(error, match=name):
+        wasserstein(x, x + 1.0, **options)
+
+
+def test_complex_points_and_non_psd_covariances_are_refused(as_input):
+    x = np.random.default_rng(0).normal(size=(10, 2))
+    with pytest.raises(ValueError, match="complex"):
+        wasserstein(as_input(x + 1j * x), as_input(x))
+    from otcollapse.transport import gaussian_w2
+
+    with pytest.raises(ValueError, match="S0 has a negative eigenvalue"):
+        gaussian_w2(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
+    with pytest.raises(ValueError, match="S1 is not symmetric"):
+        gaussian_w2(np.zeros(2), np.eye(2), np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]))
+    # chunked Sinkhorn is still reached with a zero budget
+    res = wasserstein(x, x + 1.0, method="sinkhorn", eps=1.0, max_dense_bytes=0)
+    assert res.converged and res.params["mode"] != "dense"
