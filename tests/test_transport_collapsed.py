@@ -7,6 +7,8 @@ to 1e-9 relative, with its certificate holding (``converged`` and ``gap <= 1e-9 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -224,3 +226,53 @@ def test_duplicated_points_and_shuffles_of_collapsed_classes():
     for method in ("auto", "exact", "assignment"):
         res = wasserstein(xd, xd[perm], method=method)
         assert res.cost == 0.0 and res.converged and res.gap == 0.0
+
+
+# ------------------------------------------------------------- what the split must not do
+def test_masses_that_differ_beyond_rounding_are_not_split():
+    """1e-14 of mass must cross a gap of 1e6: W2^2 >= 1e-2, never the in-cluster 1e-6."""
+    x = np.array([[0, 0], [0, 1e-3], [1e6, 0], [1e6, 1e-3]])
+    y = x + np.array([0, 1e-3])
+    a = np.full(4, 0.25)
+    b = np.array([0.25 + 1e-14, 0.25, 0.25 - 1e-14, 0.25])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # certified or not, never wrong
+        res = wasserstein(x, y, a=a, b=b, method="exact")
+    assert res.params.get("path") != "blocks"
+    assert res.cost >= 0.99e-2 or not res.converged
+
+
+def test_a_far_point_with_tiny_mass_is_not_dropped():
+    x = np.array([[0, 0], [0, 1e-3], [1e6, 0], [1e6, 1e-3]])
+    y = np.r_[x + np.array([0, 1e-3]), [[-1e6, 0]]]
+    b = np.array([0.25, 0.25, 0.25, 0.25 - 1e-16, 1e-16])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = wasserstein(x, y, a=np.full(4, 0.25), b=b / b.sum(), method="exact", return_plan=True)
+    assert res.params.get("path") != "blocks"
+    assert res.plan[:, 4].sum() > 0  # the far target receives its mass
+    assert res.cost >= 0.9e-16 * 1e12 or not res.converged
+
+
+def test_points_without_mass_do_not_spoil_a_split():
+    """Zero-mass points are not grouped: the problem is solved whole."""
+    x, y, labels = collapsed(3, 60, 4, 1e-6, 10.0, seed=12)
+    far = np.full((3, 4), 1e4)
+    xa, ya = np.r_[x, far], np.r_[y, far + 1.0]
+    w = np.r_[np.full(60, 1 / 60), np.zeros(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = wasserstein(xa, ya, a=w, b=w, method="exact")
+    ref = collapsed_w2sq(x, y, labels)
+    # one frame cannot resolve 1e-12 costs beside 1e8 ones: honest non-convergence, never a
+    # wrong value marked converged
+    assert not res.converged or res.cost == pytest.approx(ref, rel=RTOL)
+
+
+def test_auto_keeps_float32_for_sinkhorn():
+    """Only the exact solvers cast to float64; auto's chunked Sinkhorn keeps the input's dtype."""
+    g = np.random.default_rng(0)
+    x = torch.as_tensor(g.normal(size=(300, 4)), dtype=torch.float32)
+    y = torch.as_tensor(g.normal(size=(280, 4)), dtype=torch.float32)
+    res = wasserstein(x, y, max_dense_bytes=8 * 300 * 280)  # exact does not fit: Sinkhorn
+    assert res.method == "sinkhorn" and res.params["dtype"] == "float32"

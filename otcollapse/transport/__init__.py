@@ -109,7 +109,7 @@ def _check_weights(w: ArrayLike | None, n: int, what: str, device: torch.device)
         raise ValueError(
             f"{what} sums to {total:.8g}, not 1; normalise it ({what} / {what}.sum())."
         )
-    return t
+    return t / t.sum()  # exactly (to rounding) one: the solvers compare masses to rounding
 
 
 def wasserstein(
@@ -184,10 +184,6 @@ def wasserstein(
     device = xt.device
     yt = yt.to(device)
     dtype = torch.promote_types(xt.dtype, yt.dtype)
-    if method in ("auto", "exact", "assignment"):
-        # exact costs need the points in float64: a float32 shift or GEMM would round away the
-        # distances inside a tight cluster (the transport.blocks module)
-        dtype = torch.float64
     xt, yt = xt.to(dtype), yt.to(dtype)
     at = _check_weights(a, xt.shape[0], "a", device)
     bt = _check_weights(b, yt.shape[0], "b", device)
@@ -209,8 +205,13 @@ def wasserstein(
             if method == "assignment" and not geom.fits(ASSIGNMENT_COPIES):
                 # chunked Sinkhorn may follow: each solver takes the options it names
                 first_options, fallback_options = _split_options(options)
+        exact_geom = geom
+        if method in ("exact", "assignment") and dtype != torch.float64:
+            # exact costs need the points in float64: a float32 shift or GEMM would round away
+            # the distances inside a tight cluster (the transport.blocks module)
+            exact_geom = PointCloudCost(xt.double(), yt.double(), max_dense_bytes=max_dense_bytes)
         try:
-            res = _SOLVERS[method](geom, at, bt, **first_options)
+            res = _SOLVERS[method](exact_geom, at, bt, **first_options)
         except DenseBudgetError as err:
             if auto_reason is None or method != "assignment" or err.fallback is None:
                 raise  # (a refusal of an explicit request, e.g. return_plan, stands)

@@ -18,8 +18,9 @@ $$\\|c_g - c_h\\| - R^x_g - R^y_h \\ge R^x_g + R^y_g \\quad \\text{for all } g \
 the groups' potentials together satisfy ``u_i + v_j <= c_ij`` for every pair: the
 block-diagonal plan is optimal, ``W2^2 = sum_g A_g W2^2(mu_g, nu_g)``, and each group's own
 certificate (its lower bound) certifies the whole. The condition is checked with the exact
-(float64, by differences) radii and anchor distances; when it fails, or the masses differ, the
-problem is solved whole.
+(float64, by differences) radii and anchor distances; when it fails, when the masses differ by
+more than the rounding of their sums, or when some point has no mass, the problem is solved
+whole.
 
 Groups are found by farthest-point sampling on a sample of the pooled points, stopping at the
 first anchor count ``k`` whose covering radius drops by ``GAP_RATIO`` from ``k - 1`` anchors (the
@@ -44,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from otcollapse.transport.geometry import PointCloudCost
+from otcollapse.transport.geometry import DenseBudgetError, PointCloudCost, format_bytes
 from otcollapse.transport.result import TransportResult
 
 __all__ = ["Groups", "find_groups", "needs_frames", "solve_by_blocks"]
@@ -122,6 +123,8 @@ def find_groups(
     the problem needs no frames (:func:`needs_frames`) or has no such groups."""
     if min(geom.n, geom.m) < 2 or not needs_frames(geom, a, b, resolution):
         return None
+    if bool((a <= 0).any()) or bool((b <= 0).any()):
+        return None  # points without mass belong to no group's mass balance: solve whole
     x, y = geom.x64, geom.y64
     pooled = torch.cat([x, y])
     # a seeded random sample (an evenly strided one aliases with periodic class orders)
@@ -153,16 +156,22 @@ def find_groups(
     count = len(anchors)
     mass_a = torch.zeros(count, dtype=torch.float64, device=x.device).index_add_(0, gx, a.double())
     mass_b = torch.zeros(count, dtype=torch.float64, device=x.device).index_add_(0, gy, b.double())
-    if bool(((mass_a - mass_b).abs() > 1e-12 * torch.maximum(mass_a, mass_b) + 1e-15).any()):
+    # equal masses, to the rounding of their sums and no more: any larger difference must
+    # cross between groups and the split would be wrong
+    size = torch.bincount(gx, minlength=count) + torch.bincount(gy, minlength=count)
+    eps = float(torch.finfo(torch.float64).eps)
+    rounding = 4 * eps * size.double() * torch.maximum(mass_a, mass_b)
+    if bool(((mass_a - mass_b).abs() > rounding).any()):
         return None
-    keep = mass_a > 0
+    keep = (mass_a > 0) & (mass_b > 0)  # the others hold no points at all
     if int(keep.sum()) < 2:
         return None
     rx = _radii(x, anchors, gx, count)
     ry = _radii(y, anchors, gy, count)
     # by differences (cdist's matrix-product mode would cancel for anchors far from the origin)
     dist = torch.cdist(anchors, anchors, compute_mode="donot_use_mm_for_euclid_dist")
-    dist = dist * (1 - 1e-12)
+    d = x.shape[1]
+    dist = dist * (1 - 1e-12 - 4 * d * eps)
     need = (rx + ry)[:, None]
     room = dist - rx[:, None] - ry[None, :]
     off = keep[:, None] & keep[None, :] & ~torch.eye(count, dtype=torch.bool, device=x.device)
@@ -180,7 +189,7 @@ def _radii(z: torch.Tensor, anchors: torch.Tensor, g: torch.Tensor, count: int) 
     r = torch.linalg.vector_norm(z - anchors[g], dim=1)
     out = torch.zeros(count, dtype=torch.float64, device=z.device)
     out.scatter_reduce_(0, g, r, reduce="amax")
-    return out * (1 + 1e-12)
+    return out * (1 + 1e-12 + 4 * z.shape[1] * float(torch.finfo(torch.float64).eps))
 
 
 def solve_by_blocks(
@@ -200,9 +209,16 @@ def solve_by_blocks(
     every group converged and the total gap is within :data:`RTOL` of the cost; potentials are
     normalised per group (``max v = 0``) so that together they are feasible on every pair.
     """
+    if return_plan and not geom.fits():
+        raise DenseBudgetError(
+            f"return_plan=True needs the dense {geom.n} x {geom.m} plan "
+            f"({format_bytes(geom.dense_bytes())}), over max_dense_bytes."
+        )
     t0 = time.perf_counter()
     n, m = geom.n, geom.m
-    cost = gap = 0.0
+    cost = gap = violation = 0.0
+    potentials_complete = return_potentials
+    first: TransportResult | None = None
     converged = True
     u_all, v_all = np.zeros(n), np.zeros(m)
     order = np.empty(n, dtype=np.int64) if n == m else None
@@ -236,17 +252,21 @@ def solve_by_blocks(
             u, v = (np.asarray(p, dtype=np.float64) for p in res.potentials)
             top = float(v.max())
             u_all[ixn], v_all[iyn] = u + top, v - top
+        else:
+            potentials_complete = False
+        violation = max(violation, float(res.params.get("dual_violation") or 0.0))
+        first = res if first is None else first
         parts.append(
             {"size": (len(ixn), len(iyn)), "method": res.method, "path": res.params.get("path")}
         )
     gap = min(gap, cost)
-    first = res
     params = {
         **{k: v for k, v in first.params.items() if k in ("solver", "num_iter_max", "cost_dtype")},
         "path": "blocks",
         "blocks": groups.count,
         "block_separation": groups.separation,
         "block_parts": parts,
+        "dual_violation": violation,
         "certificate": (
             f"{groups.count} separated groups of equal mass solved one by one in their own "
             "frames (block-diagonal plan optimal by the separation test); gap = sum of the "
@@ -265,5 +285,5 @@ def solve_by_blocks(
         seconds=time.perf_counter() - t0,
         plan=plan,
         assignment=order,
-        potentials=(u_all, v_all) if return_potentials else None,
+        potentials=(u_all, v_all) if potentials_complete else None,
     )
