@@ -226,10 +226,15 @@ def wasserstein(
         params = {**res.params, "auto": auto_reason}
         res = dataclasses.replace(res, params=params, seconds=time.perf_counter() - t0)
     if not res.converged:
+        advice = (
+            "float64 could not resolve the costs that decide it to 1e-9 (see 'Exactness on "
+            "collapsed features' in docs/transport.md)"
+            if res.method in ("exact", "assignment")
+            else "Raise max_iter or eps (or GeomLoss's scaling), or use an exact method"
+        )
         warnings.warn(
             f"{res.method} did not converge ({res.gap_kind or 'check'}: {res.gap}); "
-            f"the value {res.cost:.6g} is not certified. Raise max_iter or eps (or GeomLoss's "
-            "scaling), or use an exact method.",
+            f"the value {res.cost:.6g} is not certified. {advice}.",
             ConvergenceWarning,
             stacklevel=2,
         )
