@@ -46,12 +46,10 @@ import numpy as np
 import torch
 
 from otcollapse.transport.geometry import DenseBudgetError, PointCloudCost, format_bytes
-from otcollapse.transport.result import TransportResult
+from otcollapse.transport.result import RTOL, TransportResult
 
 __all__ = ["Groups", "find_groups", "needs_frames", "solve_by_blocks"]
 
-#: the relative accuracy an exact solver certifies (its ``converged`` means gap <= RTOL * cost)
-RTOL = 1e-9
 #: covering radius drop that marks the clusters as found (the split needs separations of a few
 #: radii, so a smaller drop could not pass the separation test anyway)
 GAP_RATIO = 4.0

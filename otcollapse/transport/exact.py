@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 
 from otcollapse._validation import check_int
 from otcollapse.transport.auction import auction_prices
-from otcollapse.transport.blocks import RTOL, find_groups, solve_by_blocks
+from otcollapse.transport.blocks import find_groups, solve_by_blocks
 from otcollapse.transport.candidates import (
     SparseAssignment,
     Unprofitable,
@@ -20,7 +20,7 @@ from otcollapse.transport.candidates import (
     solve_sparse_assignment,
 )
 from otcollapse.transport.geometry import DenseBudgetError, PointCloudCost, format_bytes
-from otcollapse.transport.result import TransportResult
+from otcollapse.transport.result import RTOL, TransportResult, certified_gap
 
 __all__ = ["is_uniform", "solve_assignment", "solve_exact"]
 
@@ -113,7 +113,7 @@ def solve_exact(
     # most that much times the largest cost (zero for an exact plan, e.g. the identity)
     marginal = float(np.abs(plan.sum(1) - a_np).sum() + np.abs(plan.sum(0) - b_np).sum())
     # W2^2 lies in [lower, cost]; a lower bound above the value means a broken bracket
-    gap = abs(cost - max(lower, 0.0)) + marginal * geom.diameter_sq_bound()
+    gap = certified_gap(cost, lower) + marginal * geom.diameter_sq_bound()
     converged = bool(int(log.get("result_code", 0)) == 1 and gap <= RTOL * cost)
     params: dict[str, Any] = {
         "solver": "POT network simplex (ot.emd)",
@@ -125,20 +125,12 @@ def solve_exact(
     if not converged and geom.n == geom.m and is_uniform(a) and is_uniform(b):
         # uniform and of equal size: the plan is a permutation, which the assignment's exact
         # scan can certify (or improve) with costs accurate to their own size
-        try:
-            found = solve_sparse_assignment(geom, start=plan.argmax(1), max_rounds=20)
-        except Unprofitable as why:
-            params["certificate"] = f"the exact scan of the permutation failed: {why}"
-        else:
-            cost = float(found.pair_cost.mean())
-            gap = abs(cost - max(found.lower, 0.0))
-            converged = gap <= RTOL * cost
+        found = _certify_permutation(geom, plan.argmax(1), "auto", 20, params)
+        if found is not None:
+            cost, gap, converged = _value_and_gap(found)
             plan = _permutation_plan(found.assignment) if return_plan else None
             u, v = found.u, found.v
-            params.update(
-                certificate="the simplex's permutation certified by the assignment's exact scan",
-                dual_violation=found.dual_violation,
-            )
+            params["certificate"] = "the simplex's permutation certified by the exact scan"
     seconds = time.perf_counter() - t0
     return TransportResult(
         cost=cost,
@@ -351,33 +343,21 @@ def solve_assignment(
         ),
     }
     del C
-    pair_cost = geom.paired(torch.as_tensor(order, device=geom.device)).cpu().numpy()
-    cost = float(pair_cost.mean())
+    cost = float(geom.paired(torch.as_tensor(order, device=geom.device)).mean())
     # optimal for C' = C + error: c(sigma) - W2^2 <= E(sigma) + E(sigma*) <= 2 gemm_error
     gap = min(2 * geom.gemm_error(a, b, dtype), cost)
     converged, potentials = gap <= RTOL * cost, None
     if not converged or return_potentials:
         # certify a posteriori: the permutation's pairs with exact costs, shortest-path
         # potentials, and a float64 scan that computes the near-tight pairs' costs exactly
-        try:
-            found = solve_sparse_assignment(
-                geom, rank=rank, max_rounds=max(max_rounds, 20), start=order
-            )
-        except Unprofitable as why:
-            params["certificate"] = f"a priori bound too wide, and the exact scan failed: {why}"
-        else:
-            order, pair_cost = found.assignment, found.pair_cost
-            cost = float(pair_cost.mean())
-            gap = abs(cost - max(found.lower, 0.0))
-            converged = gap <= RTOL * cost
+        found = _certify_permutation(geom, order, rank, max(max_rounds, 20), params)
+        if found is not None:
+            order = found.assignment
+            cost, gap, converged = _value_and_gap(found)
             potentials = (found.u, found.v) if return_potentials else None
-            params.update(
-                certificate=(
-                    "dual potentials feasible on all pairs (float64 scan at full rank, exact "
-                    "costs where flagged): W2^2 >= dual - dual_violation"
-                ),
-                dual_violation=found.dual_violation,
-                rounds=found.rounds,
+            params["certificate"] = (
+                "dual potentials feasible on all pairs (float64 scan at full rank, exact costs "
+                "where flagged): W2^2 >= dual - dual_violation"
             )
     return TransportResult(
         cost=cost,
@@ -404,8 +384,7 @@ def _sparse_result(
     t0: float,
 ) -> TransportResult:
     n = geom.n
-    cost = float(found.pair_cost.mean())
-    gap = abs(cost - max(found.lower, 0.0))
+    cost, gap, converged = _value_and_gap(found)
     params: dict[str, Any] = {
         "solver": "sparse certified assignment (column generation on candidate pairs)",
         "path": "sparse",
@@ -423,7 +402,7 @@ def _sparse_result(
         quantity="W2^2",
         method="assignment",
         params=params,
-        converged=bool(gap <= RTOL * cost),
+        converged=converged,
         n_iter=found.rounds,
         gap=gap,
         gap_kind="certified gap",
@@ -432,6 +411,32 @@ def _sparse_result(
         assignment=found.assignment,
         potentials=(found.u, found.v) if return_potentials else None,
     )
+
+
+def _certify_permutation(
+    geom: PointCloudCost,
+    start: np.ndarray,
+    rank: str | int,
+    max_rounds: int,
+    params: dict[str, Any],
+) -> SparseAssignment | None:
+    """A permutation found on rounded costs, certified (or improved) a posteriori by the sparse
+    path's machinery started from it: its pairs with exact costs, shortest-path potentials and
+    a float64 scan at full rank. Records the scan in ``params``; None (and why) if it failed."""
+    try:
+        found = solve_sparse_assignment(geom, rank=rank, max_rounds=max_rounds, start=start)
+    except Unprofitable as why:
+        params["certificate"] = f"the exact scan of the permutation failed: {why}"
+        return None
+    params.update(dual_violation=found.dual_violation, rounds=found.rounds)
+    return found
+
+
+def _value_and_gap(found: SparseAssignment) -> tuple[float, float, bool]:
+    """The value of a sparse solve, its certified gap, and whether it is within RTOL."""
+    cost = float(found.pair_cost.mean())
+    gap = certified_gap(cost, found.lower)
+    return cost, gap, bool(gap <= RTOL * cost)
 
 
 def _permutation_plan(order: np.ndarray) -> np.ndarray:

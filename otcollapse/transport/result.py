@@ -13,6 +13,16 @@ from otcollapse._utils import json_safe
 __all__ = ["TransportResult"]
 
 
+#: the relative accuracy an exact solver certifies: ``converged`` means ``gap <= RTOL * cost``
+RTOL = 1e-9
+
+
+def certified_gap(cost: float, lower: float) -> float:
+    """``cost - lower`` for ``W2^2`` in ``[lower, cost]`` (``lower`` floored at 0); a lower bound
+    above the value is a broken bracket, and its excess counts as gap too."""
+    return abs(cost - max(lower, 0.0))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class TransportResult:
     """What a transport solver computed, how, and how far to trust it.
