@@ -144,25 +144,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def check_labels(labels: ArrayLike, n: int) -> np.ndarray:
-    """``labels`` as int64 of shape (n,), or a ValueError saying what is wrong."""
-    lab = to_numpy(labels, what="labels")
-    if lab.ndim == 2 and lab.shape[1] == 1:  # a column vector
-        lab = lab[:, 0]
-    if lab.ndim != 1 or lab.shape[0] != n:
-        got = lab.shape[0] if lab.ndim == 1 else lab.shape
-        raise ValueError(
-            f"labels have length {got} but there are {n} samples; "
-            "give one integer label per sample, shape (n,)."
-        )
-    if lab.dtype.kind == "f":
-        if not np.all(np.isfinite(lab)) or not np.all(lab == np.round(lab)):
-            raise ValueError("labels must be integers (class indices); got non-integer values.")
-    elif lab.dtype.kind not in "iub":
-        raise ValueError(f"labels must be integers (class indices); got dtype {lab.dtype}.")
-    return lab.astype(np.int64)
-
-
 def available_devices() -> list[str]:
     """The torch devices this machine can run on: ``"cpu"``, each CUDA GPU, Apple's ``"mps"``."""
     out = ["cpu"]

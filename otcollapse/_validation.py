@@ -1,7 +1,8 @@
-"""Checks of scalar settings at the public boundary: one function per kind, one wording.
+"""The validation room: one check per kind of input, one wording, used at every public boundary.
 
-Each returns the value converted (``float`` or ``int``) or raises a TypeError (wrong type) or
-ValueError (out of range, NaN/inf) that names the parameter, what was given and what is allowed.
+Scalars (``check_int``, ``check_real``), weights (``check_weights``: one rule everywhere) and
+labels (``check_labels``). Each returns the value converted or raises a TypeError (wrong type) or
+ValueError (out of range, NaN/inf, wrong length) that names the input, what was given and the fix.
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_int", "check_real"]
+from otcollapse._utils import ArrayLike, to_numpy
+
+__all__ = ["WEIGHT_TOL", "check_int", "check_labels", "check_real", "check_weights"]
+
+#: how far from one a sum of weights may be (float32 masses summed in float64 land well inside)
+WEIGHT_TOL = 1e-6
 
 
 def check_int(
@@ -63,3 +69,62 @@ def check_real(
             where = f"be {'<' if open_max else '<='} {maximum:g}"
         raise ValueError(f"{name} must {where}; got {v:g}.")
     return v
+
+
+def check_weights(weights: ArrayLike | None, n: int, what: str = "weights") -> np.ndarray:
+    """Masses of ``n`` samples as float64 summing to one (uniform when ``None``).
+
+    One rule for every function that takes weights: length ``n``, finite, non-negative, summing
+    to one within ``WEIGHT_TOL`` (then renormalised, so solvers compare masses to rounding).
+    """
+    if weights is None:
+        return np.full(n, 1.0 / n)
+    w = to_numpy(weights, dtype=np.float64, what=what).reshape(-1)
+    if w.shape[0] != n:
+        raise ValueError(f"{what} have length {w.shape[0]} but there are {n} samples.")
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"{what} contain {int((~np.isfinite(w)).sum())} NaN/inf values.")
+    if np.any(w < 0):
+        raise ValueError(
+            f"{what} must be non-negative; {int((w < 0).sum())} are negative (min {w.min():.3g})."
+        )
+    total = float(w.sum())
+    if abs(total - 1.0) > WEIGHT_TOL:
+        raise ValueError(f"{what} sum to {total:.8g}, not 1; normalise them ({what} / sum).")
+    return w / total
+
+
+def check_labels(labels: ArrayLike, n: int, *, min_classes: int = 0) -> np.ndarray:
+    """``labels`` as int64 of shape (n,), or a ValueError saying what is wrong.
+
+    With ``min_classes`` > 0 the labels must also be the consecutive classes ``0..K-1`` (every
+    class with a sample) with ``K >= min_classes`` (the form a model with one row per class needs).
+    """
+    lab = to_numpy(labels, what="labels")
+    if lab.ndim == 2 and lab.shape[1] == 1:  # a column vector
+        lab = lab[:, 0]
+    if lab.ndim != 1 or lab.shape[0] != n:
+        got = lab.shape[0] if lab.ndim == 1 else lab.shape
+        raise ValueError(
+            f"labels have length {got} but there are {n} samples; "
+            "give one integer label per sample, shape (n,)."
+        )
+    if lab.dtype.kind == "f":
+        if not np.all(np.isfinite(lab)) or not np.all(lab == np.round(lab)):
+            raise ValueError("labels must be integers (class indices); got non-integer values.")
+    elif lab.dtype.kind not in "iub":
+        raise ValueError(f"labels must be integers (class indices); got dtype {lab.dtype}.")
+    lab = lab.astype(np.int64)
+    if min_classes > 0 and lab.size:
+        if lab.min() < 0:
+            raise ValueError(f"labels must be integers 0..K-1; got a label {lab.min()}.")
+        K = int(lab.max()) + 1
+        if K < min_classes:
+            raise ValueError(f"this model needs K >= {min_classes} classes; got K = {K}.")
+        missing = np.setdiff1d(np.arange(K), lab)
+        if missing.size:
+            raise ValueError(
+                f"labels must cover 0..K-1 = 0..{K - 1}; classes {missing.tolist()} have no "
+                "sample. Relabel the classes consecutively."
+            )
+    return lab

@@ -61,13 +61,12 @@ from tqdm import tqdm
 from otcollapse import _utils
 from otcollapse._utils import (
     ArrayLike,
-    check_labels,
     check_not_complex,
     iter_rows,
     json_safe,
     to_numpy,
 )
-from otcollapse._validation import check_int, check_real
+from otcollapse._validation import check_int, check_labels, check_real
 from otcollapse.measures import Trajectory
 from otcollapse.transport import wasserstein
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from otcollapse._resampling import stratified_indices
 from otcollapse._utils import ArrayLike, rng, to_numpy
 
 __all__ = [
@@ -120,7 +121,7 @@ class Dataset:
         """A seeded, class-stratified subset of ``n`` samples (all of them when ``n >= len``)."""
         if n >= len(self):
             return self
-        return self.take(_stratified_subset(self.y.numpy(), int(n), seed))
+        return self.take(stratified_indices(self.y.numpy(), int(n), seed))
 
     def batches(self, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Consecutive ``(X, y)`` batches in order (no shuffling)."""
@@ -190,22 +191,6 @@ def _split_indices(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarr
     idx = np.arange(len(y))
     train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y)
     return np.sort(train), np.sort(test)
-
-
-def _stratified_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded, class-stratified subset of ``n`` samples."""
-    N = len(y)
-    if not 1 <= n <= N:
-        raise ValueError(f"n must be in 1..{N} for this split; got {n}.")
-    if n == N:
-        return np.arange(N)
-    from sklearn.model_selection import train_test_split
-
-    classes, counts = np.unique(y, return_counts=True)
-    if n < len(classes) or counts.min() < 2:
-        return np.sort(rng(seed).choice(N, size=n, replace=False))
-    keep, _ = train_test_split(np.arange(N), train_size=n, random_state=seed, stratify=y)
-    return np.sort(keep)
 
 
 def _standardise(
@@ -459,7 +444,7 @@ def load_dataset(
         "normalisation": made["normalisation"],
     }
     if n is not None:
-        keep = _stratified_subset(y, int(n), seed)
+        keep = stratified_indices(y, int(n), seed)
         X, y = X[keep], y[keep]
         prov["subset"] = {"n": int(n), "of": len(idx), "seed": int(seed), "stratified": True}
     return Dataset(

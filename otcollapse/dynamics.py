@@ -50,7 +50,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from otcollapse._utils import check_labels, json_safe
+from otcollapse._utils import json_safe
+from otcollapse._validation import check_labels
 from otcollapse.collapse import METRICS, layer_collapse
 from otcollapse.data import Dataset, load_dataset
 from otcollapse.measures import Trajectory

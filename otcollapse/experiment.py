@@ -563,8 +563,8 @@ def _calibrate(sub: Trajectory, config: RunConfig, seed: int, log: Log) -> Any:
     """``calibrate_mufm`` on ``sub`` (NC1 discrepancy); unconverged fits are logged."""
     import warnings
 
+    from otcollapse.exceptions import ConvergenceWarning
     from otcollapse.surrogates import calibrate_mufm
-    from otcollapse.transport import ConvergenceWarning
 
     log(
         f"[seed {seed}] fitting the MUFM to the ResNet ({sub.n_samples} samples, λ_OT grid "

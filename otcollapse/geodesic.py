@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-from otcollapse._utils import ArrayLike, json_safe, progress_bar, rng, to_numpy, to_tensor
+from otcollapse import _resampling
+from otcollapse._utils import ArrayLike, json_safe, progress_bar, to_numpy, to_tensor
 from otcollapse._validation import check_int, check_real
 from otcollapse.measures import LayerMeasure, Trajectory
 from otcollapse.transport import TransportResult, bures_map, gaussian_w2, wasserstein
@@ -143,29 +144,6 @@ def _check_max_dense_bytes(options: dict[str, Any]) -> None:
         check_int(options["max_dense_bytes"], "max_dense_bytes", minimum=0)
 
 
-def _boot_seeds(seed: int, n_boot: int) -> list[int]:
-    return [int(s) for s in rng(seed).integers(0, 2**31 - 1, size=n_boot)]
-
-
-def _boot_size(n: int, boot_fraction: float) -> int:
-    m = round(boot_fraction * n)
-    if m < 2 or m >= n:
-        raise ValueError(
-            f"subsampling intervals need 2 <= boot_fraction * n < n; got n = {n}, "
-            f"boot_fraction = {boot_fraction}. Use more samples or another boot_fraction."
-        )
-    return m
-
-
-def _interval(values: Sequence[float], level: float) -> tuple[float, float] | None:
-    """Percentile interval of the finite replicate values (None when there are none)."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return None
-    lo, hi = np.percentile(v, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
-
-
 def _quantiles(values: np.ndarray, weights: np.ndarray | None, qs: Sequence[float]) -> list[float]:
     """Quantiles of ``values`` (numpy's linear rule; inverted CDF of the masses when weighted)."""
     if weights is None:
@@ -178,19 +156,6 @@ def _quantiles(values: np.ndarray, weights: np.ndarray | None, qs: Sequence[floa
     c = np.cumsum(weights[order])
     c = c / c[-1]
     return [float(v[min(int(np.searchsorted(c, q, side="left")), len(v) - 1)]) for q in qs]
-
-
-def _split_halves(traj: Trajectory, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Two disjoint halves of ``n // 2`` samples each, stratified and seeded (None if n < 4)."""
-    n = traj.n_samples
-    if n < 4:
-        return None
-    h = n // 2
-    first = traj.subsample_indices(h, seed)
-    rest = np.setdiff1d(np.arange(n), first)
-    if rest.size > h:  # odd n: drop one seeded sample so the halves have equal sizes
-        rest = np.delete(rest, int(rng(seed).integers(rest.size)))
-    return first, rest
 
 
 def _floor_value(
@@ -1231,7 +1196,7 @@ def split_half_floor(
         The distance (W2 for the W2 methods).
     """
     traj = Trajectory.from_arrays([x], labels=labels, weights=weights)
-    halves = _split_halves(traj, seed)
+    halves = _resampling.split_halves(traj.labels, traj.n_samples, seed)
     if halves is None:
         raise ValueError(f"a split-half floor needs at least 4 samples; got {traj.n_samples}.")
     val = _floor_value(traj.layers[0], halves, traj.weights, method, options)
@@ -1414,7 +1379,7 @@ def transport_profile(
             continue
         planned.append((s, t, src, tgt, sc))
     w = traj.weights
-    halves = _split_halves(traj, seed) if noise_floor else None
+    halves = _resampling.split_halves(traj.labels, traj.n_samples, seed) if noise_floor else None
     floors: dict[str, float] = {}
 
     def floor_of(name: str, x: Any) -> float | None:
@@ -1477,9 +1442,9 @@ def transport_profile(
         )
     boot_size = 0
     if n_boot:
-        boot_size = _boot_size(traj.n_samples, boot_fraction)
+        boot_size = _resampling.boot_size(traj.n_samples, boot_fraction)
         reps: list[list[float]] = [[] for _ in planned]
-        seeds = _boot_seeds(seed, n_boot)
+        seeds = _resampling.boot_seeds(seed, n_boot)
         for bs in _progress(seeds, progress, "subsampling intervals"):
             idx = traj.subsample_indices(boot_size, bs)
             wb = _sub_weights(w, idx)
@@ -1489,7 +1454,7 @@ def transport_profile(
                 )
                 reps[i].append(r.distance)
         rows = [
-            dataclasses.replace(r, ci=_interval(v, ci_level))
+            dataclasses.replace(r, ci=_resampling.percentile_interval(v, ci_level))
             for r, v in zip(rows, reps, strict=True)
         ]
     bad = [f"{r.source_name} -> {r.target_name}" for r in rows if not r.converged]
@@ -2028,16 +1993,22 @@ def geodesic_test(
         )
     boot_size = 0
     if n_boot:
-        boot_size = _boot_size(work.n_samples, boot_fraction)
+        boot_size = _resampling.boot_size(work.n_samples, boot_fraction)
         reps: list[dict[str, list[float]]] = [{} for _ in segments]
-        for bs in _progress(_boot_seeds(seed, n_boot), progress, "subsampling intervals"):
+        for bs in _progress(
+            _resampling.boot_seeds(seed, n_boot), progress, "subsampling intervals"
+        ):
             sub = work.take(work.subsample_indices(boot_size, bs))
             for i, seg in enumerate(segments):
                 for key, val in _segment_quick(sub, seg, method, options, fit, fit_options).items():
                     reps[i].setdefault(key, []).append(val)
         new = []
         for rep, vals in zip(reports, reps, strict=True):
-            ci = {k: c for k, v in vals.items() if (c := _interval(v, ci_level)) is not None}
+            ci = {
+                k: c
+                for k, v in vals.items()
+                if (c := _resampling.percentile_interval(v, ci_level)) is not None
+            }
             new.append(dataclasses.replace(rep, ci=ci))
         reports = new
         notes.append(
@@ -2121,7 +2092,11 @@ def compare_trajectories(
     ):
         raise ValueError("the trajectories' sample weights differ; give both the same weights.")
     w = a.weights
-    halves = _split_halves(a if a.labels is not None else b, seed) if noise_floor else None
+    halves = (
+        _resampling.split_halves((a if a.labels is not None else b).labels, a.n_samples, seed)
+        if noise_floor
+        else None
+    )
     rows, not_compared = [], []
     common = min(len(a), len(b))
     for l in _progress(range(common), progress, "layers"):

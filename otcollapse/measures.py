@@ -24,22 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from otcollapse._resampling import stratified_indices
 from otcollapse._utils import (
     ArrayLike,
     check_device,
     check_finite,
-    check_labels,
     check_not_complex,
     iter_rows,
     rng,
     to_numpy,
     to_tensor,
 )
-from otcollapse._validation import check_int
+from otcollapse._validation import check_int, check_labels, check_weights
 
 __all__ = ["LayerMeasure", "Trajectory"]
-
-_WEIGHT_TOL = 1e-6
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -113,24 +111,6 @@ def _as_2d_layer(x: ArrayLike, name: str) -> Any:
     if isinstance(arr, np.ndarray) and arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)
     return arr
-
-
-def _check_weights(weights: ArrayLike, n: int) -> np.ndarray:
-    w = to_numpy(weights, dtype=np.float64, what="weights").reshape(-1)
-    if w.shape[0] != n:
-        raise ValueError(f"weights have length {w.shape[0]} but the layers have {n} samples.")
-    if not np.all(np.isfinite(w)):
-        raise ValueError(f"weights contain {int((~np.isfinite(w)).sum())} NaN/inf values.")
-    if np.any(w < 0):
-        raise ValueError(
-            f"weights must be non-negative; {int((w < 0).sum())} are negative (min {w.min():.3g})."
-        )
-    total = float(w.sum())
-    if abs(total - 1.0) > _WEIGHT_TOL:
-        raise ValueError(
-            f"weights sum to {total:.8g}, not 1; normalise them (weights / weights.sum())."
-        )
-    return w
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -246,7 +226,7 @@ class Trajectory:
                 raise ValueError(f"layer {nm!r} has zero features.")
             check_finite(x, f"layer {nm!r}")
         labels = None if self.labels is None else check_labels(self.labels, n)
-        weights = None if self.weights is None else _check_weights(self.weights, n)
+        weights = None if self.weights is None else check_weights(self.weights, n)
         shortcuts = {}
         for key, img in dict(self.shortcuts).items():
             l = int(key)
@@ -443,34 +423,7 @@ class Trajectory:
         Each class gets ``n * n_k / N`` samples rounded by largest remainder, and at least one
         sample while ``n`` allows it.
         """
-        N = self.n_samples
-        n = check_int(n, "the subsample size n")
-        if not 1 <= n <= N:
-            raise ValueError(f"subsample size must be in 1..{N}; got {n}.")
-        g = rng(seed)
-        if self.labels is None or n == N:
-            return np.sort(g.choice(N, size=n, replace=False))
-        classes, inverse, counts = np.unique(self.labels, return_inverse=True, return_counts=True)
-        quota = counts * (n / N)
-        take = np.floor(quota).astype(np.int64)
-        if n >= len(classes):
-            take = np.maximum(take, 1)
-        take = np.minimum(take, counts)
-        order = np.argsort(-(quota - np.floor(quota)), kind="stable")
-        i = 0
-        while take.sum() < n:
-            k = order[i % len(order)]
-            if take[k] < counts[k]:
-                take[k] += 1
-            i += 1
-        while take.sum() > n:
-            k = int(np.argmax(take))
-            take[k] -= 1
-        chosen = [
-            g.choice(np.flatnonzero(inverse == k), size=int(take[k]), replace=False)
-            for k in range(len(classes))
-        ]
-        return np.sort(np.concatenate(chosen))
+        return stratified_indices(self.labels, n, seed, self.n_samples)
 
     def subsample(self, n: int, seed: int = 0) -> Trajectory:
         """A seeded, class-stratified subsample of ``n`` samples (see :meth:`subsample_indices`)."""

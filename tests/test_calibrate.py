@@ -15,7 +15,7 @@ import pytest
 
 from otcollapse.measures import Trajectory
 from otcollapse.surrogates import MUFMCalibration, calibrate_mufm, fit_mufm
-from otcollapse.transport import ConvergenceWarning
+from otcollapse.exceptions import ConvergenceWarning
 
 LAM_STAR = 0.3
 LW = LH = 1e-3

@@ -24,7 +24,7 @@ import pytest
 
 from otcollapse.surrogates.dufm import dnc_value, fit_dufm
 from otcollapse.surrogates.mufm import fit_ufm
-from otcollapse.transport import ConvergenceWarning
+from otcollapse.exceptions import ConvergenceWarning
 
 LAM = 1e-3
 Y25 = np.repeat(np.arange(2), 5)

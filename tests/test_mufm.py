@@ -28,7 +28,7 @@ from otcollapse.collapse import collapse_profile, nc1, nc2, nc3
 from otcollapse.constructions import etf_clusters
 from otcollapse.geodesic import transport_profile
 from otcollapse.surrogates import fit_mufm, fit_ufm, minimize_lbfgs
-from otcollapse.transport import ConvergenceWarning
+from otcollapse.exceptions import ConvergenceWarning
 
 K, N_PER, LAM = 4, 5, 5e-4
 Y = np.repeat(np.arange(K), N_PER)

@@ -32,7 +32,7 @@ from otcollapse.surrogates.perturbation import (
     near_collapse_singular_values,
     perturbation_jacobian,
 )
-from otcollapse.transport import ConvergenceWarning
+from otcollapse.exceptions import ConvergenceWarning
 
 K3, N3, D3 = 3, 4, 5
 Y3 = np.repeat(np.arange(K3), N3)

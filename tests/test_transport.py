@@ -14,7 +14,8 @@ from oracles import brute_force_w2sq, gaussian_w2sq, w2sq_1d_uniform, weighted_m
 from scipy.optimize import linear_sum_assignment
 
 from otcollapse import wasserstein
-from otcollapse.transport import ConvergenceWarning, geometry, transport_methods
+from otcollapse.exceptions import ConvergenceWarning
+from otcollapse.transport import geometry, transport_methods
 
 
 def residual_pair(n, d, seed=0, scale=0.3):

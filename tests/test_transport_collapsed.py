@@ -18,7 +18,7 @@ from oracles import assignment_w2sq, collapsed_w2sq, weighted_moments
 
 from otcollapse import Trajectory, geodesic_test, wasserstein
 from otcollapse.geodesic import ots
-from otcollapse.transport import ConvergenceWarning
+from otcollapse.exceptions import ConvergenceWarning
 from otcollapse.transport.blocks import find_groups
 from otcollapse.transport.geometry import PointCloudCost
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from otcollapse import collapse_profile, fit_dufm, fit_ulpm
-from otcollapse.transport import ConvergenceWarning
+from otcollapse.exceptions import ConvergenceWarning
 
 HERE = Path(__file__).parent
 TOP = 1.4  # restart values above TOP * L_DNC are drawn as triangles at the top edge

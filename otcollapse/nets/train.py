@@ -33,11 +33,10 @@ from otcollapse._utils import (
     atomic_path,
     check_device,
     check_finite,
-    check_labels,
     check_not_complex,
     progress_bar,
 )
-from otcollapse._validation import check_int, check_real
+from otcollapse._validation import check_int, check_labels, check_real
 
 __all__ = ["CHECKPOINT_NAME", "TrainHistory", "load_checkpoint", "train"]
 

@@ -32,10 +32,11 @@ import numpy as np
 
 from otcollapse._utils import json_safe, to_numpy
 from otcollapse.collapse import CollapseProfile, collapse_profile, nc1
+from otcollapse.exceptions import ConvergenceWarning
 from otcollapse.measures import Trajectory
 from otcollapse.surrogates.core import _check_choice, _check_lambda
 from otcollapse.surrogates.mufm import MUFMSolution, fit_mufm
-from otcollapse.transport import ConvergenceWarning, wasserstein
+from otcollapse.transport import wasserstein
 
 __all__ = ["DISCREPANCIES", "MUFMCalibration", "calibrate_mufm", "default_lambda_grid"]
 

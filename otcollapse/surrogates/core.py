@@ -32,7 +32,7 @@ import torch
 
 from otcollapse._utils import ArrayLike, to_numpy
 from otcollapse._validation import check_int, check_real
-from otcollapse.transport import ConvergenceWarning
+from otcollapse.exceptions import ConvergenceWarning
 
 __all__ = ["SolverRecord", "minimize_lbfgs"]
 

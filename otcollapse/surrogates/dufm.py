@@ -42,9 +42,9 @@ from scipy.optimize import minimize_scalar
 
 from otcollapse._utils import ArrayLike, check_device, json_safe
 from otcollapse.collapse import CollapseProfile, collapse_profile
+from otcollapse.exceptions import ConvergenceWarning
 from otcollapse.measures import Trajectory
 from otcollapse.surrogates.core import SolverRecord, _check_labels, _check_lambda, minimize_lbfgs
-from otcollapse.transport import ConvergenceWarning
 
 __all__ = ["DUFMSolution", "dnc_value", "fit_dufm"]
 

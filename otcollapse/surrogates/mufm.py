@@ -46,6 +46,7 @@ from otcollapse._utils import (
     to_numpy,
 )
 from otcollapse._validation import check_int
+from otcollapse.exceptions import ConvergenceWarning
 from otcollapse.measures import Trajectory
 from otcollapse.surrogates.core import (
     SolverRecord,
@@ -55,7 +56,7 @@ from otcollapse.surrogates.core import (
     _check_solver,
     minimize_lbfgs,
 )
-from otcollapse.transport import ConvergenceWarning, wasserstein
+from otcollapse.transport import wasserstein
 
 __all__ = ["MUFMSolution", "UFMSolution", "fit_mufm", "fit_ufm"]
 

@@ -50,6 +50,7 @@ import torch
 
 from otcollapse._utils import ArrayLike, check_finite, json_safe, rng, to_numpy
 from otcollapse.collapse import class_statistics
+from otcollapse.exceptions import ConvergenceWarning
 from otcollapse.measures import Trajectory
 from otcollapse.surrogates.core import SolverRecord
 from otcollapse.surrogates.mufm import (
@@ -59,7 +60,6 @@ from otcollapse.surrogates.mufm import (
     _terms,
     fit_mufm,
 )
-from otcollapse.transport import ConvergenceWarning
 
 __all__ = [
     "CentralPathFlow",

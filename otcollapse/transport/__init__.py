@@ -22,6 +22,7 @@ import torch
 
 from otcollapse._utils import ArrayLike, check_finite, to_numpy
 from otcollapse._validation import check_int
+from otcollapse.exceptions import ConvergenceWarning, DenseBudgetError
 from otcollapse.transport.entropic import solve_sinkhorn
 from otcollapse.transport.exact import (
     ASSIGNMENT_COPIES,
@@ -33,7 +34,6 @@ from otcollapse.transport.exact import (
 from otcollapse.transport.gaussian import bures_map, gaussian_w2, solve_gaussian
 from otcollapse.transport.geometry import (
     DEFAULT_MAX_DENSE_BYTES,
-    DenseBudgetError,
     PointCloudCost,
     format_bytes,
 )
@@ -42,7 +42,6 @@ from otcollapse.transport.result import TransportResult
 from otcollapse.transport.sliced import solve_sliced
 
 __all__ = [
-    "ConvergenceWarning",
     "PointCloudCost",
     "TransportResult",
     "bures_map",
@@ -52,10 +51,6 @@ __all__ = [
 ]
 
 Solver = Callable[..., TransportResult]
-
-
-class ConvergenceWarning(UserWarning):
-    """A solver stopped before meeting its tolerance; the result says ``converged=False``."""
 
 
 #: method name -> solver(geom, a, b, **options); adding a solver is one function and one line here

@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from otcollapse.transport.geometry import DenseBudgetError, PointCloudCost, format_bytes
+from otcollapse.exceptions import DenseBudgetError
+from otcollapse.transport.geometry import PointCloudCost, format_bytes
 from otcollapse.transport.result import RTOL, TransportResult
 
 __all__ = ["Groups", "find_groups", "needs_frames", "solve_by_blocks"]

@@ -11,6 +11,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from otcollapse._validation import check_int
+from otcollapse.exceptions import DenseBudgetError
 from otcollapse.transport.auction import auction_prices
 from otcollapse.transport.blocks import find_groups, solve_by_blocks
 from otcollapse.transport.candidates import (
@@ -19,7 +20,7 @@ from otcollapse.transport.candidates import (
     describe,
     solve_sparse_assignment,
 )
-from otcollapse.transport.geometry import DenseBudgetError, PointCloudCost, format_bytes
+from otcollapse.transport.geometry import PointCloudCost, format_bytes
 from otcollapse.transport.result import RTOL, TransportResult, certified_gap
 
 __all__ = ["is_uniform", "solve_assignment", "solve_exact"]

@@ -20,19 +20,14 @@ from collections.abc import Iterator
 
 import torch
 
+from otcollapse.exceptions import DenseBudgetError
+
 __all__ = ["DEFAULT_MAX_DENSE_BYTES", "DenseBudgetError", "PointCloudCost", "format_bytes"]
 
 #: memory budget for a dense float64 cost matrix (and the exact solvers' copies of it)
 DEFAULT_MAX_DENSE_BYTES = 2 * 1024**3
 #: target size of one row block of the cost when it is streamed
 BLOCK_BYTES = 64 * 1024**2
-
-
-class DenseBudgetError(ValueError):
-    """A solver needs dense (n, m) matrices beyond ``max_dense_bytes``; ``fallback`` says why
-    the assignment's sparse path needed them (None when it was not tried)."""
-
-    fallback: str | None = None
 
 
 def format_bytes(n: float) -> str:
