@@ -375,7 +375,7 @@ def test_unknown_option_is_refused():
         (np.zeros(3), np.zeros((3, 1)), {}, "2-D"),
         (np.zeros((3, 2)), np.zeros((3, 3)), {}, "gromov"),
         (np.zeros((3, 2)), np.zeros((3, 2)), {"a": [0.5, 0.6, -0.1]}, "non-negative"),
-        (np.zeros((3, 2)), np.zeros((3, 2)), {"a": [0.5, 0.6, 0.1]}, "sums to"),
+        (np.zeros((3, 2)), np.zeros((3, 2)), {"a": [0.5, 0.6, 0.1]}, "sum to 1.2, not 1"),
         (np.zeros((3, 2)), np.zeros((3, 2)), {"b": [0.5, 0.5]}, "length 2"),
     ],
 )
@@ -386,13 +386,15 @@ def test_bad_input(x, y, kw, match):
 
 def test_geomloss_backend_option_is_validated():
     x, y = residual_pair(20, 3)
-    with pytest.raises(ValueError, match="only with backend='geomloss'"):
+    with pytest.raises(ValueError, match="'geomloss_backend' is now 'backend'"):
         wasserstein(x, y, method="sinkhorn", geomloss_backend="tensorized")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        wasserstein(x, y, method="sinkhorn", backend="online")
     import importlib.util
 
     if importlib.util.find_spec("pykeops") is None:
         with pytest.raises(ValueError, match="needs pykeops"):
-            wasserstein(x, y, method="sinkhorn", backend="geomloss", geomloss_backend="online")
+            wasserstein(x, y, method="sinkhorn", backend="geomloss-online")
 
 
 def test_exact_certifies_tiny_costs_of_collapsed_features():
@@ -503,7 +505,7 @@ def test_sparse_adversarial_projection_needs_more_rounds():
     assert res.cost == pytest.approx(ref, rel=1e-12)
     assert_certificate(res, C)
     # capped rounds: the dense path takes over and says so, with the same value
-    capped = wasserstein(x, y, method="assignment", candidates=3, rank=2, max_rounds=1)
+    capped = wasserstein(x, y, method="assignment", candidates=3, rank=2, max_iter=1)
     assert capped.params["path"] == "dense" and "scans did not certify" in capped.params["fallback"]
     assert capped.cost == pytest.approx(ref, rel=1e-12)
 
@@ -547,12 +549,12 @@ def test_sparse_float32_input_is_solved_exactly():
 
 
 def test_sparse_scan_in_blocks_matches_one_block(monkeypatch):
-    from otcollapse.transport import candidates
+    from otcollapse.transport.assignment import bound
 
     x, y = residual_pair(300, 12, seed=10, scale=1.0)
     one = wasserstein(x, y, candidates=2, return_potentials=True)
-    monkeypatch.setattr(candidates, "SCAN_BLOCK_BYTES", 17 * 300 * 4)  # 17 rows per block
-    monkeypatch.setattr(candidates, "PAIR_CHUNK_BYTES", 8 * 12 * 7)  # 7 pairs per chunk
+    monkeypatch.setattr(bound, "SCAN_BLOCK_BYTES", 17 * 300 * 4)  # 17 rows per block
+    monkeypatch.setattr(bound, "PAIR_CHUNK_BYTES", 8 * 12 * 7)  # 7 pairs per chunk
     many = wasserstein(x, y, candidates=2, return_potentials=True)
     assert np.array_equal(one.assignment, many.assignment)
     assert many.cost == one.cost and many.params["rounds"] == one.params["rounds"]
@@ -608,7 +610,7 @@ def test_auction_prices_are_nearly_optimal_duals(kind):
     """Weak duality holds for any prices, D(p) = sum_i min_j (c_ij + p_j) - sum_j p_j <= OPT; an
     auction run to a full assignment at eps leaves D(p) >= OPT - n eps (eps-complementary
     slackness). Zero prices are far from that on unrelated clouds."""
-    from otcollapse.transport.auction import auction_prices
+    from otcollapse.transport.assignment.auction import auction_prices
 
     g = np.random.default_rng(22)
     n = 300
@@ -658,7 +660,7 @@ def test_auction_leaves_tied_rows_to_scipy():
     centres = 5 * g.normal(size=(10, 16))
     labels = np.repeat(np.arange(10), 60)
     x, y = centres[labels], centres[g.permutation(labels)]
-    from otcollapse.transport.auction import auction_prices
+    from otcollapse.transport.assignment.auction import auction_prices
 
     C = torch.as_tensor(((x[:, None] - y[None]) ** 2).sum(-1), dtype=torch.float32)
     assert sum(auction_prices(C)[1]) <= 20
@@ -668,7 +670,7 @@ def test_auction_leaves_tied_rows_to_scipy():
 
 
 def test_bellman_ford_potentials_detect_a_non_optimal_permutation():
-    from otcollapse.transport.candidates import bellman_ford_potentials
+    from otcollapse.transport.assignment.sparse import bellman_ford_potentials
 
     # two sources, two targets, all four pairs: swapping is cheaper than the identity
     C = np.array([[4.0, 1.0], [1.0, 4.0]])
@@ -683,15 +685,16 @@ def test_bellman_ford_potentials_detect_a_non_optimal_permutation():
     ("opts", "match"),
     [
         ({"candidates": "sparse"}, "candidates must be"),
-        ({"candidates": -1}, "candidates must be"),
-        ({"candidates": True}, "candidates must be"),
+        ({"candidates": -1}, "candidates .* must be"),
+        ({"candidates": True}, "candidates .* must be an integer"),
         ({"rank": 0}, "rank must be"),
-        ({"max_rounds": 0}, "max_rounds must be"),
+        ({"max_iter": 0}, "max_iter must be"),
+        ({"max_rounds": 3}, "'max_rounds' is now 'max_iter'"),
     ],
 )
 def test_sparse_options_are_validated(opts, match):
     x, y = residual_pair(20, 3)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         wasserstein(x, y, method="assignment", **opts)
 
 
@@ -733,7 +736,8 @@ def test_converged_is_a_python_bool(method):
         ({"method": "sliced", "n_projections": 2**62}, ValueError, "n_projections"),
         ({"method": "sliced", "n_projections": 0}, ValueError, "n_projections"),
         ({"method": "sliced", "seed": -3}, ValueError, "seed"),
-        ({"method": "exact", "num_iter_max": 0}, ValueError, "num_iter_max"),
+        ({"method": "exact", "max_iter": 0}, ValueError, "max_iter"),
+        ({"method": "exact", "num_iter_max": 9}, ValueError, "'num_iter_max' is now 'max_iter'"),
     ],
 )
 def test_bad_options_are_refused_by_name(options, error, name):

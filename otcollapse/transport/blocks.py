@@ -197,17 +197,16 @@ def solve_by_blocks(
     a: torch.Tensor,
     b: torch.Tensor,
     groups: Groups,
-    *,
-    return_plan: bool = False,
-    return_potentials: bool = False,
-    **options: Any,
+    opts: Any,
 ) -> TransportResult:
     """``W2^2 = sum_g A_g W2^2(mu_g, nu_g)``, each group solved by ``solver`` in its own frame.
 
     The result's ``gap`` is ``sum_g A_g gap_g`` (each group's certified gap), ``converged`` that
     every group converged and the total gap is within :data:`RTOL` of the cost; potentials are
     normalised per group (``max v = 0``) so that together they are feasible on every pair.
+    ``opts`` are the solver's options (:mod:`otcollapse.transport.options`), passed to each group.
     """
+    return_plan, return_potentials = opts.return_plan, opts.return_potentials
     if return_plan and not geom.fits():
         raise DenseBudgetError(
             f"return_plan=True needs the dense {geom.n} x {geom.m} plan "
@@ -228,14 +227,7 @@ def solve_by_blocks(
         iy = (groups.y_group == g).nonzero()[:, 0]
         mass = float(a[ix].double().sum())
         sub = PointCloudCost(geom.x0[ix], geom.y0[iy], geom.max_dense_bytes)
-        res = solver(
-            sub,
-            a[ix] / a[ix].sum(),
-            b[iy] / b[iy].sum(),
-            return_plan=return_plan,
-            return_potentials=return_potentials,
-            **options,
-        )
+        res = solver(sub, a[ix] / a[ix].sum(), b[iy] / b[iy].sum(), opts)
         cost += mass * res.cost
         gap += mass * (res.gap if res.gap is not None else np.inf)
         converged &= res.converged
@@ -260,7 +252,7 @@ def solve_by_blocks(
         )
     gap = min(gap, cost)
     params = {
-        **{k: v for k, v in first.params.items() if k in ("solver", "num_iter_max", "cost_dtype")},
+        **{k: v for k, v in first.params.items() if k in ("solver", "max_iter", "cost_dtype")},
         "path": "blocks",
         "blocks": groups.count,
         "block_separation": groups.separation,

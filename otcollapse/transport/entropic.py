@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from otcollapse._utils import progress_bar
-from otcollapse._validation import check_int, check_real
 from otcollapse.transport.geometry import PointCloudCost
+from otcollapse.transport.options import SinkhornOptions
 from otcollapse.transport.result import TransportResult
 
 __all__ = ["entropic_plan_cost", "softmin", "solve_sinkhorn"]
@@ -100,85 +100,72 @@ def _schedule(geom: PointCloudCost, eps: float, scaling: float) -> list[float]:
     return [max(eps, eps0 * scaling**k) for k in range(n_stages)]
 
 
-def _sinkhorn_ab(
-    geom: PointCloudCost,
-    log_a: torch.Tensor,
-    log_b: torch.Tensor,
+class _Problem:
+    """One entropic problem of the loop: OT_eps(a, b) by alternating updates of ``(f, g)``, or a
+    symmetric OT_eps(a, a) by the averaged update ``f <- (f + T(f)) / 2`` (Feydy et al. 2019)."""
+
+    def __init__(self, geom: PointCloudCost, log_a: torch.Tensor, log_b: torch.Tensor | None):
+        self.geom, self.log_a, self.log_b = geom, log_a, log_b
+        self.geom_t = None if log_b is None else geom.transposed()
+        self.a = log_a.exp()
+        self.f = torch.zeros(geom.n, dtype=geom.dtype, device=geom.device)
+        self.g = (
+            self.f if log_b is None else torch.zeros(geom.m, dtype=geom.dtype, device=geom.device)
+        )
+
+    def update(self, eps: float) -> float:
+        """One update at ``eps``; returns the L1 error of the row marginal before it (the row
+        marginal of the plan ``(f, g)`` is ``a_i exp((f_i - T(g)_i) / eps)``: the error is free)."""
+        if self.log_b is None:
+            t = softmin(self.geom, self.f, self.log_a, eps)
+            err = float((self.a * torch.expm1((self.f - t) / eps).abs()).sum())
+            self.f = self.g = 0.5 * (self.f + t)
+            return err
+        f_new = softmin(self.geom, self.g, self.log_b, eps)
+        err = float((self.a * torch.expm1((self.f - f_new) / eps).abs()).sum())
+        self.f = f_new
+        self.g = softmin(self.geom_t, self.f, self.log_a, eps)
+        return err
+
+
+def _sinkhorn(
+    problems: list[_Problem],
     eps: float,
     scaling: float,
     tol: float,
     max_iter: int,
     progress: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, int, float]:
-    """Alternating log-domain updates with eps-scaling; returns f, g, iterations, last row error."""
-    geom_t = geom.transposed()
-    f = torch.zeros(geom.n, dtype=geom.dtype, device=geom.device)
-    g = torch.zeros(geom.m, dtype=geom.dtype, device=geom.device)
-    for e in _schedule(geom, eps, scaling):
-        f = softmin(geom, g, log_b, e)
-        g = softmin(geom_t, f, log_a, e)
-    a = log_a.exp()
-    err = math.inf
+) -> tuple[int, list[float]]:
+    """The one Sinkhorn loop: eps-scaling stages, then updates at ``eps`` of every problem in
+    lockstep until each row-marginal error is at most ``tol`` or ``max_iter``. Returns the
+    iterations at ``eps`` and each problem's last error."""
+    for e in _schedule(problems[0].geom, eps, scaling):
+        for p in problems:
+            p.update(e)
+    errs = [math.inf] * len(problems)
     it = 0
     bar = progress_bar(progress=progress, desc="sinkhorn", total=max_iter)
     while it < max_iter:
-        f_new = softmin(geom, g, log_b, eps)
-        # row marginal of the plan (f, g) is a_i exp((f_i - f_new_i) / eps): the error is free
-        err = float((a * torch.expm1((f - f_new) / eps).abs()).sum())
-        f = f_new
-        g = softmin(geom_t, f, log_a, eps)
+        errs = [p.update(eps) if e > tol else e for p, e in zip(problems, errs, strict=True)]
         it += 1
         bar.update(1)
-        bar.set_postfix(marginal_error=f"{err:.2e}", refresh=False)
-        if err <= tol:
+        bar.set_postfix(marginal_error=f"{max(errs):.2e}", refresh=False)
+        if max(errs) <= tol:
             break
     bar.close()
-    return f, g, it, err
-
-
-def _sinkhorn_sym(
-    geom: PointCloudCost, log_a: torch.Tensor, eps: float, scaling: float, tol: float, max_iter: int
-) -> tuple[torch.Tensor, int, float]:
-    """Symmetric problem OT_eps(a, a): averaged updates f <- (f + T(f)) / 2 (Feydy et al. 2019)."""
-    f = torch.zeros(geom.n, dtype=geom.dtype, device=geom.device)
-    for e in _schedule(geom, eps, scaling):
-        f = 0.5 * (f + softmin(geom, f, log_a, e))
-    a = log_a.exp()
-    err = math.inf
-    it = 0
-    while it < max_iter:
-        t = softmin(geom, f, log_a, eps)
-        err = float((a * torch.expm1((f - t) / eps).abs()).sum())
-        f = 0.5 * (f + t)
-        it += 1
-        if err <= tol:
-            break
-    return f, it, err
+    return it, errs
 
 
 def solve_sinkhorn(
     geom: PointCloudCost,
     a: torch.Tensor,
     b: torch.Tensor,
-    *,
-    eps: float | None = None,
-    eps_rel: float = 1e-2,
-    debias: bool = False,
-    tol: float | None = None,
-    max_iter: int = 2000,
-    scaling: float | None = None,
-    dtype: str | None = None,
-    backend: str = "torch",
-    geomloss_backend: str | None = None,
-    return_plan: bool = False,
-    return_potentials: bool = False,
-    progress: bool = False,
-    **unused: Any,
+    opts: SinkhornOptions,
 ) -> TransportResult:
     """Entropic transport by log-domain Sinkhorn with eps-scaling, in torch on the input's device.
 
-    Parameters
-    ----------
+    Options (:class:`~otcollapse.transport.options.SinkhornOptions`)
+    ----------------------------------------------------------------
     eps : float, optional
         Regularisation in the units of the full squared cost. Default
         ``eps_rel * sum_ij a_i b_j C_ij`` (the mean cost), reported in ``params["eps"]``.
@@ -187,7 +174,8 @@ def solve_sinkhorn(
         (``quantity="<plan, C>"``; always ``>= W2^2``, and ``-> W2^2`` as ``eps -> 0``).
         True: ``cost`` is the Sinkhorn divergence
         ``S_eps = OT_eps(mu, nu) - OT_eps(mu, mu)/2 - OT_eps(nu, nu)/2`` (``quantity="S_eps"``),
-        KL terms included. ``params["ot_eps"]`` always holds ``OT_eps(mu, nu)``.
+        KL terms included; the three problems run in one loop, as in GeomLoss.
+        ``params["ot_eps"]`` always holds ``OT_eps(mu, nu)``.
     tol : float, optional
         Stop when the L1 error of the row marginal is below ``tol`` (the column marginal is exact
         after each update). ``gap`` reports the final L1 error of both marginals, recomputed.
@@ -198,72 +186,43 @@ def solve_sinkhorn(
         and a warning is the caller's to raise, when the marginal error is still above ``tol``.
     scaling : float, optional
         Annealing factor in (0, 1): ``eps_k = max(eps, diameter^2 * scaling^k)``. Default 0.5,
-        and 0.95 for the GeomLoss backend, whose fixed schedule has no tolerance: with 0.5 its
+        and 0.95 for the GeomLoss backends, whose fixed schedule has no tolerance: with 0.5 its
         plan can miss the marginals by O(1).
     dtype : {"float32", "float64"}, optional
         Computation dtype; default the input's.
-    backend : {"torch", "geomloss"}
-        ``"geomloss"`` runs GeomLoss's tensorized ``SamplesLoss("sinkhorn", p=2)`` instead. Its
-        cost is ``||x - y||^2 / 2``, so ``blur = sqrt(eps / 2)``: its ``eps`` is
-        ``blur^2 = eps / 2`` in our units; its potentials are doubled back into our units, and
-        ``<pi_eps, C>`` and the marginal error are computed from them here. GeomLoss runs a fixed
-        annealing schedule with no tolerance: ``converged`` says whether its plan met ``tol``.
-        Note that POT's ``import ot`` already imports GeomLoss, and GeomLoss imports pykeops
-        whenever it is installed: never install pykeops on a CPU-only machine.
-    geomloss_backend : {"tensorized", "online", "multiscale"}, optional
-        GeomLoss's own backend (with ``backend="geomloss"`` only; default ``"tensorized"``);
-        ``online`` and ``multiscale`` need pykeops (a GPU and the ``keops`` extra).
+    backend : {"torch", "geomloss", "geomloss-online", "geomloss-multiscale"}
+        The implementation that runs. ``"geomloss"`` runs GeomLoss's tensorized
+        ``SamplesLoss("sinkhorn", p=2)`` instead of ours (``-online`` / ``-multiscale``: its
+        pykeops backends, which need a GPU and the ``keops`` extra). Its cost is
+        ``||x - y||^2 / 2``, so ``blur = sqrt(eps / 2)``: its ``eps`` is ``blur^2 = eps / 2`` in
+        our units; its potentials are doubled back into our units, and ``<pi_eps, C>`` and the
+        marginal error are computed from them here. GeomLoss runs a fixed annealing schedule
+        with no tolerance: ``converged`` says whether its plan met ``tol``. Note that POT's
+        ``import ot`` already imports GeomLoss, and GeomLoss imports pykeops whenever it is
+        installed: never install pykeops on a CPU-only machine.
     return_plan, return_potentials : bool
         The dense plan (refused beyond the dense memory budget) and ``(f, g)``.
     progress : bool
         A progress bar over the iterations (shown only on a terminal).
     """
-    if unused:
-        raise ValueError(f"method='sinkhorn' takes no option(s) {sorted(unused)}.")
-    if eps is not None:
-        eps = check_real(eps, "eps", minimum=0.0, open_min=True)
-    eps_rel = check_real(eps_rel, "eps_rel", minimum=0.0, open_min=True)
-    if tol is not None:
-        tol = check_real(tol, "tol", minimum=0.0, open_min=True)
-    max_iter = check_int(max_iter, "max_iter", minimum=1)
-    if scaling is not None:
-        scaling = check_real(
-            scaling, "scaling", minimum=0.0, maximum=1.0, open_min=True, open_max=True
-        )
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}.")
-    if scaling is None:
-        scaling = 0.95 if backend == "geomloss" else 0.5
-    if not 0 < scaling < 1:
-        raise ValueError(f"scaling must lie in (0, 1); got {scaling}.")
-    if backend not in ("torch", "geomloss"):
-        raise ValueError(f"backend must be 'torch' or 'geomloss'; got {backend!r}.")
-    if geomloss_backend is not None and backend != "geomloss":
-        raise ValueError("geomloss_backend applies only with backend='geomloss'.")
-    geomloss_backend = geomloss_backend or "tensorized"
-    if geomloss_backend not in ("tensorized", "online", "multiscale"):
-        raise ValueError(
-            f"geomloss_backend must be 'tensorized', 'online' or 'multiscale'; got {geomloss_backend!r}."
-        )
-    if geomloss_backend != "tensorized":
+    geomloss = opts.backend.startswith("geomloss")
+    scaling = opts.scaling if opts.scaling is not None else (0.95 if geomloss else 0.5)
+    if opts.backend in ("geomloss-online", "geomloss-multiscale"):
         import importlib.util
 
         if importlib.util.find_spec("pykeops") is None:
             raise ValueError(
-                f"geomloss_backend={geomloss_backend!r} needs pykeops (the 'keops' extra, on a "
-                "GPU machine); use geomloss_backend='tensorized' or backend='torch'."
+                f"backend={opts.backend!r} needs pykeops (the 'keops' extra, on a GPU machine); "
+                "use backend='geomloss' or 'torch'."
             )
-    if return_plan and not geom.fits():
+    if opts.return_plan and not geom.fits():
         raise ValueError("return_plan=True needs the dense plan, over max_dense_bytes.")
     t0 = time.perf_counter()
-    if _DTYPES[dtype] is not None and _DTYPES[dtype] != geom.dtype:
-        geom = PointCloudCost(
-            geom.x.to(_DTYPES[dtype]), geom.y.to(_DTYPES[dtype]), geom.max_dense_bytes
-        )
-    if tol is None:
-        tol = 1e-3 if geom.dtype == torch.float32 else 1e-5
-    if eps is None:
-        eps = eps_rel * geom.mean_cost(a, b)
+    if _DTYPES[opts.dtype] is not None and _DTYPES[opts.dtype] != geom.dtype:
+        dt = _DTYPES[opts.dtype]
+        geom = PointCloudCost(geom.x.to(dt), geom.y.to(dt), geom.max_dense_bytes)
+    tol = opts.tol if opts.tol is not None else (1e-3 if geom.dtype == torch.float32 else 1e-5)
+    eps = opts.eps if opts.eps is not None else opts.eps_rel * geom.mean_cost(a, b)
     if not eps > 0:
         raise ValueError(
             f"eps must be positive; got {eps} (are the two measures identical points?)."
@@ -274,52 +233,42 @@ def solve_sinkhorn(
     params: dict[str, Any] = {
         "eps": eps,
         "eps_units": "full squared Euclidean cost",
-        "debias": debias,
+        "debias": opts.debias,
         "tol": tol,
         "scaling": scaling,
         "dtype": str(geom.dtype).replace("torch.", ""),
-        "backend": backend,
+        "backend": opts.backend,
         "mode": "dense" if geom.block_rows() >= geom.n else "chunked",
         "block_rows": geom.block_rows(),
     }
-    if backend == "geomloss":
-        f, g, value_debiased = _geomloss(geom, a, b, eps, scaling, debias, geomloss_backend)
-        n_iter = None
+    value_debiased, sym_ok, n_iter = None, True, None
+    if geomloss:
+        f, g, value_debiased = _geomloss(geom, a, b, eps, scaling, opts.debias, opts.backend)
         params["geomloss_blur"] = math.sqrt(eps / 2)
-        params["geomloss_backend"] = geomloss_backend
-        sym_ok = True
     else:
-        f, g, n_iter, _ = _sinkhorn_ab(geom, log_a, log_b, eps, scaling, tol, max_iter, progress)
-        params["max_iter"] = max_iter
-        value_debiased = None
-        sym_ok = True
-        if debias:
-            fx, _, errx = _sinkhorn_sym(
-                PointCloudCost(geom.x, geom.x, geom.max_dense_bytes),
-                log_a,
-                eps,
-                scaling,
-                tol,
-                max_iter,
-            )
-            fy, _, erry = _sinkhorn_sym(
-                PointCloudCost(geom.y, geom.y, geom.max_dense_bytes),
-                log_b,
-                eps,
-                scaling,
-                tol,
-                max_iter,
-            )
-            ot_xx = 2 * float(a.to(geom.dtype) @ fx)
-            ot_yy = 2 * float(b.to(geom.dtype) @ fy)
+        problems = [_Problem(geom, log_a, log_b)]
+        if opts.debias:
+            problems += [
+                _Problem(PointCloudCost(geom.x, geom.x, geom.max_dense_bytes), log_a, None),
+                _Problem(PointCloudCost(geom.y, geom.y, geom.max_dense_bytes), log_b, None),
+            ]
+        n_iter, errs = _sinkhorn(problems, eps, scaling, tol, opts.max_iter, opts.progress)
+        f, g = problems[0].f, problems[0].g
+        params["max_iter"] = opts.max_iter
+        if opts.debias:
             params.update(
-                ot_eps_xx=ot_xx, ot_eps_yy=ot_yy, marginal_error_xx=errx, marginal_error_yy=erry
+                ot_eps_xx=2 * float(a.to(geom.dtype) @ problems[1].f),
+                ot_eps_yy=2 * float(b.to(geom.dtype) @ problems[2].f),
+                marginal_error_xx=errs[1],
+                marginal_error_yy=errs[2],
             )
-            sym_ok = errx <= tol and erry <= tol
+            sym_ok = errs[1] <= tol and errs[2] <= tol
     ot_ab = float(a.to(geom.dtype) @ f + b.to(geom.dtype) @ g)
     params["ot_eps"] = ot_ab
-    plan_cost, err, plan = entropic_plan_cost(geom, f, g, log_a, log_b, eps, want_plan=return_plan)
-    if debias:
+    plan_cost, err, plan = entropic_plan_cost(
+        geom, f, g, log_a, log_b, eps, want_plan=opts.return_plan
+    )
+    if opts.debias:
         cost = (
             value_debiased
             if value_debiased is not None
@@ -341,7 +290,7 @@ def solve_sinkhorn(
         seconds=time.perf_counter() - t0,
         plan=None if plan is None else plan.double().cpu().numpy(),
         potentials=(f.double().cpu().numpy(), g.double().cpu().numpy())
-        if return_potentials
+        if opts.return_potentials
         else None,
     )
 
@@ -361,7 +310,13 @@ def _geomloss(
     blur = math.sqrt(eps / 2)
     x, y = geom.x.contiguous(), geom.y.contiguous()
     wa, wb = a.to(geom.dtype).contiguous(), b.to(geom.dtype).contiguous()
-    kw = {"p": 2, "blur": blur, "scaling": scaling, "backend": backend}
+    # our backend names "geomloss-online" / "-multiscale" are GeomLoss's "online" / "multiscale"
+    kw = {
+        "p": 2,
+        "blur": blur,
+        "scaling": scaling,
+        "backend": backend.partition("-")[2] or "tensorized",
+    }
     F, G = SamplesLoss("sinkhorn", debias=False, potentials=True, **kw)(wa, x, wb, y)
     value = None
     if debias:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 import torch
 
 from otcollapse.transport.geometry import PointCloudCost, format_bytes
+from otcollapse.transport.options import GaussianOptions
 from otcollapse.transport.result import TransportResult
 
 __all__ = ["bures_map", "gaussian_w2", "solve_gaussian", "sqrtm_psd"]
@@ -100,15 +100,16 @@ def _moments(x: torch.Tensor, w: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def solve_gaussian(
-    geom: PointCloudCost, a: torch.Tensor, b: torch.Tensor, **unused: Any
+    geom: PointCloudCost,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    opts: GaussianOptions,
 ) -> TransportResult:
     """W2^2 between the Gaussians with the measures' means and covariances (weighted, ``1/sum w``).
 
     A lower bound on the W2^2 of the measures themselves (Gelbrich 1990), equal to it for
     Gaussian measures. Needs two d x d covariances: refused beyond the dense memory budget.
     """
-    if unused:
-        raise ValueError(f"method='gaussian' takes no option(s) {sorted(unused)}.")
     d = int(geom.x.shape[1])
     if 3 * d * d * 8 > geom.max_dense_bytes:
         raise ValueError(

@@ -18,16 +18,34 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from otcollapse.exceptions import DenseBudgetError
 
-__all__ = ["DEFAULT_MAX_DENSE_BYTES", "DenseBudgetError", "PointCloudCost", "format_bytes"]
+__all__ = [
+    "DEFAULT_MAX_DENSE_BYTES",
+    "PointCloudCost",
+    "format_bytes",
+    "is_uniform",
+    "rows_per_block",
+]
 
 #: memory budget for a dense float64 cost matrix (and the exact solvers' copies of it)
 DEFAULT_MAX_DENSE_BYTES = 2 * 1024**3
 #: target size of one row block of the cost when it is streamed
 BLOCK_BYTES = 64 * 1024**2
+#: a block kept in cache between a product and its reductions (the assignment's scans)
+CACHE_BLOCK_BYTES = 2 * 1024**2
+
+
+def rows_per_block(
+    cols: int, itemsize: int, budget: int | None = None, minimum: int = 1
+) -> int:
+    """Rows of a ``cols``-wide block of ``itemsize``-byte entries that fit in ``budget`` bytes
+    (default ``BLOCK_BYTES``; at least ``minimum``): the one sizer of every row-blocked pass."""
+    budget = BLOCK_BYTES if budget is None else budget
+    return max(minimum, budget // max(1, cols * itemsize))
 
 
 def format_bytes(n: float) -> str:
@@ -158,7 +176,7 @@ class PointCloudCost:
     def block_rows(self, itemsize: int | None = None) -> int:
         """Rows per block so that one block of the cost takes about ``BLOCK_BYTES``."""
         itemsize = itemsize or self.x.element_size()
-        return max(1, min(self.n, BLOCK_BYTES // max(1, self.m * itemsize)))
+        return min(self.n, rows_per_block(self.m, itemsize))
 
     def blocks(self, dtype: torch.dtype | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
         """``(start, stop, C[start:stop])`` over row blocks; never the whole matrix at once."""
@@ -190,3 +208,9 @@ class PointCloudCost:
         yb = b.to(self.y.dtype) @ self.y
         val = a.to(self.xx.dtype) @ self.xx + b.to(self.yy.dtype) @ self.yy - 2 * (xa @ yb)
         return float(val)
+
+
+def is_uniform(w: torch.Tensor) -> bool:
+    """Whether the masses are all ``1/len(w)``, to a few ulps (the rounding of normalising them):
+    masses that differ by more must be transported as they are."""
+    return float((w.double() - 1.0 / len(w)).abs().max()) <= 8 * np.finfo(np.float64).eps / len(w)

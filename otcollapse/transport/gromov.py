@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import ot
 import torch
 
 from otcollapse.transport.geometry import format_bytes
+from otcollapse.transport.options import GromovOptions
 from otcollapse.transport.result import TransportResult
 
 __all__ = ["solve_gromov"]
@@ -19,12 +19,9 @@ def solve_gromov(
     y: torch.Tensor,
     a: torch.Tensor,
     b: torch.Tensor,
+    opts: GromovOptions,
     *,
     max_dense_bytes: int,
-    max_iter: int = 10_000,
-    tol: float = 1e-9,
-    return_plan: bool = False,
-    **unused: Any,
 ) -> TransportResult:
     """Gromov–Wasserstein discrepancy with square loss on squared Euclidean distances.
 
@@ -42,8 +39,7 @@ def solve_gromov(
     Mémoli, "Gromov–Wasserstein distances and the metric approach to object matching",
     Found. Comput. Math. 2011; Peyré, Cuturi & Solomon, ICML 2016.
     """
-    if unused:
-        raise ValueError(f"method='gromov' takes no option(s) {sorted(unused)}.")
+    max_iter, tol = opts.max_iter, opts.tol
     n, m = int(x.shape[0]), int(y.shape[0])
     need = (n * n + m * m + 2 * n * m) * 8
     if need > max_dense_bytes:
@@ -84,5 +80,5 @@ def solve_gromov(
         gap=None,
         gap_kind=None,
         seconds=time.perf_counter() - t0,
-        plan=log["T"] if return_plan else None,
+        plan=log["T"] if opts.return_plan else None,
     )

@@ -10,8 +10,8 @@ import numpy as np
 import ot
 import torch
 
-from otcollapse._validation import check_int
 from otcollapse.transport.geometry import PointCloudCost, format_bytes
+from otcollapse.transport.options import SlicedOptions
 from otcollapse.transport.result import TransportResult
 
 __all__ = ["orthonormal_directions", "solve_sliced"]
@@ -35,10 +35,7 @@ def solve_sliced(
     geom: PointCloudCost,
     a: torch.Tensor,
     b: torch.Tensor,
-    *,
-    n_projections: int | None = None,
-    seed: int = 0,
-    **unused: Any,
+    opts: SlicedOptions,
 ) -> TransportResult:
     """Sliced W2^2 with directions in complete orthonormal blocks of ``d``.
 
@@ -49,26 +46,19 @@ def solve_sliced(
     block's directions gives ``SW2^2 <= W2^2 / d`` exactly, with equality for a translation by
     ``c`` (``SW2^2 = ||c||^2 / d``). It is a different quantity from W2^2 and says so.
 
-    Parameters
-    ----------
-    n_projections : int, optional
-        Rounded up to a whole number of blocks of ``d``; default: at least 128 directions.
-    seed : int
-        Seed of the directions.
+    Options (:class:`~otcollapse.transport.options.SlicedOptions`): ``n_projections``, rounded
+    up to a whole number of blocks of ``d`` (default: at least 128 directions), and ``seed``,
+    the seed of the directions.
 
     References
     ----------
     Bonneel, Rabin, Peyré & Pfister, "Sliced and Radon Wasserstein barycenters of measures",
     J. Math. Imaging Vis. 2015.
     """
-    if unused:
-        raise ValueError(f"method='sliced' takes no option(s) {sorted(unused)}.")
     t0 = time.perf_counter()
     d = int(geom.x.shape[1])
-    seed = check_int(seed, "seed", minimum=0)
-    if n_projections is None:
-        n_projections = max(128, d)
-    n_projections = check_int(n_projections, "n_projections", minimum=1)
+    seed = opts.seed
+    n_projections = max(128, d) if opts.n_projections is None else opts.n_projections
     n_blocks = math.ceil(n_projections / d)
     # the projected clouds, (n + m) x P, and the directions, P x d, in float64
     need = 8 * n_blocks * d * (geom.n + geom.m + d)

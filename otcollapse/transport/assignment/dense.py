@@ -1,4 +1,10 @@
-"""Exact earth-mover solvers: POT's network simplex, and the linear assignment for equal sizes."""
+"""The linear assignment: W2 between two uniform measures of equal size, dense or sparse.
+
+The front door of the assignment family: :func:`solve_assignment` chooses the sparse certified
+path (:mod:`.sparse`), the split into collapsed clusters (:mod:`otcollapse.transport.blocks`) or
+the dense path (scipy on a float64 matrix, warm-started by :mod:`.auction` prices), and certifies
+what it returns.
+"""
 
 from __future__ import annotations
 
@@ -6,160 +12,43 @@ import time
 from typing import Any
 
 import numpy as np
-import ot
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from otcollapse._validation import check_int
 from otcollapse.exceptions import DenseBudgetError
-from otcollapse.transport.auction import auction_prices
-from otcollapse.transport.blocks import find_groups, solve_by_blocks
-from otcollapse.transport.candidates import (
+from otcollapse.transport.assignment.auction import auction_prices
+from otcollapse.transport.assignment.sparse import (
     SparseAssignment,
     Unprofitable,
     describe,
     solve_sparse_assignment,
 )
-from otcollapse.transport.geometry import PointCloudCost, format_bytes
+from otcollapse.transport.blocks import find_groups, solve_by_blocks
+from otcollapse.transport.geometry import PointCloudCost, format_bytes, is_uniform
+from otcollapse.transport.options import AssignmentOptions
 from otcollapse.transport.result import RTOL, TransportResult, certified_gap
 
-__all__ = ["is_uniform", "solve_assignment", "solve_exact"]
+__all__ = [
+    "ASSIGNMENT_COPIES",
+    "certify_permutation",
+    "permutation_plan",
+    "solve_assignment",
+    "value_and_gap",
+]
 
-#: dense float64 (n, m) matrices the network simplex peaks at (measured: about 5 at n = m = 3000,
-#: the cost, POT's plan and POT's internal copies)
-EXACT_COPIES = 5.0
 #: the assignment holds a float32 cost and scipy's float64 copy
 ASSIGNMENT_COPIES = 1.5
 #: below this size the dense assignment is as fast as the sparse one (``candidates="auto"``)
 SPARSE_MIN_N = 512
 #: from this size on the dense assignment starts from auction prices
 WARM_START_MIN_N = 512
-#: reduced costs the network simplex resolves, relative to the largest cost (POT's pivot
-#: tolerance, 2.2e-15, and its accumulated potentials: violations of 6e-14 measured at n = 1000)
-SIMPLEX_RESOLUTION = 1e-13
-#: network-simplex iteration cap: POT's default (1e5) stops early, non-optimally, from n ~ 2000
-EMD_MAX_ITER = 2_000_000_000
-
-
-def solve_exact(
-    geom: PointCloudCost,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    *,
-    num_iter_max: int = EMD_MAX_ITER,
-    return_plan: bool = False,
-    return_potentials: bool = False,
-    **unused: Any,
-) -> TransportResult:
-    """W2^2 by POT's network simplex (``ot.emd``) on the dense float64 cost.
-
-    Separated clusters of equal mass in both measures (collapsed features) are solved one
-    cluster at a time in their own frames (:mod:`otcollapse.transport.blocks`); otherwise the
-    whole problem in one frame. The cost matrix is divided by its largest entry before POT
-    sees it (POT's pivots use an absolute tolerance of about 2e-15, larger than the costs of
-    clouds at a scale below 1e-7) and the potentials are scaled back.
-
-    The value is ``sum pi_ij c_ij`` with ``c_ij`` from the differences of the original points:
-    the exact cost of a feasible plan, never below W2^2. The certificate is a lower bound from
-    POT's dual potentials ``u``, ``v`` on the computed matrix ``C'``:
-
-    $$W_2^2 \\ge \\langle a, u\\rangle + \\langle b, v\\rangle - \\delta - E, \\qquad
-      \\delta = \\max_{ij} (u_i + v_j - C'_{ij})^+,$$
-
-    with ``E`` the bound of :meth:`PointCloudCost.gemm_error` on ``|<pi, C'> - <pi, C>|`` and
-    the rounding of the sums. ``gap`` is the value less that bound (``gap_kind="certified
-    gap"``); ``params["dual_violation"]`` is ``delta``. ``converged`` is POT's own flag
-    (optimal solution found) and ``gap <= 1e-9 cost``: it fails, and says so, when float64
-    cannot resolve the costs that decide the answer.
-    """
-    _no_options(unused, "exact")
-    num_iter_max = check_int(num_iter_max, "num_iter_max", minimum=1)
-    groups = find_groups(geom, a, b, SIMPLEX_RESOLUTION)
-    if groups is not None:
-        return solve_by_blocks(
-            solve_exact,
-            geom,
-            a,
-            b,
-            groups,
-            num_iter_max=num_iter_max,
-            return_plan=return_plan,
-            return_potentials=return_potentials,
-        )
-    t0 = time.perf_counter()
-    C = geom.dense(torch.float64, copies=EXACT_COPIES).cpu().numpy()
-    a_np, b_np = a.double().cpu().numpy(), b.double().cpu().numpy()
-    scale = float(C.max())
-    scale = scale if scale > 0 else 1.0
-    C /= scale  # in place: one n x m matrix, the violation below is read in these units
-    plan, log = ot.emd(a_np, b_np, C, numItermax=num_iter_max, log=True)
-    u, v = log["u"] * scale, log["v"] * scale
-    # the value from the differences of the original points on the plan's whole support (its
-    # smallest entries too: 1e-14 of mass across a gap of 1e6 costs 1e-2)
-    rows, cols = np.nonzero(plan > 0)
-    diff = geom.x64[rows] - geom.y64[cols]
-    cost = float(plan[rows, cols] @ (diff * diff).sum(1).cpu().numpy())
-    step = max(1, (64 * 1024**2) // (8 * max(1, geom.m)))  # row blocks: no n x m temporary
-    violation = scale * max(
-        float(np.max(log["u"][i : i + step, None] + log["v"][None, :] - C[i : i + step]))
-        for i in range(0, geom.n, step)
-    )
-    eps = float(np.finfo(np.float64).eps)
-    # rounding of u_i + v_j - C_ij and of the dual sums
-    rounding = eps * (3 * float(np.abs(u).max() + np.abs(v).max() + scale))
-    rounding += 4 * eps * float(a_np @ np.abs(u) + b_np @ np.abs(v))
-    lower = float(a_np @ u + b_np @ v) - max(violation, 0.0) - rounding
-    lower -= geom.gemm_error(a, b, torch.float64)
-    # the plan meets the marginals only to POT's tolerance: moving its L1 error of mass costs at
-    # most that much times the largest cost (zero for an exact plan, e.g. the identity)
-    marginal = float(np.abs(plan.sum(1) - a_np).sum() + np.abs(plan.sum(0) - b_np).sum())
-    # W2^2 lies in [lower, cost]; a lower bound above the value means a broken bracket
-    gap = certified_gap(cost, lower) + marginal * geom.diameter_sq_bound()
-    converged = bool(int(log.get("result_code", 0)) == 1 and gap <= RTOL * cost)
-    params: dict[str, Any] = {
-        "solver": "POT network simplex (ot.emd)",
-        "num_iter_max": num_iter_max,
-        "dual_violation": max(violation, 0.0),
-        "cost_scale": scale,
-        "pot_warning": log.get("warning"),
-    }
-    if not converged and geom.n == geom.m and is_uniform(a) and is_uniform(b):
-        # uniform and of equal size: the plan is a permutation, which the assignment's exact
-        # scan can certify (or improve) with costs accurate to their own size
-        found = _certify_permutation(geom, plan.argmax(1), "auto", 20, params)
-        if found is not None:
-            cost, gap, converged = _value_and_gap(found)
-            plan = _permutation_plan(found.assignment) if return_plan else None
-            u, v = found.u, found.v
-            params["certificate"] = "the simplex's permutation certified by the exact scan"
-    seconds = time.perf_counter() - t0
-    return TransportResult(
-        cost=cost,
-        quantity="W2^2",
-        method="exact",
-        params=params,
-        converged=converged,
-        n_iter=None,
-        gap=gap,
-        gap_kind="certified gap",
-        seconds=seconds,
-        plan=plan if return_plan else None,
-        potentials=(u, v) if return_potentials else None,
-    )
 
 
 def solve_assignment(
     geom: PointCloudCost,
     a: torch.Tensor,
     b: torch.Tensor,
-    *,
-    candidates: str | int = "auto",
-    rank: str | int = "auto",
-    cost_dtype: str | None = None,
-    max_rounds: int = 20,
-    return_plan: bool = False,
-    return_potentials: bool = False,
-    **unused: Any,
+    opts: AssignmentOptions,
 ) -> TransportResult:
     """W2^2 between two uniform measures of equal size, as a linear assignment.
 
@@ -174,7 +63,7 @@ def solve_assignment(
       generation on candidate pairs (the identity, plus ``k`` projected nearest neighbours per
       source), exact assignments on the connected components of the candidate graph, dual
       potentials from shortest paths, and a certificate over all ``n^2`` pairs from a
-      projected lower bound of the cost (:mod:`otcollapse.transport.candidates`). Memory
+      projected lower bound of the cost (:mod:`otcollapse.transport.assignment.sparse`). Memory
       O(n d) plus one matrix per component (a few points each between successive layers; up to
       ``n x n`` for a shuffled copy, within ``max_dense_bytes``); between
       successive residual layers, where the optimal permutation is at or near the identity, one
@@ -182,7 +71,7 @@ def solve_assignment(
       the duality ``gap`` and ``params["dual_violation"]`` (the largest ``u_i + v_j - c_ij``
       over all pairs): ``W2^2`` lies in ``[(1/n) sum (u_i + v_i) - dual_violation, cost]``.
       When the bound flags too many pairs (unrelated clouds, displacements as large as the
-      clouds' spread) or ``max_rounds`` scans do not certify, it falls back to the dense path
+      clouds' spread) or ``max_iter`` scans do not certify, it falls back to the dense path
       and says so in ``params["fallback"]``; ``params`` also gives the rank, the scans
       (``rounds``, also ``n_iter``), the candidates per row, the flagged fraction and the
       seconds per stage.
@@ -190,7 +79,7 @@ def solve_assignment(
       matrix from one GEMM, scipy's ``linear_sum_assignment`` (shortest augmenting paths,
       Crouse 2016); from ``n = WARM_START_MIN_N`` on scipy solves ``c_ij + p_j`` with
       column prices ``p`` from an ε-scaling auction
-      (:func:`otcollapse.transport.auction.auction_prices`), which has the same optimal
+      (:func:`otcollapse.transport.assignment.auction.auction_prices`), which has the same optimal
       permutations and much shorter augmenting paths (``params["warm_start"]``). The value is
       re-evaluated in float64 from the differences of the original points of the matched
       pairs, so it is the exact cost of a feasible plan and never below W2^2. Certificate: the
@@ -205,8 +94,8 @@ def solve_assignment(
     Both paths give the same value (to rounding); they may return different optimal
     permutations when several exist (the sparse path keeps the identity among tied optima).
 
-    Parameters
-    ----------
+    Options (:class:`~otcollapse.transport.options.AssignmentOptions`)
+    ------------------------------------------------------------------
     candidates : {"auto", "dense"} or int
         ``"auto"``: the sparse path for ``n >= 512`` or when potentials are requested, the dense
         one otherwise. The sparse path starts from the identity pairs, and from the identity
@@ -222,8 +111,10 @@ def solve_assignment(
     cost_dtype : {"float32", "float64"}, optional
         Dtype of the dense path's matrix; default float64 (float32 costs can rarely be
         certified to 1e-9, and the a posteriori certificate then does the work).
-    max_rounds : int
-        Scans of the sparse path before it falls back to the dense one.
+    max_iter : int
+        Scans of the sparse path before it falls back to the dense one (default 20).
+    return_plan, return_potentials : bool
+        The dense plan (the permutation is always in ``assignment``) and ``(u, v)``.
 
     References
     ----------
@@ -242,24 +133,14 @@ def solve_assignment(
     >>> res.params["path"], res.params["rounds"], res.gap <= 1e-12 * res.cost
     ('sparse', 1, True)
     """
-    _no_options(unused, "assignment")
+    candidates, rank, max_rounds = opts.candidates, opts.rank, opts.max_iter
+    return_plan, return_potentials = opts.return_plan, opts.return_potentials
     if geom.n != geom.m or not (is_uniform(a) and is_uniform(b)):
         raise ValueError(
             "method='assignment' needs two uniform measures of equal size; use method='exact' "
             "for weights or unequal sizes."
         )
-    if cost_dtype not in (None, "float32", "float64"):
-        raise ValueError(f"cost_dtype must be 'float32' or 'float64'; got {cost_dtype!r}.")
-    is_int = isinstance(candidates, (int, np.integer)) and not isinstance(candidates, bool)
-    if not (candidates in ("auto", "dense") or (is_int and candidates >= 0)):
-        raise ValueError(
-            f"candidates must be 'auto', 'dense' or an int k >= 0; got {candidates!r}."
-        )
-    rank_int = isinstance(rank, (int, np.integer)) and not isinstance(rank, bool)
-    if not (rank == "auto" or (rank_int and rank >= 1)):
-        raise ValueError(f"rank must be 'auto' or an int >= 1; got {rank!r}.")
-    if not (isinstance(max_rounds, (int, np.integer)) and max_rounds >= 1):
-        raise ValueError(f"max_rounds must be an int >= 1; got {max_rounds!r}.")
+    is_int = not isinstance(candidates, str)
     if return_plan and not geom.fits():
         raise DenseBudgetError(
             f"return_plan=True needs the dense {geom.n} x {geom.m} plan "
@@ -284,24 +165,14 @@ def solve_assignment(
             return _sparse_result(found, geom, candidates, return_plan, return_potentials, t0)
     groups = find_groups(geom, a, b)
     if groups is not None:  # collapsed clusters: one cluster at a time, in its own frame
-        res = solve_by_blocks(
-            solve_assignment,
-            geom,
-            a,
-            b,
-            groups,
-            candidates=candidates,
-            rank=rank,
-            cost_dtype=cost_dtype,
-            max_rounds=max_rounds,
-            return_plan=return_plan,
-            return_potentials=return_potentials,
-        )
+        res = solve_by_blocks(solve_assignment, geom, a, b, groups, opts)
         if fallback is not None:
             res.params["fallback"] = fallback
         return res
     # float64 by default: float32 costs can rarely be certified to 1e-9 (gemm_error)
-    dtype = torch.float32 if cost_dtype == "float32" and not return_potentials else torch.float64
+    dtype = (
+        torch.float32 if opts.cost_dtype == "float32" and not return_potentials else torch.float64
+    )
     try:
         C_t = geom.dense(dtype, copies=ASSIGNMENT_COPIES)
     except DenseBudgetError as err:
@@ -311,7 +182,7 @@ def solve_assignment(
         error.fallback = fallback
         raise error from err
     # column prices from an auction: the same optimal permutations, much shorter augmenting
-    # paths for scipy (otcollapse.transport.auction). Bids in float32 (half the memory traffic);
+    # paths for scipy (otcollapse.transport.assignment.auction). Bids in float32 (half the memory traffic);
     # a float64 cost's float32 copy is the half matrix of ASSIGNMENT_COPIES
     prices, auction_rounds = (
         auction_prices(C_t if C_t.dtype == torch.float32 else C_t.float())
@@ -351,10 +222,10 @@ def solve_assignment(
     if not converged or return_potentials:
         # certify a posteriori: the permutation's pairs with exact costs, shortest-path
         # potentials, and a float64 scan that computes the near-tight pairs' costs exactly
-        found = _certify_permutation(geom, order, rank, max(max_rounds, 20), params)
+        found = certify_permutation(geom, order, rank, max(max_rounds, 20), params)
         if found is not None:
             order = found.assignment
-            cost, gap, converged = _value_and_gap(found)
+            cost, gap, converged = value_and_gap(found)
             potentials = (found.u, found.v) if return_potentials else None
             params["certificate"] = (
                 "dual potentials feasible on all pairs (float64 scan at full rank, exact costs "
@@ -370,7 +241,7 @@ def solve_assignment(
         gap=gap,
         gap_kind="certified gap",
         seconds=time.perf_counter() - t0,
-        plan=_permutation_plan(order) if return_plan else None,
+        plan=permutation_plan(order) if return_plan else None,
         assignment=order,
         potentials=potentials,
     )
@@ -385,7 +256,7 @@ def _sparse_result(
     t0: float,
 ) -> TransportResult:
     n = geom.n
-    cost, gap, converged = _value_and_gap(found)
+    cost, gap, converged = value_and_gap(found)
     params: dict[str, Any] = {
         "solver": "sparse certified assignment (column generation on candidate pairs)",
         "path": "sparse",
@@ -408,13 +279,13 @@ def _sparse_result(
         gap=gap,
         gap_kind="certified gap",
         seconds=time.perf_counter() - t0,
-        plan=_permutation_plan(found.assignment) if return_plan else None,
+        plan=permutation_plan(found.assignment) if return_plan else None,
         assignment=found.assignment,
         potentials=(found.u, found.v) if return_potentials else None,
     )
 
 
-def _certify_permutation(
+def certify_permutation(
     geom: PointCloudCost,
     start: np.ndarray,
     rank: str | int,
@@ -433,26 +304,15 @@ def _certify_permutation(
     return found
 
 
-def _value_and_gap(found: SparseAssignment) -> tuple[float, float, bool]:
+def value_and_gap(found: SparseAssignment) -> tuple[float, float, bool]:
     """The value of a sparse solve, its certified gap, and whether it is within RTOL."""
     cost = float(found.pair_cost.mean())
     gap = certified_gap(cost, found.lower)
     return cost, gap, bool(gap <= RTOL * cost)
 
 
-def _permutation_plan(order: np.ndarray) -> np.ndarray:
+def permutation_plan(order: np.ndarray) -> np.ndarray:
     n = len(order)
     plan = np.zeros((n, n))
     plan[np.arange(n), order] = 1.0 / n
     return plan
-
-
-def is_uniform(w: torch.Tensor) -> bool:
-    """Whether the masses are all ``1/len(w)``, to a few ulps (the rounding of normalising them):
-    masses that differ by more must be transported as they are."""
-    return float((w.double() - 1.0 / len(w)).abs().max()) <= 8 * np.finfo(np.float64).eps / len(w)
-
-
-def _no_options(unused: dict[str, Any], method: str) -> None:
-    if unused:
-        raise ValueError(f"method={method!r} takes no option(s) {sorted(unused)}.")

@@ -44,6 +44,8 @@ import math
 
 import torch
 
+from otcollapse.transport.geometry import rows_per_block
+
 __all__ = ["auction_prices"]
 
 #: eps of the successive phases, in units of the standard deviation of the costs
@@ -115,9 +117,9 @@ def auction_prices(
     rounds_per_phase: list[int] = []
     if not (math.isfinite(scale) and scale > resolution) or not torch.isfinite(price).all():
         return price.double(), rounds_per_phase  # (nearly) constant costs: nothing to bid for
-    rows_per_block = max(1, min(n, BLOCK_BYTES // (c.element_size() * n)))
+    block_rows = min(n, rows_per_block(n, c.element_size(), BLOCK_BYTES))
     # one buffer for the gathered rows: a fresh block per round would be newly mapped memory
-    buffer = torch.empty((rows_per_block, n), dtype=dtype, device=dev)
+    buffer = torch.empty((block_rows, n), dtype=dtype, device=dev)
     limit = int((1.0 - stop_fraction) * n)
     for factor in eps_factors:
         eps = max(factor * scale, resolution)
@@ -129,8 +131,8 @@ def auction_prices(
             rounds += 1
             work += free.numel()
             best, gain = [], []
-            for s in range(0, free.numel(), rows_per_block):
-                idx = free[s : s + rows_per_block]
+            for s in range(0, free.numel(), block_rows):
+                idx = free[s : s + block_rows]
                 block = torch.index_select(c, 0, idx, out=buffer[: len(idx)]).add_(price)
                 w1, j = block.min(1)
                 block.scatter_(1, j[:, None], float("inf"))
