@@ -201,82 +201,16 @@ class Trajectory:
         )
 
     def __post_init__(self) -> None:
-        if len(self.layers) == 0:
-            raise ValueError("a Trajectory needs at least one layer; got an empty list.")
-        names = (
-            tuple(self.names) if self.names else tuple(f"layer{i}" for i in range(len(self.layers)))
-        )
-        if len(names) != len(self.layers):
-            raise ValueError(f"{len(names)} names given for {len(self.layers)} layers.")
-        if len(set(names)) != len(names):
-            raise ValueError(f"layer names must be unique; got {list(names)}.")
-        layers = tuple(_as_2d_layer(x, nm) for x, nm in zip(self.layers, names, strict=True))
+        names, layers = _check_layers(self.layers, self.names)
         n = int(layers[0].shape[0])
-        if n == 0:
-            raise ValueError(
-                f"layer {names[0]!r} has no samples; a measure needs at least one point."
-            )
-        for x, nm in zip(layers, names, strict=True):
-            if int(x.shape[0]) != n:
-                raise ValueError(
-                    f"layer {nm!r} has {int(x.shape[0])} samples but layer {names[0]!r} has {n}; "
-                    "every layer must hold the features of the same samples in the same order."
-                )
-            if int(x.shape[1]) == 0:
-                raise ValueError(f"layer {nm!r} has zero features.")
-            check_finite(x, f"layer {nm!r}")
-        labels = None if self.labels is None else check_labels(self.labels, n)
-        weights = None if self.weights is None else check_weights(self.weights, n)
-        shortcuts = {}
-        for key, img in dict(self.shortcuts).items():
-            l = int(key)
-            if not 0 <= l < len(layers) - 1:
-                raise ValueError(
-                    f"shortcut given for layer {l}, but only steps 0..{len(layers) - 2} exist; "
-                    "shortcuts[l] is P h_l, the image of layer l in the space of layer l + 1."
-                )
-            img = _as_2d_layer(img, f"shortcut of {names[l]}")
-            if tuple(img.shape) != (n, int(layers[l + 1].shape[1])):
-                raise ValueError(
-                    f"shortcut of layer {names[l]!r} has shape {tuple(img.shape)}; it must be "
-                    f"(n, d_{{l+1}}) = {(n, int(layers[l + 1].shape[1]))}, the image P h_l in the "
-                    f"space of layer {names[l + 1]!r}."
-                )
-            check_finite(img, f"shortcut of layer {names[l]!r}")
-            shortcuts[l] = img
-        classifier = None
-        if self.classifier is not None:
-            W, b = self.classifier
-            W = to_numpy(W, dtype=np.float64, what="classifier W")
-            d_last = int(layers[-1].shape[1])
-            if W.ndim != 2 or W.shape[1] != d_last:
-                raise ValueError(
-                    f"classifier W has shape {W.shape}; it must be (K, d_L) with d_L = {d_last}."
-                )
-            if b is not None:
-                b = to_numpy(b, dtype=np.float64, what="classifier bias").reshape(-1)
-                if b.shape[0] != W.shape[0]:
-                    raise ValueError(
-                        f"classifier bias has length {b.shape[0]}, W has {W.shape[0]} rows."
-                    )
-            check_finite(W, "classifier W")
-            classifier = (W, b)
-        logits = None
-        if self.logits is not None:
-            logits = to_numpy(self.logits, dtype=np.float64, what="logits")
-            if logits.ndim != 2 or logits.shape[0] != n:
-                raise ValueError(
-                    f"logits have shape {logits.shape}; they must be (n, K) with n = {n}."
-                )
-            check_finite(logits, "logits")
         set_ = object.__setattr__
         set_(self, "layers", layers)
         set_(self, "names", names)
-        set_(self, "labels", labels)
-        set_(self, "weights", weights)
-        set_(self, "shortcuts", shortcuts)
-        set_(self, "classifier", classifier)
-        set_(self, "logits", logits)
+        set_(self, "labels", None if self.labels is None else check_labels(self.labels, n))
+        set_(self, "weights", None if self.weights is None else check_weights(self.weights, n))
+        set_(self, "shortcuts", _check_shortcuts(self.shortcuts, layers, names))
+        set_(self, "classifier", _check_classifier(self.classifier, int(layers[-1].shape[1])))
+        set_(self, "logits", _check_logits(self.logits, n))
         set_(self, "metadata", dict(self.metadata))
 
     # ------------------------------------------------------------------ container protocol
@@ -550,3 +484,80 @@ def _pooled_pca(layers: list[Any], w: np.ndarray, dim: int) -> np.ndarray:
     cov = second / len(layers) - np.outer(mean, mean)
     _, vecs = np.linalg.eigh(cov)
     return vecs[:, ::-1][:, :dim].copy()
+
+
+def _check_layers(layers: Sequence[Any], names: Sequence[str] | None) -> tuple[tuple, tuple]:
+    """Names (given or ``layer0..``) and 2-D, finite layers of the same samples."""
+    if len(layers) == 0:
+        raise ValueError("a Trajectory needs at least one layer; got an empty list.")
+    names = tuple(names) if names else tuple(f"layer{i}" for i in range(len(layers)))
+    if len(names) != len(layers):
+        raise ValueError(f"{len(names)} names given for {len(layers)} layers.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"layer names must be unique; got {list(names)}.")
+    out = tuple(_as_2d_layer(x, nm) for x, nm in zip(layers, names, strict=True))
+    n = int(out[0].shape[0])
+    if n == 0:
+        raise ValueError(f"layer {names[0]!r} has no samples; a measure needs at least one point.")
+    for x, nm in zip(out, names, strict=True):
+        if int(x.shape[0]) != n:
+            raise ValueError(
+                f"layer {nm!r} has {int(x.shape[0])} samples but layer {names[0]!r} has {n}; "
+                "every layer must hold the features of the same samples in the same order."
+            )
+        if int(x.shape[1]) == 0:
+            raise ValueError(f"layer {nm!r} has zero features.")
+        check_finite(x, f"layer {nm!r}")
+    return names, out
+
+
+def _check_shortcuts(shortcuts: Any, layers: tuple, names: tuple) -> dict[int, Any]:
+    """``shortcuts[l]``: the image P h_l of layer l in the space of layer l + 1, shape
+    (n, d_{l+1})."""
+    n = int(layers[0].shape[0])
+    out = {}
+    for key, img in dict(shortcuts).items():
+        l = int(key)
+        if not 0 <= l < len(layers) - 1:
+            raise ValueError(
+                f"shortcut given for layer {l}, but only steps 0..{len(layers) - 2} exist; "
+                "shortcuts[l] is P h_l, the image of layer l in the space of layer l + 1."
+            )
+        img = _as_2d_layer(img, f"shortcut of {names[l]}")
+        if tuple(img.shape) != (n, int(layers[l + 1].shape[1])):
+            raise ValueError(
+                f"shortcut of layer {names[l]!r} has shape {tuple(img.shape)}; it must be "
+                f"(n, d_{{l+1}}) = {(n, int(layers[l + 1].shape[1]))}, the image P h_l in the "
+                f"space of layer {names[l + 1]!r}."
+            )
+        check_finite(img, f"shortcut of layer {names[l]!r}")
+        out[l] = img
+    return out
+
+
+def _check_classifier(classifier: Any, d_last: int) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The last layer's linear classifier ``(W, b)``: W of shape (K, d_L), b of length K."""
+    if classifier is None:
+        return None
+    W, b = classifier
+    W = to_numpy(W, dtype=np.float64, what="classifier W")
+    if W.ndim != 2 or W.shape[1] != d_last:
+        raise ValueError(
+            f"classifier W has shape {W.shape}; it must be (K, d_L) with d_L = {d_last}."
+        )
+    if b is not None:
+        b = to_numpy(b, dtype=np.float64, what="classifier bias").reshape(-1)
+        if b.shape[0] != W.shape[0]:
+            raise ValueError(f"classifier bias has length {b.shape[0]}, W has {W.shape[0]} rows.")
+    check_finite(W, "classifier W")
+    return W, b
+
+
+def _check_logits(logits: Any, n: int) -> np.ndarray | None:
+    if logits is None:
+        return None
+    out = to_numpy(logits, dtype=np.float64, what="logits")
+    if out.ndim != 2 or out.shape[0] != n:
+        raise ValueError(f"logits have shape {out.shape}; they must be (n, K) with n = {n}.")
+    check_finite(out, "logits")
+    return out

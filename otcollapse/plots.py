@@ -204,12 +204,22 @@ def plot_transport_steps(profiles: TransportProfile | Mapping[str, TransportProf
     left.grid(True, which="both", alpha=0.3)
     right.set_ylim(0, 1.05)
     right.axhline(1.0, color="grey", lw=0.8)
-    right.set_xlabel("step l → l+1 (drawn at l + ½)")
-    right.set_ylabel("efficiency W2² / paired cost")
-    right.set_title("Transport efficiency (1 = optimal map)")
-    right.legend(fontsize="small")
-    right.grid(True, alpha=0.3)
+    _finish(
+        right,
+        "step l → l+1 (drawn at l + ½)",
+        "efficiency W2² / paired cost",
+        "Transport efficiency (1 = optimal map)",
+    )
     return fig
+
+
+def _finish(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, title, a small legend and a light grid: the finish every panel here shares."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(True, alpha=0.3)
 
 
 def plot_mccann_fit(
@@ -241,11 +251,12 @@ def plot_mccann_fit(
         )
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("nominal time l / L")
-    ax.set_ylabel("fitted McCann time $t_l$")
-    ax.set_title("Layers on the Wasserstein geodesic between the ends")
-    ax.legend(fontsize="small")
-    ax.grid(True, alpha=0.3)
+    _finish(
+        ax,
+        "nominal time l / L",
+        "fitted McCann time $t_l$",
+        "Layers on the Wasserstein geodesic between the ends",
+    )
     return fig
 
 
