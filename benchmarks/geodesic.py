@@ -36,9 +36,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from otcollapse import Trajectory
+from otcollapse._resampling import split_halves
 from otcollapse._utils import atomic_write_text
 from otcollapse.constructions import simplex_etf
-from otcollapse.geodesic import _split_halves, geodesic_test, transport_profile
+from otcollapse.geodesic import geodesic_test, transport_profile
 
 
 def residual_trajectory(n: int, d: int, L: int, K: int = 10, seed: int = 0) -> Trajectory:
@@ -111,7 +112,7 @@ def main() -> None:
         v, ok = pot_emd2(X[l], X[l + 1])
         pot_steps.append(v)
         ok_all &= ok
-    halves = _split_halves(traj, seed)
+    halves = split_halves(traj.labels, traj.n_samples, seed)
     assert halves is not None
     pot_floors = []
     for x in X:

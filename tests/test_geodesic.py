@@ -17,7 +17,7 @@ import scipy.linalg
 import torch
 from scipy.optimize import linear_sum_assignment, linprog
 
-from otcollapse import Trajectory, wasserstein
+from otcollapse import Trajectory, _resampling, wasserstein
 from otcollapse.constructions import discrete_geodesic
 from otcollapse.geodesic import (
     compare_trajectories,
@@ -79,12 +79,12 @@ def test_gaussian_mccann_interpolant_is_constant_speed_under_bures():
     traj = Trajectory.from_arrays([(1 - s) * x0 + s * T for s in u])
     # closed form: the map between any two interpolants is the SPD affine map M_t M_s^{-1}
     W2sq = np.sum((m1 - m0) ** 2) + np.trace((A - np.eye(d)) @ S0 @ (A - np.eye(d)))
-    prof = transport_profile(traj, method="gaussian", pairs="all", noise_floor=False)
+    prof = transport_profile(traj, transport="gaussian", pairs="all", noise_floor=False)
     assert len(prof) == (L + 1) * L // 2
     for r in prof.rows:
         assert r.quantity == "W2^2 (Bures)"
         assert r.cost == pytest.approx((u[r.target] - u[r.source]) ** 2 * W2sq, rel=1e-9)
-    rep = geodesic_test(traj, method="gaussian")
+    rep = geodesic_test(traj, transport="gaussian")
     seg = rep.segments[0]
     assert seg.path_ratio == pytest.approx(1.0, abs=1e-9)
     assert seg.speed_cv == pytest.approx(0.0, abs=1e-9)
@@ -464,7 +464,7 @@ def test_errors_say_what_to_do():
     with pytest.raises(ValueError, match="max_samples"):
         geodesic_test(Trajectory.from_arrays([h0, h0 + 1]), max_samples=None, max_dense_bytes=1000)
     # the two ways out
-    gw = transport_profile(traj, method="gromov", noise_floor=False)
+    gw = transport_profile(traj, transport="gromov", noise_floor=False)
     assert all(r.quantity == "GW" and r.efficiency is None for r in gw.rows)
     assert gw.rows[0].paired is None and gw.rows[1].paired is not None
     proj = transport_profile(traj.project(3), pairs="all", noise_floor=False)
@@ -525,11 +525,19 @@ def test_profile_by_class_floors_intervals_and_records():
         # a translation: every subsample has the same W2
         assert r.ci == pytest.approx((3.0, 3.0), rel=1e-9)
         assert r.method == "assignment" and r.converged and r.solver["quantity"] == "W2^2"
-    # split halves of translates are translates: the same floor at every layer
+    # the floor is W2 between two disjoint, stratified halves of 30 samples, computed here from
+    # scipy's optimal assignment; split halves of translates are translates: the same floor at
+    # every layer
+    first, rest = _resampling.split_halves(y, 60, seed=1)
+    assert len(first) == len(rest) == 30 and not set(first) & set(rest)
+    assert np.bincount(y[first]).tolist() == np.bincount(y[rest]).tolist() == [10, 10, 10]
+    xa, xb = x[first], x[rest]
+    expected = math.sqrt(np.mean(((xa - xb[optimal_sigma(xa, xb)]) ** 2).sum(1)))
     floors = list(prof.floors.values())
-    assert len(floors) == 3 and floors[0] > 0
-    np.testing.assert_allclose(floors, floors[0], rtol=1e-9)
-    assert floors[0] == pytest.approx(split_half_floor(x, labels=y, seed=1), rel=1e-12)
+    assert len(floors) == 3
+    np.testing.assert_allclose(floors, expected, rtol=1e-9)
+    assert all(r.noise_floor == pytest.approx(expected, rel=1e-9) for r in prof.rows)
+    assert split_half_floor(x, labels=y, seed=1) == pytest.approx(expected, rel=1e-12)
     d = prof.to_dict()
     json.dumps(d, allow_nan=False)
     assert d["rows"][0]["class_cost"]["0"] == pytest.approx(9.0)
@@ -541,7 +549,7 @@ def test_profile_by_class_floors_intervals_and_records():
 def test_other_methods_say_which_solver_gave_each_statistic():
     x0, x1, sigma = geodesic_cloud(n=30, d=2, seed=15)
     traj = discrete_geodesic(x0, x1, sigma, n_layers=2)
-    seg = geodesic_test(traj, method="sliced").segments[0]
+    seg = geodesic_test(traj, transport="sliced").segments[0]
     assert seg.methods == {
         "steps": "sliced",
         "steps_quantity": "SW2^2",
@@ -550,7 +558,7 @@ def test_other_methods_say_which_solver_gave_each_statistic():
     }
     assert seg.mccann.max_residual <= 1e-9 and seg.ots == 1.0
     with pytest.raises(ValueError, match=r"[gG]romov"):
-        geodesic_test(traj, method="gromov")
+        geodesic_test(traj, transport="gromov")
 
 
 # ----------------------------------------------------------------------------- McCann interpolate

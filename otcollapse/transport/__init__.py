@@ -12,11 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import torch
-
-from otcollapse._utils import ArrayLike, check_finite, to_numpy
-from otcollapse._validation import check_weights
+from otcollapse._utils import ArrayLike
 from otcollapse.transport.gaussian import bures_map, gaussian_w2
 from otcollapse.transport.geometry import DEFAULT_MAX_DENSE_BYTES, PointCloudCost
 from otcollapse.transport.options import (
@@ -45,26 +41,6 @@ __all__ = [
     "transport_methods",
     "wasserstein",
 ]
-
-
-def _check_cloud(x: ArrayLike, what: str) -> torch.Tensor:
-    if (isinstance(x, torch.Tensor) and x.is_complex()) or np.iscomplexobj(x):
-        raise ValueError(
-            f"{what} is complex; W2 is defined for real points (take .real, or stack the real "
-            "and imaginary parts as coordinates)."
-        )
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-        if not t.is_floating_point():
-            t = t.double()
-    else:
-        t = torch.as_tensor(to_numpy(x, dtype=np.float64))
-    if t.ndim != 2:
-        raise ValueError(f"{what} has shape {tuple(t.shape)}; give a 2-D array (n_points, dim).")
-    if t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f"{what} is empty (shape {tuple(t.shape)}); a measure needs points.")
-    check_finite(t, what)
-    return t
 
 
 def wasserstein(
@@ -136,14 +112,4 @@ def wasserstein(
     Peyré & Cuturi, "Computational Optimal Transport", Found. Trends ML 2019.
     """
     spec = TransportSpec.create(method, max_dense_bytes=max_dense_bytes, **options)
-    xt = _check_cloud(x, "x")
-    yt = _check_cloud(y, "y")
-    if method != "gromov" and xt.shape[1] != yt.shape[1]:
-        raise ValueError(
-            f"x has dimension {xt.shape[1]} and y {yt.shape[1]}; W2 needs one space. Use "
-            "method='gromov' (a different quantity), or map both to one space first "
-            "(Trajectory.project, or the block's shortcut image)."
-        )
-    a = check_weights(a, xt.shape[0], "a")
-    b = check_weights(b, yt.shape[0], "b")
-    return spec.solve(xt, yt, a, b, stacklevel=3)
+    return spec.solve(x, y, a, b, validate=True, stacklevel=3)

@@ -39,9 +39,7 @@ BLOCK_BYTES = 64 * 1024**2
 CACHE_BLOCK_BYTES = 2 * 1024**2
 
 
-def rows_per_block(
-    cols: int, itemsize: int, budget: int | None = None, minimum: int = 1
-) -> int:
+def rows_per_block(cols: int, itemsize: int, budget: int | None = None, minimum: int = 1) -> int:
     """Rows of a ``cols``-wide block of ``itemsize``-byte entries that fit in ``budget`` bytes
     (default ``BLOCK_BYTES``; at least ``minimum``): the one sizer of every row-blocked pass."""
     budget = BLOCK_BYTES if budget is None else budget

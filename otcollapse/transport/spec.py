@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from otcollapse._validation import check_int
+from otcollapse._utils import ArrayLike, check_finite, to_numpy
+from otcollapse._validation import check_int, check_weights
 from otcollapse.exceptions import ConvergenceWarning, DenseBudgetError
 from otcollapse.transport.assignment import ASSIGNMENT_COPIES, solve_assignment
 from otcollapse.transport.entropic import solve_sinkhorn
@@ -209,11 +210,15 @@ class TransportSpec:
         a: Any = None,
         b: Any = None,
         *,
+        validate: bool = False,
         stacklevel: int = 2,
     ) -> TransportResult:
-        """Solve one problem whose data are already checked (finite, 2-D, weights summing to
-        one): the path of the analyses, which validated their :class:`Trajectory` once.
+        """Solve one problem. With ``validate=False`` the data must be checked already (finite,
+        2-D, weights summing to one): the path of the analyses, which validated their
+        :class:`Trajectory` once; ``validate=True`` checks them first (the front door's path).
         Warns (:class:`ConvergenceWarning`) when the result is not converged."""
+        if validate:
+            x, y, a, b = _check_problem(x, y, a, b, self.method)
         xt, yt = _as_tensor(x), _as_tensor(y)
         yt = yt.to(xt.device)
         dtype = torch.promote_types(xt.dtype, yt.dtype)
@@ -317,3 +322,36 @@ def _warn(res: TransportResult, stacklevel: int) -> None:
         ConvergenceWarning,
         stacklevel=stacklevel,
     )
+
+
+def _check_problem(x: Any, y: Any, a: Any, b: Any, method: str) -> tuple[Any, Any, Any, Any]:
+    """The two clouds and their masses checked: 2-D, non-empty, finite, real, one space
+    (except ``gromov``), weights by the one rule of :func:`otcollapse._validation.check_weights`."""
+    xt, yt = _check_cloud(x, "x"), _check_cloud(y, "y")
+    if method != "gromov" and xt.shape[1] != yt.shape[1]:
+        raise ValueError(
+            f"x has dimension {xt.shape[1]} and y {yt.shape[1]}; W2 needs one space. Use "
+            "method='gromov' (a different quantity), or map both to one space first "
+            "(Trajectory.project, or the block's shortcut image)."
+        )
+    return xt, yt, check_weights(a, xt.shape[0], "a"), check_weights(b, yt.shape[0], "b")
+
+
+def _check_cloud(x: ArrayLike, what: str) -> torch.Tensor:
+    if (isinstance(x, torch.Tensor) and x.is_complex()) or np.iscomplexobj(x):
+        raise ValueError(
+            f"{what} is complex; W2 is defined for real points (take .real, or stack the real "
+            "and imaginary parts as coordinates)."
+        )
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+        if not t.is_floating_point():
+            t = t.double()
+    else:
+        t = torch.as_tensor(to_numpy(x, dtype=np.float64))
+    if t.ndim != 2:
+        raise ValueError(f"{what} has shape {tuple(t.shape)}; give a 2-D array (n_points, dim).")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{what} is empty (shape {tuple(t.shape)}); a measure needs points.")
+    check_finite(t, what)
+    return t
