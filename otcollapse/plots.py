@@ -6,7 +6,7 @@ by side, e.g. ``{"ResNet": ..., "plain": ...}``), draws on a fresh
 notebooks) or on the ``ax`` given, and returns the figure. Save with ``fig.savefig(path)``.
 
 Axes carry units: squared distances are in the squared units of the features (the full squared
-Euclidean cost of DESIGN.md, W2² = min_π Σ π_ij ‖x_i − y_j‖²), distances in their units.
+Euclidean cost of the documentation's Concepts page, W2² = min_π Σ π_ij ‖x_i − y_j‖²), distances in their units.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ geodesic — straight, at constant speed, by an optimal map? This package measur
   (``mccann``), :func:`split_half_floor` (``profile``);
 - the result types (``results``).
 
-Every W2 goes through :func:`otcollapse.transport.wasserstein`; conventions (full squared cost,
-sample masses ``a_i``, uniform ``1/n`` by default) are those of ``DESIGN.md`` section 1.
+Every W2 goes through one :class:`otcollapse.transport.TransportSpec` per call, checked once;
+conventions (full squared cost, sample masses ``a_i``, uniform ``1/n`` by default) are those of
+the transport convention in the documentation's Concepts page.
 
 References
 ----------
