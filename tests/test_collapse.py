@@ -7,9 +7,11 @@ forms the d x d covariance matrices the streaming code avoids.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import ot
@@ -315,10 +317,36 @@ def test_weighted_samples_match_dense():
     X, y, W, b = _imbalanced(seed=1)
     w = np.random.default_rng(3).uniform(0.2, 2.0, size=len(y))
     ref = _dense(X, y, W=W, b=b, weights=w)
-    _assert_matches_dense(layer_collapse(X, y, classifier=(W, b), weights=w), ref)
+    _assert_matches_dense(layer_collapse(X, y, classifier=(W, b), weights=w / w.sum()), ref)
     traj = Trajectory.from_arrays([X, 2 * X], labels=y, weights=w / w.sum())
     prof = collapse_profile(traj, metrics=["nc1", "cdnv", "w2sq_to_class_means"])
     _assert_matches_dense(prof.layers[0], ref)
+
+
+def test_weights_are_masses_like_repeated_samples():
+    """Integer weights c_i / sum(c) are the same measure as sample i repeated c_i times."""
+    X, y, W, b = _imbalanced(seed=5)
+    c = np.random.default_rng(6).integers(0, 4, size=len(y))
+    first = np.searchsorted(y, [0, 1, 2])
+    c[np.concatenate([first, first + 1])] = 2  # every class keeps two samples of positive mass
+    weighted = layer_collapse(X, y, classifier=(W, b), weights=c / c.sum())
+    repeated = layer_collapse(np.repeat(X, c, axis=0), np.repeat(y, c), classifier=(W, b))
+    for m, v in repeated.metrics.items():
+        assert _close(weighted[m], v, 1e-10, atol=1e-12), (m, weighted[m], v)
+
+
+def test_unnormalised_weights_are_refused():
+    X, y = _clusters([5, 6, 7], 3)
+    w = np.ones(len(y))  # sums to 18: one weight rule everywhere, masses must sum to one
+    for call in (
+        lambda: layer_collapse(X, y, weights=w),
+        lambda: nc1(X, y, weights=w),
+        lambda: cdnv_matrix(X, y, weights=2 * w / w.sum()),
+        lambda: class_statistics(X, y, weights=w),
+    ):
+        with pytest.raises(ValueError, match=r"weights sum to .*, not 1; normalise them"):
+            call()
+    assert _close(nc1(X, y, weights=w / w.sum()), nc1(X, y))
 
 
 def test_arbitrary_labels_and_logits():
@@ -443,6 +471,27 @@ def test_ot_view_below_trace(seed):
     assert res["w2sq_to_class_means"] < res["tr_sigma_w"]  # overlapping classes: strictly
 
 
+def test_ot_view_not_converged_warns_at_the_caller(monkeypatch):
+    from otcollapse.collapse import metrics as metrics_module
+
+    real = metrics_module.wasserstein
+
+    def unconverged(*args, **kwargs):
+        return dataclasses.replace(real(*args, **kwargs), converged=False)
+
+    monkeypatch.setattr(metrics_module, "wasserstein", unconverged)
+    X, y = _clusters([10, 15, 12], 4, seed=3)
+    for call in (
+        lambda: layer_collapse(X, y, metrics=["w2sq_to_class_means"], name="blk"),
+        lambda: collapse_profile(Trajectory.from_arrays([X], labels=y, names=["blk"])),
+    ):
+        with pytest.warns(UserWarning, match="layer 'blk': the exact transport solver") as rec:
+            res = call()
+        assert rec[0].filename == __file__  # the warning points at the line that asked for it
+        lc = res if not isinstance(res, CollapseProfile) else res.layers[0]
+        assert lc.transport["converged"] is False
+
+
 # ------------------------------------------------------------------------------ NC3 closed forms
 def test_nc3_self_dual_and_antidual():
     X, y = etf_clusters(4, 5, 2.0, 0.3)
@@ -503,12 +552,79 @@ def test_undefined_metric_is_nan_with_note():
     res = layer_collapse(X, [0, 0, 1, 1], metrics=["nc1", "nc1_tilde", "cdnv", "nc4_ncc_error"])
     for m in ("nc1", "nc1_tilde", "cdnv"):
         assert math.isnan(res[m]) and m in res.notes
-    assert res["nc4_ncc_error"] >= 0
+    # every sample is equidistant from the two (equal) means; the tie goes to the first class,
+    # so class 1's two samples of four are misassigned
+    assert res["nc4_ncc_error"] == 0.5
     with pytest.raises(ValueError, match="undefined"):
         nc1(X, [0, 0, 1, 1])
     prof = collapse_profile(Trajectory.from_arrays([X, 2 * X], labels=[0, 0, 1, 1]))
     assert prof.pfc["nc1"].layers == () and prof.pfc["nc1"].monotone is None
     assert prof.decay.rate is None and prof.decay.excluded == (0, 1)
+
+
+def test_metric_registry_order_and_independence():
+    assert METRICS == (
+        "nc1",
+        "he_su_d",
+        "nc1_tilde",
+        "cdnv",
+        "nc2_equinorm",
+        "nc2_equiangularity",
+        "nc2_etf_distance",
+        "nc3",
+        "nc4_ncc_error",
+        "nc4_mismatch",
+        "tr_sigma_w",
+        "tr_sigma_b",
+        "w2sq_to_class_means",
+    )
+    X, y, W, b = _imbalanced(seed=6)
+    full = layer_collapse(X, y, classifier=(W, b))
+    assert tuple(full.metrics) == METRICS  # table order
+    for m in METRICS:  # each metric alone gives the value it has among all the others
+        assert layer_collapse(X, y, classifier=(W, b), metrics=[m, "tr_sigma_b"])[m] == full[m]
+    # an undefined metric explains itself, and only itself
+    X0 = np.array([[1.0, 0.0], [1.0, 2.0], [1.0, 0.5], [1.0, 1.5]])
+    assert set(layer_collapse(X0, [0, 0, 1, 1], metrics=["nc1"]).notes) == {"nc1"}
+
+
+def test_result_records():
+    X, y, W, b = _imbalanced(seed=7)
+    traj = Trajectory.from_arrays([X, 0.5 * X], labels=y, classifier=(W, b))
+    prof = collapse_profile(traj)
+    d = json.loads(json.dumps(prof.to_dict(), allow_nan=False))
+    assert set(d) == {"metrics", "layers", "pfc", "decay", "conventions"}
+    assert d["metrics"] == list(prof.metrics) and d["conventions"]["pinv_rtol"] == 1e-10
+    assert set(d["layers"][1]) == {
+        "name", "n_samples", "n_classes", "dim", "metrics", "notes", "cdnv_matrix", "classes",
+        "class_counts", "rank_between", "rtol", "collapsed", "transport",
+    }  # fmt: skip
+    assert d["layers"][1]["metrics"]["nc3"] == pytest.approx(prof.layers[1]["nc3"])
+    assert set(d["pfc"]["nc1"]) == {
+        "metric", "layers", "kendall_tau", "p_value", "frac_non_increasing", "monotone",
+    }  # fmt: skip
+    assert set(d["decay"]) == {
+        "rate", "slope", "intercept", "r2", "layers", "excluded", "note",
+    }  # fmt: skip
+    st = class_statistics(X, y)
+    rec = json.loads(json.dumps(st.to_dict(), allow_nan=False))
+    assert rec["n_classes"] == 3 and rec["dim"] == 7
+    assert _close(rec["tr_sigma_w"], _dense(X, y)["tr_sigma_w"])
+
+
+@pytest.mark.skipif(nc1.__doc__ is None, reason="docstrings stripped (python -OO)")
+def test_plain_functions_document_every_parameter():
+    import inspect
+
+    import otcollapse.collapse as collapse
+
+    for name in collapse.__all__:
+        f = getattr(collapse, name)
+        if not inspect.isfunction(f):
+            continue
+        # one entry per parameter, in the order of the signature, each with a type
+        documented = re.findall(r"^\s*(\w+) : \S", f.__doc__.split("Returns\n")[0], flags=re.M)
+        assert documented == list(inspect.signature(f).parameters), name
 
 
 # ------------------------------------------------------------------------------ bad input
