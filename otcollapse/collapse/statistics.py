@@ -32,14 +32,12 @@ from otcollapse import _utils
 from otcollapse._results import Result
 from otcollapse._utils import ArrayLike, check_not_complex, iter_rows, to_numpy
 from otcollapse._validation import check_int, check_labels, check_real, check_weights
+from otcollapse.transport.geometry import rows_per_block
 
 __all__ = ["DEFAULT_RTOL", "ClassStatistics", "class_statistics"]
 
 #: relative eigenvalue cutoff of the pseudo-inverse of Sigma_B: eigenvalues <= rtol * max count as 0
 DEFAULT_RTOL = 1e-10
-
-#: default cap on the bytes of one float64 block of rows (wide layers get fewer rows per block)
-_BLOCK_BYTES = 64 * 2**20
 
 #: a linear classifier: W of shape (K, d) and an optional bias of length K
 Head = tuple[np.ndarray, np.ndarray | None]
@@ -121,9 +119,10 @@ def _check_head(
 
 
 def _block_size(block_size: int | None, dim: int) -> int:
-    """Rows per block: the given number, else ``SCAN_ROWS`` capped at about 64 MiB of float64."""
+    """Rows per block: the given number, else ``SCAN_ROWS`` capped at one block of the transport
+    geometry's size in float64 (wide layers get fewer rows per block)."""
     if block_size is None:
-        return max(1, min(_utils.SCAN_ROWS, _BLOCK_BYTES // (8 * dim)))
+        return min(_utils.SCAN_ROWS, rows_per_block(dim, 8))
     return check_int(block_size, "block_size (rows per block)", minimum=1)
 
 
