@@ -8,14 +8,15 @@ one grid step, a factor sqrt(10)), with a discrepancy near 0 there.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
 import pytest
 
+from otcollapse.exceptions import ConvergenceWarning
 from otcollapse.measures import Trajectory
 from otcollapse.surrogates import MUFMCalibration, calibrate_mufm, fit_mufm
-from otcollapse.exceptions import ConvergenceWarning
 
 LAM_STAR = 0.3
 LW = LH = 1e-3
@@ -75,7 +76,16 @@ def test_recovers_lambda_star(network: Trajectory, discrepancy: str) -> None:
     assert len(table) == 5
     for row in table:
         assert row["mufm_nc1"] == pytest.approx(row["network_nc1"], rel=1e-2, abs=1e-6)
-    assert "0.3" in str(cal) or "0.29" in str(cal)
+    # the text names the fitted λ_OT and its discrepancy, then the table of every fit
+    head, *table_lines = str(cal).splitlines()
+    shown = dict(re.findall(r"(lambda_ot|discrepancy) = ([-+.e\d]+)", head))
+    assert float(shown["lambda_ot"]) == pytest.approx(cal.lambda_ot, rel=1e-5)
+    assert float(shown["lambda_ot"]) == pytest.approx(LAM_STAR, rel=0.02)
+    assert float(shown["discrepancy"]) == pytest.approx(cal.value, rel=1e-3)
+    assert table_lines[0].split() == ["lambda_ot", discrepancy, "w2", "nc1_mufm", "converged"]
+    listed = [float(line.split()[0]) for line in table_lines[1:]]
+    fitted = sorted(r["lambda_ot"] for r in cal.refinement)
+    np.testing.assert_allclose(listed, [r["lambda_ot"] for r in cal.grid] + fitted, rtol=1e-3)
 
 
 def test_grid_only_brackets_lambda_star(network: Trajectory) -> None:

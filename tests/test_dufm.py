@@ -22,9 +22,9 @@ import warnings
 import numpy as np
 import pytest
 
-from otcollapse.surrogates.dufm import dnc_value, fit_dufm
-from otcollapse.surrogates.mufm import fit_ufm
 from otcollapse.exceptions import ConvergenceWarning
+from otcollapse.surrogates.dufm import dnc_value, fit_dufm
+from otcollapse.surrogates.ufm import fit_ufm
 
 LAM = 1e-3
 Y25 = np.repeat(np.arange(2), 5)

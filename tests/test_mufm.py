@@ -26,9 +26,9 @@ import pytest
 
 from otcollapse.collapse import collapse_profile, nc1, nc2, nc3
 from otcollapse.constructions import etf_clusters
+from otcollapse.exceptions import ConvergenceWarning
 from otcollapse.geodesic import transport_profile
 from otcollapse.surrogates import fit_mufm, fit_ufm, minimize_lbfgs
-from otcollapse.exceptions import ConvergenceWarning
 
 K, N_PER, LAM = 4, 5, 5e-4
 Y = np.repeat(np.arange(K), N_PER)
@@ -140,6 +140,18 @@ def test_ufm_trajectory_and_json():
     np.testing.assert_array_equal(sol.H, again.H)
 
 
+def test_solver_state_is_read_from_the_record():
+    sol = fit_ufm(Y, dim=5, lambda_w=LAM, lambda_h=LAM, lambda_b=LAM)
+    rec = sol.record
+    assert (sol.n_iter, sol.converged, sol.grad_norm) == (rec.n_iter, rec.converged, rec.grad_norm)
+    assert sol.rel_grad_norm == rec.rel_grad_norm and sol.objective == sum(sol.terms.values())
+    d = sol.to_dict()
+    assert (d["n_iter"], d["converged"], d["grad_norm"]) == (rec.n_iter, True, rec.grad_norm)
+    assert d["objective"] == sol.objective and d["record"] == rec.to_dict()
+    assert not {"H", "labels", "trajectory"} & set(d)  # the features are left out
+    np.testing.assert_array_equal(d["W"], sol.W)
+
+
 # ------------------------------------------------------------------------------------ MUFM
 X3, Y3 = etf_clusters(3, 4, r=2.0, sigma=0.7)
 X3 = np.asarray(X3, dtype=np.float64)
@@ -195,8 +207,18 @@ def test_mufm_trajectory_feeds_the_analyses():
     np.testing.assert_allclose(traj[0].numpy(), X3)
     prof = collapse_profile(traj)
     assert prof.values("nc1")[-1] < prof.values("nc1")[0]
+    # the fitted layers are equally spaced on the segment X -> H_L (reduction lemma): every step's
+    # paired cost is ‖H_L - X‖² / (N L²), and together they make up the transport term
     tp = transport_profile(traj)
-    assert tp is not None
+    assert len(tp) == 3 and tp.converged
+    n, L = len(Y3), 3
+    step = ((sol.H - X3) ** 2).sum() / (n * L**2)
+    np.testing.assert_allclose(tp.paired, step, rtol=1e-12)
+    assert sol.terms["transport"] == pytest.approx(0.5 * 0.05 * L * n * tp.paired.sum(), rel=1e-12)
+    # here the sample-to-sample coupling is optimal (H_L moves each point towards its class),
+    # so the path is a constant-speed W2 geodesic: W2 per step = sqrt(paired), efficiency 1
+    np.testing.assert_allclose(tp.distances, math.sqrt(step), rtol=1e-6)
+    np.testing.assert_allclose(tp.efficiency, 1.0, rtol=1e-6)
     assert json.loads(json.dumps(sol.to_dict()))["params"]["n_layers"] == 3
 
 

@@ -22,17 +22,16 @@ import pytest
 import torch
 
 from otcollapse.collapse import nc1_tilde
+from otcollapse.exceptions import ConvergenceWarning
 from otcollapse.surrogates import fit_ufm, minimize_lbfgs
+from otcollapse.surrogates.central_path import central_path_flow, central_path_velocity
 from otcollapse.surrogates.perturbation import (
-    central_path_flow,
-    central_path_velocity,
     collapsed_minimizer,
     fit_perturbed,
     mufm_parameters,
     near_collapse_singular_values,
     perturbation_jacobian,
 )
-from otcollapse.exceptions import ConvergenceWarning
 
 K3, N3, D3 = 3, 4, 5
 Y3 = np.repeat(np.arange(K3), N3)
@@ -159,6 +158,9 @@ def test_central_path_flow_theorem_3_1():
     assert np.all(np.diff(flat.tr_sigma_w) < 0) and np.all(np.diff(flat.tr_sigma_b) > 0)
     d = json.loads(json.dumps(flow.to_dict()))
     assert d["success"] is True and len(d["nc1_tilde"]) == times.size
+    rows = flow.table()  # one row per time
+    assert [r["time"] for r in rows] == times.tolist()
+    np.testing.assert_allclose([r["nc1_tilde"] for r in rows], flow.tr_sigma_w / flow.tr_sigma_b)
 
 
 def test_minimiser_is_an_implicit_euler_step_of_the_flow():

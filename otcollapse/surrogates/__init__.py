@@ -1,38 +1,44 @@
 """Unconstrained-feature surrogate models around one float64 solver core.
 
-``fit_ufm`` (the single-layer UFM) and ``fit_mufm`` (the multilayer, transport-regularised UFM)
-live in :mod:`otcollapse.surrogates.mufm`; :mod:`otcollapse.surrogates.core` holds the L-BFGS
-(strong-Wolfe) solver and its :class:`SolverRecord`, shared by every surrogate model. :func:`calibrate_mufm`
-(:mod:`otcollapse.surrogates.calibrate`) fits the MUFM's λ_OT to a trained network.
-``fit_ulpm`` (:mod:`otcollapse.surrogates.ulpm`) is the unconstrained layer-peeled model and
-``fit_dufm`` (:mod:`otcollapse.surrogates.dufm`) the deep ReLU unconstrained features model.
-``fit_perturbed`` (:mod:`otcollapse.surrogates.perturbation`) is the perturbation model of Tirer,
-Huang & Niles-Weed, solved as a one-step MSE MUFM, with its central-path flow and Jacobian.
+- :mod:`~otcollapse.surrogates.core`: the L-BFGS (strong-Wolfe) solver :func:`minimize_lbfgs`, its
+  :class:`SolverRecord`, the base solution type :class:`SolverSolution` (iterations, convergence
+  and gradient norm read from the record) and the input checks every model shares.
+- :mod:`~otcollapse.surrogates.ufm`: ``fit_ufm``, the single-layer UFM, whose terms are the last
+  layer of every model below.
+- :mod:`~otcollapse.surrogates.mufm`: ``fit_mufm``, the multilayer, transport-regularised UFM;
+  :mod:`~otcollapse.surrogates.calibrate`: :func:`calibrate_mufm` fits its λ_OT to a network.
+- :mod:`~otcollapse.surrogates.ulpm`: ``fit_ulpm``, the unconstrained layer-peeled model, and
+  :mod:`~otcollapse.surrogates.ulpm_separation`, the minimum-norm separation problem it tends to.
+- :mod:`~otcollapse.surrogates.dufm`: ``fit_dufm``, the deep ReLU unconstrained features model.
+- :mod:`~otcollapse.surrogates.perturbation`: ``fit_perturbed``, the perturbation model of Tirer,
+  Huang & Niles-Weed (a one-step MSE MUFM) and its Jacobian; its central-path flow is in
+  :mod:`~otcollapse.surrogates.central_path`.
+
+Every result inherits :class:`otcollapse._results.Result` (``to_dict``, ``table``,
+``format_table``).
 """
 
 from otcollapse.surrogates.calibrate import MUFMCalibration, calibrate_mufm, default_lambda_grid
-from otcollapse.surrogates.core import SolverRecord, minimize_lbfgs
-from otcollapse.surrogates.dufm import DUFMSolution, dnc_value, fit_dufm
-from otcollapse.surrogates.mufm import MUFMSolution, UFMSolution, fit_mufm, fit_ufm
-from otcollapse.surrogates.perturbation import (
+from otcollapse.surrogates.central_path import (
     CentralPathFlow,
-    PerturbationJacobian,
-    PerturbedSolution,
     central_path_flow,
     central_path_velocity,
+)
+from otcollapse.surrogates.core import SolverRecord, SolverSolution, minimize_lbfgs
+from otcollapse.surrogates.dufm import DUFMSolution, dnc_value, fit_dufm
+from otcollapse.surrogates.mufm import MUFMSolution, fit_mufm
+from otcollapse.surrogates.perturbation import (
+    PerturbationJacobian,
+    PerturbedSolution,
     collapsed_minimizer,
     fit_perturbed,
     mufm_parameters,
     near_collapse_singular_values,
     perturbation_jacobian,
 )
-from otcollapse.surrogates.ulpm import (
-    GDRecord,
-    ULPMSeparation,
-    ULPMSolution,
-    fit_ulpm,
-    solve_ulpm_separation,
-)
+from otcollapse.surrogates.ufm import UFMSolution, fit_ufm
+from otcollapse.surrogates.ulpm import GDRecord, ULPMSolution, fit_ulpm
+from otcollapse.surrogates.ulpm_separation import ULPMSeparation, solve_ulpm_separation
 
 __all__ = [
     "CentralPathFlow",
@@ -43,6 +49,7 @@ __all__ = [
     "PerturbationJacobian",
     "PerturbedSolution",
     "SolverRecord",
+    "SolverSolution",
     "UFMSolution",
     "ULPMSeparation",
     "ULPMSolution",

@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from otcollapse._results import Result
 from otcollapse._utils import json_safe, to_numpy
 from otcollapse.collapse import CollapseProfile, collapse_profile, nc1
 from otcollapse.exceptions import ConvergenceWarning
 from otcollapse.measures import Trajectory
-from otcollapse.surrogates.core import _check_choice, _check_lambda
+from otcollapse.surrogates.core import _check_choice, _check_lambda, _check_lambdas
 from otcollapse.surrogates.mufm import MUFMSolution, fit_mufm
 from otcollapse.transport import wasserstein
 
@@ -42,6 +43,7 @@ __all__ = ["DISCREPANCIES", "MUFMCalibration", "calibrate_mufm", "default_lambda
 
 DISCREPANCIES = ("w2", "nc1")
 _NC1_FLOOR = 1e-300
+_REFERENCE = 'Wang, Gai & Zhang, "Progressive Feedforward Collapse of ResNet Training"'
 # fit_mufm arguments that calibrate_mufm sets itself
 _RESERVED = ("X", "y", "n_layers", "lambda_ot", "lambda_w", "lambda_h", "lambda_b", "loss",
              "coupling", "seed", "dim", "embed")  # fmt: skip
@@ -53,7 +55,7 @@ def default_lambda_grid() -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class MUFMCalibration:
+class MUFMCalibration(Result):
     r"""The λ_OT whose MUFM optimum best matches a network segment, and how well it matches.
 
     Attributes
@@ -102,7 +104,14 @@ class MUFMCalibration:
     layer_range: tuple[int, int]
     settings: dict[str, Any]
 
-    def profiles_table(self) -> list[dict[str, Any]]:
+    _derived = ("reference",)
+
+    @property
+    def reference(self) -> str:
+        """The paper the MUFM formalises."""
+        return _REFERENCE
+
+    def table(self) -> list[dict[str, Any]]:
         """Both collapse profiles side by side: one row per layer ``l = 0..L``, with
         ``network_<metric>`` and ``mufm_<metric>`` for every metric computed on both."""
         common = [m for m in self.network_profile.metrics if m in self.mufm_profile.metrics]
@@ -116,6 +125,10 @@ class MUFMCalibration:
                 row[f"mufm_{m}"] = b[m]
             rows.append(row)
         return rows
+
+    def profiles_table(self) -> list[dict[str, Any]]:
+        """The rows of :meth:`table`: both collapse profiles side by side, one row per layer."""
+        return self.table()
 
     def format_grid(self, precision: int = 4) -> str:
         """The grid (and refinement) table as aligned text."""
@@ -139,29 +152,18 @@ class MUFMCalibration:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe record (non-finite numbers become None; the layers are left out)."""
-        return json_safe(
-            {
-                "lambda_ot": self.lambda_ot,
-                "discrepancy": self.discrepancy,
-                "value": self.value,
-                "grid": list(self.grid),
-                "refinement": list(self.refinement),
-                "match": self.match,
-                "solution": self.solution.to_dict(),
-                "network_profile": self.network_profile.to_dict(),
-                "mufm_profile": self.mufm_profile.to_dict(),
-                "profiles_table": self.profiles_table(),
-                "segment": self.segment,
-                "layer_range": list(self.layer_range),
-                "settings": self.settings,
-                "reference": 'Wang, Gai & Zhang, "Progressive Feedforward Collapse of ResNet '
-                'Training"',
-            }
-        )
+        """JSON-safe record (the layers are left out): the fields, the ``reference`` and
+        ``profiles_table``."""
+        return {**super().to_dict(), "profiles_table": json_safe(self.table())}
 
 
-def _pick_segment(traj: Trajectory, segment: int | None) -> tuple[int, range]:
+def _check_network(traj: Trajectory, segment: int | None) -> tuple[int, range]:
+    """The index and the layers of the segment to calibrate on (a labelled run of equal
+    dimension, at least two layers)."""
+    if not isinstance(traj, Trajectory):
+        raise ValueError(f"calibrate_mufm needs a Trajectory; got {type(traj).__name__}.")
+    if traj.labels is None:
+        raise ValueError("calibrate_mufm needs class labels; pass labels= to the Trajectory.")
     segs = traj.segments
     if segment is None:
         if len(segs) != 1:
@@ -170,15 +172,135 @@ def _pick_segment(traj: Trajectory, segment: int | None) -> tuple[int, range]:
                 f"{[(s.start, s.stop - 1) for s in segs]}); the MUFM needs one constant width. "
                 "Pass segment=<index into traj.segments>."
             )
-        return 0, segs[0]
-    s = int(segment)
-    if s != segment or not -len(segs) <= s < len(segs):
+        s = 0
+    else:
+        s = int(segment)
+        if s != segment or not -len(segs) <= s < len(segs):
+            raise ValueError(
+                f"segment must be an integer index into traj.segments (0..{len(segs) - 1}); "
+                f"got {segment!r}."
+            )
+        s %= len(segs)
+    if len(segs[s]) < 2:
         raise ValueError(
-            f"segment must be an integer index into traj.segments (0..{len(segs) - 1}); "
-            f"got {segment!r}."
+            f"segment {s} (layer {segs[s].start}) has a single layer; the MUFM needs at least "
+            "one step (two layers of equal dimension)."
         )
-    s %= len(segs)
     return s, segs[s]
+
+
+def _check_grid(grid: Sequence[float] | None) -> np.ndarray:
+    """The λ_OT values to fit, sorted and without repeats (each finite and >= 0)."""
+    lams = default_lambda_grid() if grid is None else np.asarray(grid, dtype=np.float64).ravel()
+    if lams.size == 0:
+        raise ValueError("grid must hold at least one lambda_ot value.")
+    for v in lams:
+        _check_lambda("grid value", v)
+    return np.unique(lams)
+
+
+def _log_nc1_gap(a: float, b: float) -> float:
+    r"""$|\log a - \log b|$ with both NC1 values floored at ``_NC1_FLOOR``."""
+    return abs(math.log(max(a, _NC1_FLOOR)) - math.log(max(b, _NC1_FLOOR)))
+
+
+class _Fits:
+    """The MUFM fits of one calibration, each compared with the network's last layer.
+
+    Keeps only the best fit so far (each holds ``L + 1`` layers) and the λ_OT of the fits that did
+    not converge.
+    """
+
+    def __init__(
+        self, net: Trajectory, labels: Any, weights: Any, model: dict[str, Any], discrepancy: str
+    ) -> None:
+        self.X = to_numpy(net.layers[0]).astype(np.float64)
+        self.HL_net = to_numpy(net.layers[-1]).astype(np.float64)
+        self.labels = np.asarray(labels)
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        self.model, self.discrepancy = model, discrepancy
+        self.nc1_net = float(nc1(self.HL_net, self.labels, weights=self.weights))
+        self.w2_io = float(
+            wasserstein(self.X, self.HL_net, a=self.weights, b=self.weights).distance
+        )
+        self.kept: dict[float, MUFMSolution] = {}
+        self.best = math.inf
+        self.not_converged: list[float] = []
+
+    def fit(self, lam: float) -> MUFMSolution:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return fit_mufm(self.X, self.labels, lambda_ot=lam, **self.model)
+
+    def evaluate(self, lam: float) -> dict[str, Any]:
+        """Fit at ``lam``; the row of the grid table."""
+        sol = self.fit(lam)
+        if not sol.converged:
+            self.not_converged.append(lam)
+        HL = sol.layers[-1]  # row i follows network sample i (paired) / input i (wasserstein)
+        w2 = float(wasserstein(HL, self.HL_net, b=self.weights).distance)
+        c = float(nc1(sol.H, self.labels))
+        disc = w2 if self.discrepancy == "w2" else _log_nc1_gap(c, self.nc1_net)
+        if disc < self.best or not self.kept:
+            self.kept = {lam: sol}
+            self.best = disc
+        return {
+            "lambda_ot": lam,
+            "discrepancy": disc,
+            "w2": w2,
+            "nc1_mufm": c,
+            "objective": sol.objective,
+            "converged": sol.converged,
+            "n_iter": sol.n_iter,
+        }
+
+    def solution(self, lam: float) -> MUFMSolution:
+        """The fit at ``lam``: the one kept, or a refit (deterministic for a given seed) when a
+        tie kept another."""
+        return self.kept[lam] if lam in self.kept else self.fit(lam)
+
+    def match(self, best: dict[str, Any]) -> dict[str, float]:
+        return {
+            "w2": best["w2"],
+            "w2_relative": best["w2"] / self.w2_io if self.w2_io > 0 else float("nan"),
+            "w2_network_input_output": self.w2_io,
+            "nc1_network": self.nc1_net,
+            "nc1_mufm": best["nc1_mufm"],
+            "log_nc1_gap": _log_nc1_gap(best["nc1_mufm"], self.nc1_net),
+        }
+
+
+def _refine(
+    fits: _Fits, lams: np.ndarray, best: dict[str, Any], xatol: float
+) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """Bounded Brent search in log10(λ_OT) between the neighbours of the best positive grid point:
+    the best row (the refined one if not worse), the rows evaluated, and a note."""
+    from scipy.optimize import minimize_scalar
+
+    pos = np.log10(lams[lams > 0])
+    k = int(np.searchsorted(pos, math.log10(best["lambda_ot"])))
+    step = float(np.median(np.diff(pos))) if pos.size > 1 else 1.0
+    lo = pos[k - 1] if k > 0 else pos[k] - step
+    hi = pos[k + 1] if k + 1 < pos.size else pos[k] + step
+    cache: dict[float, dict[str, Any]] = {}
+    refined: list[dict[str, Any]] = []
+
+    def objective(t: float) -> float:
+        lam = float(10.0**t)
+        if lam not in cache:
+            cache[lam] = fits.evaluate(lam)
+            refined.append(cache[lam])
+        return cache[lam]["discrepancy"]
+
+    res = minimize_scalar(objective, bounds=(lo, hi), method="bounded", options={"xatol": xatol})
+    cand = min(refined, key=lambda r: r["discrepancy"])
+    if cand["discrepancy"] <= best["discrepancy"]:
+        best = cand
+    note = (
+        f"bounded Brent in log10(lambda_ot) over [{lo:.4g}, {hi:.4g}], "
+        f"{len(refined)} fits, success={bool(res.success)}"
+    )
+    return best, refined, note
 
 
 def calibrate_mufm(
@@ -202,14 +324,10 @@ def calibrate_mufm(
 
     The segment's first layer is the MUFM input $X = H_0$ and its number of steps is $L$; for
     every $\lambda$ in ``grid`` the MUFM (:func:`fit_mufm`, with the given weight decays, loss
-    and coupling) is fitted and compared with the network's last layer $H_L^{net}$ by
-
-    - ``discrepancy="w2"``: $D(\lambda) = W_2(\mu_{H_L^M(\lambda)}, \mu_{H_L^{net}})$ (full squared
-      Euclidean cost, ``wasserstein(..., method="auto")``, the network's sample weights as masses
-      when it has them);
-    - ``discrepancy="nc1"``: $D(\lambda) = |\log\mathrm{NC1}(H_L^M(\lambda))
-      - \log\mathrm{NC1}(H_L^{net})|$, NC1 $= \frac1K\operatorname{Tr}(\Sigma_W\Sigma_B^\dagger)$
-      (floored at ``1e-300`` before the log).
+    and coupling) is fitted and compared with the network's last layer $H_L^{net}$ by the
+    discrepancy $D(\lambda)$ of the module docstring: ``"w2"``,
+    $W_2(\mu_{H_L^M(\lambda)}, \mu_{H_L^{net}})$ (the network's sample weights as masses when it
+    has them), or ``"nc1"``, $|\log\mathrm{NC1}(H_L^M(\lambda)) - \log\mathrm{NC1}(H_L^{net})|$.
 
     The grid point with the smallest $D$ wins (ties: the smaller $\lambda$). With ``refine=True``
     and a best point $\lambda_j > 0$, a bounded Brent search in $\log_{10}\lambda$ over
@@ -266,44 +384,21 @@ def calibrate_mufm(
     ----------
     Wang, Gai & Zhang, "Progressive Feedforward Collapse of ResNet Training".
     """
-    if not isinstance(traj, Trajectory):
-        raise ValueError(f"calibrate_mufm needs a Trajectory; got {type(traj).__name__}.")
-    if traj.labels is None:
-        raise ValueError("calibrate_mufm needs class labels; pass labels= to the Trajectory.")
+    seg_index, seg = _check_network(traj, segment)
     _check_choice("discrepancy", discrepancy, DISCREPANCIES)
-    lambda_w = _check_lambda("lambda_w", lambda_w)
-    lambda_h = _check_lambda("lambda_h", lambda_h)
-    lambda_b = _check_lambda("lambda_b", lambda_b)
+    lambda_w, lambda_h, lambda_b = _check_lambdas(
+        lambda_w=lambda_w, lambda_h=lambda_h, lambda_b=lambda_b
+    )
     bad = sorted(set(fit_options) & set(_RESERVED))
     if bad:
         raise ValueError(f"calibrate_mufm sets {bad} itself; do not pass them in fit_options.")
-    seg_index, seg = _pick_segment(traj, segment)
-    if len(seg) < 2:
-        raise ValueError(
-            f"segment {seg_index} (layer {seg.start}) has a single layer; the MUFM needs at least "
-            "one step (two layers of equal dimension)."
-        )
-    lams = default_lambda_grid() if grid is None else np.asarray(grid, dtype=np.float64).ravel()
-    if lams.size == 0:
-        raise ValueError("grid must hold at least one lambda_ot value.")
-    for v in lams:
-        _check_lambda("grid value", v)
-    lams = np.unique(lams)
+    lams = _check_grid(grid)
     xatol = float(refine_xatol)
     if not xatol > 0:
         raise ValueError(f"refine_xatol must be > 0; got {refine_xatol!r}.")
-
     net = traj.take_layers(list(seg))
-    X = to_numpy(net.layers[0]).astype(np.float64)
-    HL_net = to_numpy(net.layers[-1]).astype(np.float64)
-    labels = np.asarray(traj.labels)
-    weights = None if traj.weights is None else np.asarray(traj.weights, dtype=np.float64)
-    L = len(seg) - 1
-    nc1_net = float(nc1(HL_net, labels, weights=weights))
-    w2_io = float(wasserstein(X, HL_net, a=weights, b=weights).distance)
-
     model = dict(
-        n_layers=L,
+        n_layers=len(seg) - 1,
         lambda_w=lambda_w,
         lambda_h=lambda_h,
         lambda_b=lambda_b,
@@ -312,119 +407,44 @@ def calibrate_mufm(
         seed=int(seed),
         **fit_options,
     )
-    kept: dict[float, MUFMSolution] = {}  # only the best fit so far (memory: L + 1 layers each)
-    not_converged: list[float] = []
-    seen: list[dict[str, Any]] = []
-
-    def evaluate(lam: float) -> dict[str, Any]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            sol = fit_mufm(X, labels, lambda_ot=lam, **model)
-        if not sol.converged:
-            not_converged.append(lam)
-        HL = sol.layers[-1]  # row i follows network sample i (paired) / input i (wasserstein)
-        w2 = float(wasserstein(HL, HL_net, b=weights).distance)
-        c = float(nc1(sol.H, labels))
-        gap = abs(math.log(max(c, _NC1_FLOOR)) - math.log(max(nc1_net, _NC1_FLOOR)))
-        disc = w2 if discrepancy == "w2" else gap
-        if not kept or disc < min(r["discrepancy"] for r in seen):
-            kept.clear()
-            kept[lam] = sol
-        row = {
-            "lambda_ot": lam,
-            "discrepancy": disc,
-            "w2": w2,
-            "nc1_mufm": c,
-            "objective": sol.objective,
-            "converged": sol.converged,
-            "n_iter": sol.n_iter,
-        }
-        seen.append(row)
-        return row
-
-    rows = [evaluate(float(v)) for v in lams]
-    vals = np.array([r["discrepancy"] for r in rows])
-    j = int(np.argmin(vals))  # first minimum: the smaller lambda on ties
-    best = rows[j]
+    fits = _Fits(net, traj.labels, traj.weights, model, discrepancy)
+    rows = [fits.evaluate(float(v)) for v in lams]
+    best = rows[int(np.argmin([r["discrepancy"] for r in rows]))]  # ties: the smaller lambda
     refined: list[dict[str, Any]] = []
     refine_note = "not requested"
     if refine and best["lambda_ot"] > 0:
-        from scipy.optimize import minimize_scalar
-
-        pos = np.log10(lams[lams > 0])
-        k = int(np.searchsorted(pos, math.log10(best["lambda_ot"])))
-        step = float(np.median(np.diff(pos))) if pos.size > 1 else 1.0
-        lo = pos[k - 1] if k > 0 else pos[k] - step
-        hi = pos[k + 1] if k + 1 < pos.size else pos[k] + step
-        cache: dict[float, dict[str, Any]] = {}
-
-        def objective(t: float) -> float:
-            lam = float(10.0**t)
-            if lam not in cache:
-                cache[lam] = evaluate(lam)
-                refined.append(cache[lam])
-            return cache[lam]["discrepancy"]
-
-        res = minimize_scalar(objective, bounds=(lo, hi), method="bounded",
-                              options={"xatol": xatol})  # fmt: skip
-        cand = min(refined, key=lambda r: r["discrepancy"])
-        if cand["discrepancy"] <= best["discrepancy"]:
-            best = cand
-        refine_note = (
-            f"bounded Brent in log10(lambda_ot) over [{lo:.4g}, {hi:.4g}], "
-            f"{len(refined)} fits, success={bool(res.success)}"
-        )
+        best, refined, refine_note = _refine(fits, lams, best, xatol)
     elif refine:
         refine_note = "skipped: the best grid point is lambda_ot = 0 (the UFM end)"
-
-    if not_converged:
+    if fits.not_converged:
         warnings.warn(
-            f"calibrate_mufm: {len(not_converged)} MUFM fit(s) did not converge (lambda_ot = "
-            f"{sorted(set(not_converged))}); see the 'converged' column of the grid. Raise "
+            f"calibrate_mufm: {len(fits.not_converged)} MUFM fit(s) did not converge (lambda_ot = "
+            f"{sorted(set(fits.not_converged))}); see the 'converged' column of the grid. Raise "
             "max_iter, loosen tol, or leave out very large lambda_ot.",
             ConvergenceWarning,
             stacklevel=2,
         )
-
-    lam_best = best["lambda_ot"]
-    if lam_best in kept:
-        sol = kept[lam_best]
-    else:  # a tie kept another fit: refit (deterministic for a given seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            sol = fit_mufm(X, labels, lambda_ot=lam_best, **model)
-    match = {
-        "w2": best["w2"],
-        "w2_relative": best["w2"] / w2_io if w2_io > 0 else float("nan"),
-        "w2_network_input_output": w2_io,
-        "nc1_network": nc1_net,
-        "nc1_mufm": best["nc1_mufm"],
-        "log_nc1_gap": abs(
-            math.log(max(best["nc1_mufm"], _NC1_FLOOR)) - math.log(max(nc1_net, _NC1_FLOOR))
-        ),
-    }
+    sol = fits.solution(best["lambda_ot"])
     metrics = None if profile_metrics is None else list(profile_metrics)
-    net_prof = collapse_profile(net, metrics=metrics)
-    mufm_prof = collapse_profile(sol.trajectory, metrics=metrics)
     settings = {
-        **{k: v for k, v in model.items()},
+        **model,
         "discrepancy": discrepancy,
         "grid": lams.tolist(),
         "refine": bool(refine),
         "refine_xatol": xatol,
         "refinement": refine_note,
-        "not_converged": sorted(set(not_converged)),
+        "not_converged": sorted(set(fits.not_converged)),
     }
     return MUFMCalibration(
-        lambda_ot=float(lam_best),
+        lambda_ot=float(best["lambda_ot"]),
         discrepancy=discrepancy,
         value=float(best["discrepancy"]),
         grid=tuple(rows),
         refinement=tuple(refined),
-        match=match,
+        match=fits.match(best),
         solution=sol,
-        network_profile=net_prof,
-        mufm_profile=mufm_prof,
+        network_profile=collapse_profile(net, metrics=metrics),
+        mufm_profile=collapse_profile(sol.trajectory, metrics=metrics),
         segment=seg_index,
         layer_range=(seg.start, seg.stop - 1),
         settings=settings,

@@ -10,7 +10,11 @@ $$\|\nabla f(\theta_t)\|_2 \le \mathrm{tol}\cdot\max\big(1, \|\nabla f(\theta_0)
 and ``rel_grad_norm`` $= \|\nabla f(\theta_t)\|_2 / \max(1, \|\nabla f(\theta_0)\|_2)$ is the
 quantity compared with ``tol``. A run that stops for any other reason (``max_iter`` reached, or the
 line search no longer moving the iterate) returns ``converged=False`` and issues a
-:class:`~otcollapse.transport.ConvergenceWarning`; it is never silent.
+:class:`~otcollapse.exceptions.ConvergenceWarning`; it is never silent.
+
+:class:`SolverSolution` is the base of the solutions the solver produces: their iterations,
+convergence and gradient norm are read from their ``record``, never stored twice. The input checks
+every surrogate model shares (weights, solver settings, labels, options) are here too.
 
 References
 ----------
@@ -25,23 +29,25 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from otcollapse._results import Result
 from otcollapse._utils import ArrayLike, to_numpy
-from otcollapse._validation import check_int, check_real
+from otcollapse._validation import check_int, check_labels, check_real
 from otcollapse.exceptions import ConvergenceWarning
 
-__all__ = ["SolverRecord", "minimize_lbfgs"]
+__all__ = ["SolverRecord", "SolverSolution", "minimize_lbfgs"]
 
 #: consecutive iterations without any change of the iterate before the run is called stalled
 _STALL_ITERATIONS = 3
+_STALLED = "the line search stopped moving the iterate (precision floor)"
 
 
 @dataclasses.dataclass(frozen=True)
-class SolverRecord:
+class SolverRecord(Result):
     """What the solver did: iterations, gradient norms, convergence.
 
     Attributes
@@ -78,9 +84,56 @@ class SolverRecord:
     seconds: float
     message: str
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dictionary of the record."""
-        return dataclasses.asdict(self)
+
+class SolverSolution(Result):
+    """Base of the solutions fitted by :func:`minimize_lbfgs`: values derived, never stored twice.
+
+    ``objective`` is the sum of ``terms``; ``n_iter``, ``converged``, ``grad_norm`` and
+    ``rel_grad_norm`` are the returned run's (its :class:`SolverRecord` ``record``). ``to_dict``
+    records the first four beside the fields.
+    """
+
+    terms: dict[str, float]
+    record: SolverRecord
+    _derived: ClassVar[tuple[str, ...]] = ("objective", "grad_norm", "n_iter", "converged")
+
+    @property
+    def objective(self) -> float:
+        """The objective value at the returned point, the sum of ``terms``."""
+        return float(sum(self.terms.values()))
+
+    @property
+    def n_iter(self) -> int:
+        """Iterations of the solver run."""
+        return self.record.n_iter
+
+    @property
+    def converged(self) -> bool:
+        """Whether the solver met its gradient tolerance."""
+        return self.record.converged
+
+    @property
+    def grad_norm(self) -> float:
+        r"""$\|\nabla f\|_2$ over all optimised variables at the returned point."""
+        return self.record.grad_norm
+
+    @property
+    def rel_grad_norm(self) -> float:
+        """Gradient norm relative to ``max(1, initial gradient norm)``, compared with ``tol``."""
+        return self.record.rel_grad_norm
+
+
+def _warn_unconverged(
+    what: str, how: str, record: SolverRecord, advice: str = "", stacklevel: int = 1
+) -> None:
+    """The one :class:`ConvergenceWarning` of the surrogate models: who stopped, how, how far off,
+    and what to do (``advice``). ``stacklevel`` counts from the caller, as in ``warnings.warn``."""
+    warnings.warn(
+        f"{what}: {how} with relative gradient norm {record.rel_grad_norm:.3e} > tol = "
+        f"{record.tol:.1e}; the result says converged=False." + (f" {advice}" if advice else ""),
+        ConvergenceWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -154,6 +207,81 @@ def _newton_polish(
     return gn, gn <= target, steps
 
 
+class _Objective:
+    """``fun`` and its gradient, cached at the last point evaluated.
+
+    torch's LBFGS re-evaluates the current point at the start of every ``step()``; that call is
+    served from the cache instead of recomputing the objective. Calling the instance is the
+    closure ``LBFGS.step`` needs (it leaves the gradient in ``p.grad``).
+    """
+
+    def __init__(self, fun: Callable[[], torch.Tensor], params: list[torch.Tensor]) -> None:
+        self.fun, self.params = fun, params
+        self.x: torch.Tensor | None = None
+        self.loss: torch.Tensor | None = None
+        self.grads: list[torch.Tensor] = []
+        self.evals = 0
+
+    def __call__(self) -> torch.Tensor:
+        with torch.no_grad():
+            x = _flat([p.detach() for p in self.params])
+        if self.x is not None and torch.equal(x, self.x):
+            for p, g in zip(self.params, self.grads, strict=True):
+                p.grad = g.clone()
+            return self.loss.clone()
+        for p in self.params:
+            p.grad = None
+        with torch.enable_grad():
+            loss = self.fun()
+            loss.backward()
+        self.grads = [
+            torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in self.params
+        ]
+        for p, g in zip(self.params, self.grads, strict=True):
+            p.grad = g.clone()
+        self.x, self.loss = x, loss.detach().clone()
+        self.evals += 1
+        return loss.detach()
+
+    def grad_norm(self) -> float:
+        return float(torch.linalg.vector_norm(_flat(self.grads)))
+
+
+def _iterate(
+    opt: torch.optim.LBFGS, obj: _Objective, *, target: float, max_iter: int
+) -> tuple[int, float, bool, str]:
+    """L-BFGS steps until the gradient norm is at most ``target``: (iterations, gradient norm,
+    converged, why it stopped)."""
+    gn = obj.grad_norm()
+    if gn <= target:
+        return 0, gn, True, "gradient tolerance met at the starting point"
+    stalled = 0
+    for n_iter in range(1, max_iter + 1):
+        x_before = obj.x
+        opt.step(obj)
+        obj()  # make the cache describe the current iterate
+        gn = obj.grad_norm()
+        if not math.isfinite(float(obj.loss)) or not math.isfinite(gn):
+            return n_iter, gn, False, "the objective or its gradient became non-finite"
+        if gn <= target:
+            return n_iter, gn, True, "gradient tolerance met"
+        stalled = stalled + 1 if torch.equal(obj.x, x_before) else 0
+        if stalled >= _STALL_ITERATIONS:
+            return n_iter, gn, False, _STALLED
+    return max_iter, gn, False, "max_iter reached"
+
+
+def _check_params(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    params = list(params)
+    for i, p in enumerate(params):
+        if p.dtype != torch.float64 or not p.requires_grad or not p.is_leaf:
+            raise ValueError(
+                f"parameter {i} must be a float64 leaf tensor with requires_grad=True; "
+                f"got dtype {p.dtype}, requires_grad={p.requires_grad}, leaf={p.is_leaf}."
+            )
+    return params
+
+
 #: memory for L-BFGS's curvature pairs (two float64 copies of the parameters per pair)
 HISTORY_BYTES = 1024**3
 
@@ -171,7 +299,8 @@ def minimize_lbfgs(
     r"""Minimise a scalar objective of leaf tensors in place by L-BFGS with strong-Wolfe search.
 
     Stops when $\|\nabla f\|_2 \le \mathrm{tol}\cdot\max(1, \|\nabla f(\theta_0)\|_2)$, after
-    ``max_iter`` iterations, or when the line search stops moving the iterate.
+    ``max_iter`` iterations, or when the line search stops moving the iterate (then a few
+    Newton-CG steps, accepted while they shrink the gradient, may still meet the tolerance).
 
     Parameters
     ----------
@@ -193,7 +322,7 @@ def minimize_lbfgs(
     what : str
         Names the problem in the warning.
     warn : bool
-        Issue a :class:`~otcollapse.transport.ConvergenceWarning` when not converged (default).
+        Issue a :class:`~otcollapse.exceptions.ConvergenceWarning` when not converged (default).
 
     Returns
     -------
@@ -209,47 +338,14 @@ def minimize_lbfgs(
     """
     tol, max_iter = _check_solver(tol, max_iter)
     history_size = check_int(history_size, "history_size", minimum=1)
-    params = list(params)
-    for i, p in enumerate(params):
-        if p.dtype != torch.float64 or not p.requires_grad or not p.is_leaf:
-            raise ValueError(
-                f"parameter {i} must be a float64 leaf tensor with requires_grad=True; "
-                f"got dtype {p.dtype}, requires_grad={p.requires_grad}, leaf={p.is_leaf}."
-            )
+    params = _check_params(params)
     t0 = time.perf_counter()
-    cache: dict[str, Any] = {"x": None, "loss": None, "grads": None, "evals": 0}
-
-    def closure() -> torch.Tensor:
-        # torch's LBFGS re-evaluates the current point at the start of every step(); serve that
-        # call from the cache instead of recomputing the objective.
-        with torch.no_grad():
-            x = _flat([p.detach() for p in params])
-        if cache["x"] is not None and torch.equal(x, cache["x"]):
-            for p, g in zip(params, cache["grads"], strict=True):
-                p.grad = g.clone()
-            return cache["loss"].clone()
-        for p in params:
-            p.grad = None
-        with torch.enable_grad():
-            loss = fun()
-            loss.backward()
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g.clone()
-        cache.update(x=x, loss=loss.detach().clone(), grads=grads)
-        cache["evals"] += 1
-        return loss.detach()
-
-    def grad_norm() -> float:
-        return float(torch.linalg.vector_norm(_flat(cache["grads"])))
-
+    obj = _Objective(fun, params)
     n_params = sum(int(p.numel()) for p in params)
     history_size = int(max(3, min(history_size, HISTORY_BYTES // max(1, 16 * n_params))))
-    loss0 = closure()
-    if not math.isfinite(float(loss0)):
+    if not math.isfinite(float(obj())):
         raise ValueError(f"{what}: the objective is not finite at the starting point.")
-    g0 = grad_norm()
-    scale = max(1.0, g0)
+    scale = max(1.0, obj.grad_norm())
     opt = torch.optim.LBFGS(
         params,
         lr=1.0,
@@ -260,41 +356,18 @@ def minimize_lbfgs(
         history_size=history_size,
         line_search_fn="strong_wolfe",
     )
-    n_iter = 0
-    stalled = 0
-    gn = g0
-    message = "max_iter reached"
-    converged = gn <= tol * scale
-    if converged:
-        message = "gradient tolerance met at the starting point"
-    while not converged and n_iter < max_iter:
-        x_before = cache["x"]
-        opt.step(closure)
-        n_iter += 1
-        closure()  # make the cache describe the current iterate
-        gn = grad_norm()
-        if not math.isfinite(float(cache["loss"])) or not math.isfinite(gn):
-            message = "the objective or its gradient became non-finite"
-            break
-        if gn <= tol * scale:
-            converged = True
-            message = "gradient tolerance met"
-            break
-        stalled = stalled + 1 if torch.equal(cache["x"], x_before) else 0
-        if stalled >= _STALL_ITERATIONS:
-            message = "the line search stopped moving the iterate (precision floor)"
-            break
-    if not converged and message.startswith("the line search"):
+    n_iter, gn, converged, message = _iterate(opt, obj, target=tol * scale, max_iter=max_iter)
+    if message == _STALLED:
         gn, converged, polished = _newton_polish(fun, params, tol * scale, gn)
         if converged:
             message = f"gradient tolerance met after {polished} Newton-CG polishing steps"
-        cache["evals"] += 2 * polished
+        obj.evals += 2 * polished
     for p in params:
         p.grad = None
     record = SolverRecord(
         method="lbfgs-strong-wolfe",
         n_iter=n_iter,
-        n_evals=int(cache["evals"]),
+        n_evals=obj.evals,
         grad_norm=gn,
         rel_grad_norm=gn / scale,
         converged=bool(converged),
@@ -305,11 +378,11 @@ def minimize_lbfgs(
         message=message,
     )
     if not converged and warn:
-        warnings.warn(
-            f"{what}: L-BFGS stopped after {n_iter} iterations ({message}) with relative "
-            f"gradient norm {record.rel_grad_norm:.3e} > tol = {tol:.1e}; the result says "
-            "converged=False. Raise max_iter, loosen tol, or rescale the problem.",
-            ConvergenceWarning,
+        _warn_unconverged(
+            what,
+            f"L-BFGS stopped after {n_iter} iterations ({message})",
+            record,
+            "Raise max_iter, loosen tol, or rescale the problem.",
             stacklevel=3,
         )
     return record
@@ -320,39 +393,41 @@ def _check_lambda(name: str, value: float) -> float:
     return check_real(value, name, minimum=0.0)
 
 
+def _check_lambdas(**values: float) -> list[float]:
+    """Each weight (>= 0, finite), in the order given, checked by its keyword's name."""
+    return [_check_lambda(name, v) for name, v in values.items()]
+
+
 def _check_solver(tol: float, max_iter: int) -> tuple[float, int]:
     """The solver's tolerance (finite, > 0) and iteration cap (an int >= 0)."""
     tol = check_real(tol, "tol (the relative gradient-norm tolerance)", minimum=0.0, open_min=True)
     return tol, check_int(max_iter, "max_iter", minimum=0)
 
 
-def _check_labels(y: ArrayLike, n: int | None = None) -> tuple[np.ndarray, int]:
-    labels = to_numpy(y)
-    if labels.ndim != 1 or labels.size == 0:
-        raise ValueError(f"labels must be a non-empty 1-D array; got shape {labels.shape}.")
-    if not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise ValueError("labels must be integers 0..K-1.")
-    labels = labels.astype(np.int64)
-    if n is not None and labels.size != n:
+def _class_labels(y: ArrayLike, n: int | None = None) -> tuple[np.ndarray, int]:
+    """Labels ``0..K-1`` with every class present and K >= 2 (:func:`check_labels`), and K.
+
+    ``n`` is the number of samples the labels must match (default: as many as given).
+    """
+    if n is None:
+        shape = to_numpy(y, what="labels").shape
+        if not shape:
+            raise ValueError("labels must be an array of class indices, shape (n,); got a scalar.")
+        n = shape[0]
+    labels = check_labels(y, n, min_classes=2)
+    if labels.size == 0:
         raise ValueError(
-            f"labels have length {labels.size} but X has {n} samples; pass one label per row of X."
+            "labels are empty; an unconstrained feature model needs samples of K >= 2 classes."
         )
-    if labels.min() < 0:
-        raise ValueError(f"labels must be integers 0..K-1; got a label {labels.min()}.")
-    K = int(labels.max()) + 1
-    if K < 2:
-        raise ValueError(f"an unconstrained feature model needs K >= 2 classes; got K = {K}.")
-    missing = np.setdiff1d(np.arange(K), labels)
-    if missing.size:
-        raise ValueError(
-            f"labels must cover 0..K-1 = 0..{K - 1}; classes {missing.tolist()} have no sample. "
-            "Relabel the classes consecutively."
-        )
-    return labels, K
+    return labels, int(labels.max()) + 1
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}; got {value!r}.")
     return value
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    """A float64 NumPy copy of a tensor (None stays None)."""
+    return None if t is None else t.detach().cpu().numpy().astype(np.float64, copy=True)

@@ -26,15 +26,23 @@ At every critical point the regularisers are balanced,
 $\lambda_{H_1}\|H_1\|_F^2 = \lambda_{W_1}\|W_1\|_F^2 = \dots = \lambda_{W_L}\|W_L\|_F^2$: the ReLU is
 positively homogeneous, so scaling $W_{l+1}$ by $a$ and $W_l$ by $1/a$ leaves the fit unchanged and
 the derivative in $a$ at $a = 1$ is the difference of two of these terms.
+
+**Solving** (:func:`fit_dufm`). The objective is non-smooth (ReLU kinks) and its minima are
+degenerate (flat directions), so the default gradient tolerance is ``1e-6`` rather than the UFM's
+``1e-9``; at the tests' example the value then agrees with $\mathcal L_{DNC}$ to better than
+$10^{-6}$ relative. Each restart first runs L-BFGS on a smoothed problem (the ReLU replaced by a
+sharp softplus, two stages) so that the exact solve does not start next to a kink it would stall
+on; the returned point, its value and ``converged`` are those of the exact objective. Minima that
+sit on kinks with a non-vanishing one-sided gradient (some low-rank solutions for $K \ge 3$)
+cannot meet the gradient criterion and are returned with ``converged=False``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -42,9 +50,16 @@ from scipy.optimize import minimize_scalar
 
 from otcollapse._utils import ArrayLike, check_device, json_safe
 from otcollapse.collapse import CollapseProfile, collapse_profile
-from otcollapse.exceptions import ConvergenceWarning
 from otcollapse.measures import Trajectory
-from otcollapse.surrogates.core import SolverRecord, _check_labels, _check_lambda, minimize_lbfgs
+from otcollapse.surrogates.core import (
+    SolverRecord,
+    SolverSolution,
+    _check_lambda,
+    _class_labels,
+    _np,
+    _warn_unconverged,
+    minimize_lbfgs,
+)
 
 __all__ = ["DUFMSolution", "dnc_value", "fit_dufm"]
 
@@ -147,6 +162,12 @@ def _check_layers(n_layers: int) -> int:
     return int(n_layers)
 
 
+def _positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
+    return int(value)
+
+
 def _layer_lambdas(lambda_w: float | Sequence[float], L: int) -> list[float]:
     if np.ndim(lambda_w) == 0:
         return [_check_lambda("lambda_w", float(lambda_w))] * L
@@ -161,7 +182,7 @@ def _layer_lambdas(lambda_w: float | Sequence[float], L: int) -> list[float]:
 
 # --------------------------------------------------------------------------- result
 @dataclasses.dataclass(frozen=True, eq=False)
-class DUFMSolution:
+class DUFMSolution(SolverSolution):
     r"""A fitted deep unconstrained features model (the best of several restarts).
 
     Attributes
@@ -204,7 +225,7 @@ class DUFMSolution:
     best_restart : int
         Index of the returned restart (lowest objective).
     grad_norm, n_iter, converged
-        Of the returned restart.
+        Of the returned restart (from ``record``).
     record : SolverRecord
         Of the returned restart.
     records : tuple of SolverRecord
@@ -218,7 +239,6 @@ class DUFMSolution:
     weights: tuple[np.ndarray, ...]
     output: np.ndarray
     labels: np.ndarray
-    objective: float
     terms: dict[str, float]
     balance: np.ndarray
     dnc_value: float | None
@@ -230,13 +250,13 @@ class DUFMSolution:
     restart_converged: tuple[bool, ...]
     restart_seeds: tuple[int, ...]
     best_restart: int
-    grad_norm: float
-    n_iter: int
-    converged: bool
     record: SolverRecord
     records: tuple[SolverRecord, ...]
     params: dict[str, Any]
     trajectory: Trajectory
+
+    _derived = (*SolverSolution._derived, "dnc_gap")
+    _unrecorded = ("layers", "weights", "output", "labels", "profile", "trajectory")
 
     @property
     def H1(self) -> np.ndarray:
@@ -254,30 +274,9 @@ class DUFMSolution:
         return None if self.dnc_value is None else self.objective - self.dnc_value
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe summary: values, the DNC comparison, restarts, per-layer metrics."""
-        return json_safe(
-            {
-                "objective": self.objective,
-                "terms": self.terms,
-                "balance": self.balance,
-                "dnc_value": self.dnc_value,
-                "dnc_p": self.dnc_p,
-                "dnc_gap": self.dnc_gap,
-                "vs_dnc": self.vs_dnc,
-                "orthogonality": self.orthogonality,
-                "profile": self.profile.table(),
-                "restart_values": self.restart_values,
-                "restart_converged": self.restart_converged,
-                "restart_seeds": self.restart_seeds,
-                "best_restart": self.best_restart,
-                "grad_norm": self.grad_norm,
-                "n_iter": self.n_iter,
-                "converged": self.converged,
-                "record": self.record.to_dict(),
-                "records": [r.to_dict() for r in self.records],
-                "params": self.params,
-            }
-        )
+        """JSON-safe summary: values, the DNC comparison, restarts, per-layer metrics (``profile``,
+        its table); the features and weights are left out."""
+        return {**super().to_dict(), "profile": json_safe(self.profile.table())}
 
 
 # --------------------------------------------------------------------------- fitting
@@ -431,6 +430,104 @@ def _solve(
     return combined, value
 
 
+class _Run(NamedTuple):
+    """One restart: its seed, the objective it reached, its record and its point."""
+
+    seed: int
+    value: float
+    record: SolverRecord
+    params: list[torch.Tensor]
+
+
+def _restart(Y: torch.Tensor, settings: dict[str, Any], r: int) -> _Run:
+    """Restart ``r``: a seeded random start (see ``fit_dufm``), solved by :func:`_solve`."""
+    K, N = Y.shape
+    d, L, scale = settings["width"], settings["n_layers"], settings["init_scale"]
+    lw, lh = settings["lambda_w"], settings["lambda_h"]
+    seed = int(np.random.SeedSequence([settings["seed"], r]).generate_state(1)[0])
+    gen = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    dims = [d] * L + [K]  # output dimension of W_1..W_L is dims[1..L]
+    H1 = torch.randn(d, N, generator=gen, dtype=f64) * (scale / math.sqrt(d))
+    Ws = [
+        torch.randn(dims[l + 1], d, generator=gen, dtype=f64) * (scale * math.sqrt(2 / d))
+        for l in range(L)
+    ]
+    params = [p.to(Y.device).requires_grad_() for p in [H1, *Ws]]
+
+    def fun(betas: Sequence[float] | None = None) -> torch.Tensor:
+        return sum(_terms(params[0], params[1:], Y, lw, lh, betas).values())
+
+    tol, max_iter = settings["tol"], settings["max_iter"]
+    record, value = _solve(fun, params, tol=tol, max_iter=max_iter, what=f"restart {r}")
+    return _Run(seed, value, record, [p.detach() for p in params])
+
+
+def _vs_dnc(
+    objective: float, labels: np.ndarray, settings: dict[str, Any]
+) -> tuple[float | None, float | None, str | None]:
+    """The DNC value and scale for balanced classes, and where ``objective`` lies against it."""
+    counts = np.bincount(labels, minlength=settings["n_classes"])
+    if not np.all(counts == counts[0]):
+        return None, None, None
+    dv, dp = dnc_value(
+        settings["n_classes"],
+        int(counts[0]),
+        n_layers=settings["n_layers"],
+        lambda_w=settings["lambda_w"],
+        lambda_h=settings["lambda_h"],
+    )
+    if abs(objective - dv) <= settings["dnc_rtol"] * abs(dv):
+        return dv, dp, "at"
+    return dv, dp, "below" if objective < dv else "above"
+
+
+def _solution(
+    labels: np.ndarray, Y: torch.Tensor, runs: list[_Run], best: int, settings: dict[str, Any]
+) -> DUFMSolution:
+    """The result at the best restart: its layers, the DNC comparison and the profile."""
+    H1, Ws = runs[best].params[0], runs[best].params[1:]
+    lw, lh, K = settings["lambda_w"], settings["lambda_h"], settings["n_classes"]
+    with torch.no_grad():
+        terms = {k: float(v) for k, v in _terms(H1, Ws, Y, lw, lh).items()}
+        feats = _forward(H1, Ws)
+    layers = tuple(_np(f.T) for f in feats[:-1])
+    weights = tuple(_np(W) for W in Ws)
+    balance = np.array(
+        [lh * float(H1.pow(2).sum())]
+        + [w * float(W.pow(2).sum()) for w, W in zip(lw, Ws, strict=True)]
+    )
+    dv, dp, vs = _vs_dnc(float(sum(terms.values())), labels, settings)
+    names = ["H1"] + [f"relu{l}" for l in range(2, settings["n_layers"] + 1)]
+    traj = Trajectory.from_arrays(
+        list(layers), labels=labels, names=names, classifier=(weights[-1], None), metadata=settings
+    )
+    metrics = _PROFILE_METRICS
+    if np.bincount(labels).min() < 2:  # within-class scatter needs two samples per class
+        metrics = tuple(m for m in metrics if m not in ("nc1", "nc1_tilde", "cdnv", "tr_sigma_w"))
+    return DUFMSolution(
+        layers=layers,
+        weights=weights,
+        output=_np(feats[-1].T),
+        labels=labels,
+        terms=terms,
+        balance=balance,
+        dnc_value=dv,
+        dnc_p=dp,
+        vs_dnc=vs,
+        orthogonality=np.array([_orthogonality(x, labels, K) for x in layers]),
+        profile=collapse_profile(traj, metrics=metrics),
+        restart_values=tuple(run.value for run in runs),
+        restart_converged=tuple(bool(run.record.converged) for run in runs),
+        restart_seeds=tuple(run.seed for run in runs),
+        best_restart=int(best),
+        record=runs[best].record,
+        records=tuple(run.record for run in runs),
+        params=settings,
+        trajectory=traj,
+    )
+
+
 def fit_dufm(
     y: ArrayLike,
     *,
@@ -455,25 +552,14 @@ def fit_dufm(
     strong-Wolfe line search (:func:`~otcollapse.surrogates.core.minimize_lbfgs`) from
     ``restarts`` seeded random starts; the lowest objective is returned and every restart's value
     is reported (some starts stall in worse local minima or at dead ReLUs). The result compares
-    the value with the deep-neural-collapse value
-
-    $$\mathcal L_{DNC} = \min_{p\in[0,1]} \tfrac12(p-1)^2 + (L+1)\Big(\prod_{i=0}^L c_i\Big)^{\frac1{L+1}}
-      (Np^2)^{\frac1{L+1}},\quad c_0 = \frac{\lambda_{H_1}}2,\ c_l = \frac{K\lambda_{W_l}}2$$
-
-    (:func:`dnc_value`): for $K = 2$ the optimum *is* DNC (Súkeník et al. 2023); for
+    the value with the deep-neural-collapse value $\mathcal L_{DNC}$ (:func:`dnc_value`): for $K = 2$ the optimum *is* DNC (Súkeník et al. 2023); for
     $K \ge 3$ low-rank solutions can be better (Súkeník et al. 2024) and ``vs_dnc`` says which
     won. DNC: within-class variability vanishes at every layer, and the post-ReLU class means of
     layers $2..L$ form an orthogonal frame; $H_1$'s class means have no fixed geometry (the
     objective is flat along a family of first-layer angles).
 
-    The objective is non-smooth (ReLU kinks) and its minima are degenerate (flat directions), so
-    the default gradient tolerance is ``1e-6`` rather than the UFM's ``1e-9``; at the tests'
-    example the value then agrees with $\mathcal L_{DNC}$ to better than $10^{-6}$ relative.
-    Each restart first runs L-BFGS on a smoothed problem (the ReLU replaced by a sharp softplus,
-    two stages) so that the exact solve does not start next to a kink it would stall on; the
-    returned point, its value and ``converged`` are those of the exact objective. Minima that sit
-    on kinks with a non-vanishing one-sided gradient (some low-rank solutions for $K \ge 3$) cannot
-    meet the gradient criterion and are returned with ``converged=False``.
+    The non-smooth objective is solved as the module docstring says (a softplus-smoothed warm
+    start, then the exact objective); ``converged`` is the exact objective's.
 
     Parameters
     ----------
@@ -531,136 +617,47 @@ def fit_dufm(
     Unconstrained Features Model", NeurIPS 2023. Súkeník, Lampert & Mondelli, "Neural Collapse
     versus Low-rank Bias: Is Deep Neural Collapse Really Optimal?", NeurIPS 2024.
     """
-    labels, K = _check_labels(y)
+    labels, K = _class_labels(y)
     L = _check_layers(n_layers)
-    if isinstance(width, bool) or int(width) != width or int(width) < 1:
-        raise ValueError(f"width must be an integer >= 1; got {width!r}.")
-    d = int(width)
+    d = _positive_int(width, "width")
     lw = _layer_lambdas(lambda_w, L)
     lh = _check_lambda("lambda_h", lambda_h)
-    if isinstance(restarts, bool) or int(restarts) != restarts or int(restarts) < 1:
-        raise ValueError(f"restarts must be an integer >= 1; got {restarts!r}.")
+    restarts = _positive_int(restarts, "restarts")
     if not (init_scale > 0) or not math.isfinite(init_scale):
         raise ValueError(f"init_scale must be a positive finite number; got {init_scale!r}.")
     if not (tol > 0):
         raise ValueError(f"tol must be positive; got {tol!r}.")
     if not (dnc_rtol >= 0):
         raise ValueError(f"dnc_rtol must be >= 0; got {dnc_rtol!r}.")
-    N = labels.size
-    dev = torch.device("cpu") if device is None else check_device(device)
-    f64 = torch.float64
-    Y = torch.nn.functional.one_hot(torch.as_tensor(labels, device=dev), K).T.to(f64)
-    dims = [d] * L + [K]  # output dimension of W_1..W_L is dims[1..L]
-
-    results = []
-    seeds = []
-    for r in range(int(restarts)):
-        s = int(np.random.SeedSequence([int(seed), r]).generate_state(1)[0])
-        seeds.append(s)
-        gen = torch.Generator().manual_seed(s)
-        H1 = torch.randn(d, N, generator=gen, dtype=f64) * (init_scale / math.sqrt(d))
-        Ws = [
-            torch.randn(dims[l + 1], d, generator=gen, dtype=f64) * (init_scale * math.sqrt(2 / d))
-            for l in range(L)
-        ]
-        params = [p.to(dev).requires_grad_() for p in [H1, *Ws]]
-
-        def fun(
-            betas: Sequence[float] | None = None, params: list[torch.Tensor] = params
-        ) -> torch.Tensor:
-            return sum(_terms(params[0], params[1:], Y, lw, lh, betas).values())
-
-        record, value = _solve(fun, params, tol=tol, max_iter=max_iter, what=f"restart {r}")
-        results.append((value, record, [p.detach() for p in params]))
-
-    values = tuple(v for v, _, _ in results)
-    finite = [i for i, v in enumerate(values) if math.isfinite(v)]
-    if not finite:
-        raise ValueError("fit_dufm: every restart ended at a non-finite objective; lower λ.")
-    best = min(finite, key=lambda i: values[i])
-    _, record, best_params = results[best]
-    if not record.converged:
-        warnings.warn(
-            f"fit_dufm: the best restart ({best}) stopped unconverged ({record.message}) with "
-            f"relative gradient norm {record.rel_grad_norm:.3e} > tol = {tol:.1e}; the result "
-            "says converged=False. Raise max_iter or restarts, or loosen tol.",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    H1, Ws = best_params[0], best_params[1:]
-    with torch.no_grad():
-        terms = {k: float(v) for k, v in _terms(H1, Ws, Y, lw, lh).items()}
-        feats = _forward(H1, Ws)
-    layers = tuple(f.T.cpu().numpy().astype(np.float64, copy=True) for f in feats[:-1])
-    weights = tuple(W.cpu().numpy().astype(np.float64, copy=True) for W in Ws)
-    output = feats[-1].T.cpu().numpy().astype(np.float64, copy=True)
-    balance = np.array(
-        [lh * float(H1.pow(2).sum())]
-        + [w * float(W.pow(2).sum()) for w, W in zip(lw, Ws, strict=True)]
-    )
-    objective = float(sum(terms.values()))
-
-    counts = np.bincount(labels, minlength=K)
-    if np.all(counts == counts[0]):
-        dv, dp = dnc_value(K, int(counts[0]), n_layers=L, lambda_w=lw, lambda_h=lh)
-        if abs(objective - dv) <= dnc_rtol * abs(dv):
-            vs = "at"
-        else:
-            vs = "below" if objective < dv else "above"
-    else:
-        dv = dp = None
-        vs = None
-
     settings = {
         "model": "dufm",
         "n_layers": L,
         "width": d,
         "n_classes": K,
-        "n_samples": N,
+        "n_samples": int(labels.size),
         "lambda_w": lw,
         "lambda_h": lh,
-        "restarts": int(restarts),
+        "restarts": restarts,
         "seed": int(seed),
         "init_scale": float(init_scale),
         "tol": float(tol),
         "max_iter": int(max_iter),
         "dnc_rtol": float(dnc_rtol),
     }
-    names = ["H1"] + [f"relu{l}" for l in range(2, L + 1)]
-    traj = Trajectory.from_arrays(
-        list(layers),
-        labels=labels,
-        names=names,
-        classifier=(weights[-1], None),
-        metadata=settings,
-    )
-    metrics = _PROFILE_METRICS
-    if counts.min() < 2:  # within-class scatter needs two samples per class
-        metrics = tuple(m for m in metrics if m not in ("nc1", "nc1_tilde", "cdnv", "tr_sigma_w"))
-    profile = collapse_profile(traj, metrics=metrics)
-    ortho = np.array([_orthogonality(x, labels, K) for x in layers])
-    return DUFMSolution(
-        layers=layers,
-        weights=weights,
-        output=output,
-        labels=labels,
-        objective=objective,
-        terms=terms,
-        balance=balance,
-        dnc_value=dv,
-        dnc_p=dp,
-        vs_dnc=vs,
-        orthogonality=ortho,
-        profile=profile,
-        restart_values=values,
-        restart_converged=tuple(bool(rr.converged) for _, rr, _ in results),
-        restart_seeds=tuple(seeds),
-        best_restart=int(best),
-        grad_norm=record.grad_norm,
-        n_iter=record.n_iter,
-        converged=record.converged,
-        record=record,
-        records=tuple(rr for _, rr, _ in results),
-        params=settings,
-        trajectory=traj,
-    )
+    dev = torch.device("cpu") if device is None else check_device(device)
+    Y = torch.nn.functional.one_hot(torch.as_tensor(labels, device=dev), K).T.to(torch.float64)
+    runs = [_restart(Y, settings, r) for r in range(restarts)]
+    values = [run.value for run in runs]
+    finite = [i for i, v in enumerate(values) if math.isfinite(v)]
+    if not finite:
+        raise ValueError("fit_dufm: every restart ended at a non-finite objective; lower λ.")
+    best = min(finite, key=lambda i: values[i])
+    if not runs[best].record.converged:
+        _warn_unconverged(
+            "fit_dufm",
+            f"the best restart ({best}) stopped unconverged ({runs[best].record.message})",
+            runs[best].record,
+            "Raise max_iter or restarts, or loosen tol.",
+            stacklevel=2,
+        )
+    return _solution(labels, Y, runs, best, settings)

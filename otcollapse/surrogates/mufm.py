@@ -1,14 +1,8 @@
-r"""The unconstrained feature model (UFM) and its multilayer, transport-regularised form (MUFM).
-
-UFM (Mixon, Parshall & Pi 2020; normalisation of Zhu et al. 2021): free features
-$H \in \mathbb R^{N\times d}$ (row $h_i$ for sample $i$), a linear classifier
-$W \in \mathbb R^{K\times d}$ and bias $b \in \mathbb R^K$,
-
-$$\min_{H, W, b}\; \frac1N\sum_{i=1}^N \ell(W h_i + b, y_i)
-  + \frac{\lambda_W}2\|W\|_F^2 + \frac{\lambda_b}2\|b\|^2 + \frac{\lambda_H}2\|H\|_F^2 .$$
+r"""The multilayer, transport-regularised unconstrained feature model (MUFM).
 
 MUFM (this toolkit's formalisation of Wang, Gai & Zhang, "Progressive Feedforward Collapse of
-ResNet Training"): layers $H_0 = X, H_1, \dots, H_L$ joined by a transport regulariser,
+ResNet Training"): layers $H_0 = X, H_1, \dots, H_L$ joined by a transport regulariser, with the
+UFM's terms (:mod:`otcollapse.surrogates.ufm`) at the last layer,
 
 $$\min_{H_1..H_L, W, b}\; \frac1N\sum_i \ell(W h_{L,i} + b, y_i)
   + \frac{\lambda_W}2\|W\|_F^2 + \frac{\lambda_b}2\|b\|^2 + \frac{\lambda_H}2\|H_L\|_F^2
@@ -22,141 +16,58 @@ data"; the normalisation above and the two couplings are this toolkit's formalis
 description, not a formula copied from the paper.
 
 $\ell$ is the cross-entropy (``loss="ce"``) or the squared error to the one-hot target,
-$\ell(z, y) = \tfrac12\|z - e_y\|^2$ (``loss="mse"``).
+$\ell(z, y) = \tfrac12\|z - e_y\|^2$ (``loss="mse"``). $\lambda_{OT} = 0$ is the UFM
+(:func:`~otcollapse.surrogates.ufm.fit_ufm` fits it without the input layer).
+
+**The Wasserstein coupling is a nonconvex, partly combinatorial problem.** Its objective is
+$f(\theta) = \min_\sigma f_\sigma(\theta)$, the minimum over assignments of smooth objectives,
+nonsmooth where the optimal assignment changes; minimising it over $H_L$ amounts to choosing
+which points of $X$ carry which label. Both solvers run L-BFGS on $f$ with envelope gradients
+(the optimal assignments re-solved at every evaluation), then alternate: the smooth problem
+with the assignments held fixed, the assignments re-solved, until they stop changing.
+``converged=True`` certifies a *local* minimiser (assignments optimal and stable, gradient
+below ``tol``), not the global one: for large $\lambda_{OT}$ every rearrangement of $X$ is a
+local minimiser, and a cold start stays at the given labelling (warm-start a sequence of
+increasing $\lambda_{OT}$ with ``init`` to follow the rearranged branch). The full problem has
+more local minimisers than the reduced one: with many small steps a consecutive assignment
+rarely changes, and the full solver can stop at a path the reduced solver leaves
+(``path_excess`` and a comparison with ``solver="reduced"`` show it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from otcollapse._utils import (
-    ArrayLike,
-    check_device,
-    check_finite,
-    check_not_complex,
-    is_tensor,
-    json_safe,
-    to_numpy,
-)
+from otcollapse._utils import ArrayLike, check_finite, check_not_complex, is_tensor, to_numpy
 from otcollapse._validation import check_int
-from otcollapse.exceptions import ConvergenceWarning
-from otcollapse.measures import Trajectory
 from otcollapse.surrogates.core import (
     SolverRecord,
     _check_choice,
-    _check_labels,
-    _check_lambda,
+    _check_lambdas,
     _check_solver,
+    _class_labels,
+    _np,
+    _warn_unconverged,
     minimize_lbfgs,
 )
+from otcollapse.surrogates.ufm import _LOSSES, FeatureSolution, _fitted_fields, _floats, _terms
 from otcollapse.transport import wasserstein
 
-__all__ = ["MUFMSolution", "UFMSolution", "fit_mufm", "fit_ufm"]
+__all__ = ["MUFMSolution", "fit_mufm"]
 
-_LOSSES = ("ce", "mse")
 _SOLVERS = ("reduced", "full")
 _COUPLINGS = ("paired", "wasserstein")
 _EMBEDS = ("pad", "random", "pca")
 
 
-# --------------------------------------------------------------------------- objective
-def _data_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    if loss == "ce":
-        return torch.nn.functional.cross_entropy(logits, y, reduction="mean")
-    target = torch.nn.functional.one_hot(y, logits.shape[1]).to(logits.dtype)
-    return 0.5 * (logits - target).pow(2).sum() / logits.shape[0]
-
-
-def _terms(
-    HL: torch.Tensor,
-    W: torch.Tensor,
-    b: torch.Tensor | None,
-    y: torch.Tensor,
-    *,
-    loss: str,
-    lambda_w: float,
-    lambda_h: float,
-    lambda_b: float,
-) -> dict[str, torch.Tensor]:
-    logits = HL @ W.T
-    if b is not None:
-        logits = logits + b
-    zero = HL.new_zeros(())
-    return {
-        "loss": _data_loss(logits, y, loss),
-        "reg_w": 0.5 * lambda_w * W.pow(2).sum(),
-        "reg_b": zero if b is None else 0.5 * lambda_b * b.pow(2).sum(),
-        "reg_h": 0.5 * lambda_h * HL.pow(2).sum(),
-    }
-
-
-def _floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {k: float(v.detach()) for k, v in terms.items()}
-
-
-# --------------------------------------------------------------------------- results
+# --------------------------------------------------------------------------- result
 @dataclasses.dataclass(frozen=True, eq=False)
-class UFMSolution:
-    r"""A fitted single-layer unconstrained feature model.
-
-    Attributes
-    ----------
-    H : ndarray, shape (N, d)
-        Features, one row per sample.
-    W : ndarray, shape (K, d)
-        Classifier; row ``k`` belongs to class ``k``.
-    b : ndarray, shape (K,), or None
-        Bias (None when ``bias=False``).
-    labels : ndarray of int, shape (N,)
-    objective : float
-        The objective value at the returned point.
-    terms : dict str -> float
-        ``loss`` $\frac1N\sum_i\ell$, ``reg_w``, ``reg_b``, ``reg_h`` (each with its
-        $\lambda/2$ factor); they sum to ``objective``.
-    grad_norm : float
-        $\|\nabla f\|_2$ over all optimised variables at the returned point.
-    n_iter : int
-    converged : bool
-    record : SolverRecord
-        The solver's full record.
-    params : dict
-        The model and solver settings.
-    trajectory : Trajectory
-        One layer (``H``) with labels and the classifier ``(W, b)``.
-    """
-
-    H: np.ndarray
-    W: np.ndarray
-    b: np.ndarray | None
-    labels: np.ndarray
-    objective: float
-    terms: dict[str, float]
-    grad_norm: float
-    n_iter: int
-    converged: bool
-    record: SolverRecord
-    params: dict[str, Any]
-    trajectory: Trajectory
-
-    @property
-    def rel_grad_norm(self) -> float:
-        """Gradient norm relative to ``max(1, initial gradient norm)``, compared with ``tol``."""
-        return self.record.rel_grad_norm
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe summary: scalars, settings, ``W`` and ``b``; the features are left out."""
-        return json_safe(_fit_summary(self))
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class MUFMSolution:
+class MUFMSolution(FeatureSolution):
     r"""A fitted multilayer unconstrained feature model.
 
     Attributes
@@ -173,14 +84,17 @@ class MUFMSolution:
     b : ndarray, shape (K,), or None
     labels : ndarray of int, shape (N,)
     objective : float
+        The sum of ``terms``.
     terms : dict str -> float
         ``loss``, ``reg_w``, ``reg_b``, ``reg_h`` (on $H_L$) and ``transport``
         $\frac{\lambda_{OT}}2 L\sum_l c(H_{l-1}, H_l)$; they sum to ``objective``.
     grad_norm : float
         $\|\nabla f\|_2$ over the optimised variables ($H_L, W, b$ for ``solver="reduced"``,
-        $H_1..H_L, W, b$ for ``solver="full"``).
+        $H_1..H_L, W, b$ for ``solver="full"``); from ``record``.
     n_iter : int
+        From ``record``.
     converged : bool
+        From ``record``.
     record : SolverRecord
     params : dict
     embedding : ndarray, shape (d_X, d), or None
@@ -207,24 +121,15 @@ class MUFMSolution:
         optimal assignments and the smooth solve (see ``fit_mufm``).
     """
 
-    layers: tuple[np.ndarray, ...]
-    H: np.ndarray
-    W: np.ndarray
     b: np.ndarray | None
-    labels: np.ndarray
-    objective: float
-    terms: dict[str, float]
-    grad_norm: float
-    n_iter: int
-    converged: bool
-    record: SolverRecord
-    params: dict[str, Any]
+    layers: tuple[np.ndarray, ...]
     embedding: np.ndarray | None
     assignment: np.ndarray | None
     mismatch_fraction: float | None
-    trajectory: Trajectory
     path_excess: float | None = None
     assignment_rounds: int | None = None
+
+    _unrecorded = (*FeatureSolution._unrecorded, "layers", "embedding", "assignment")
 
     @property
     def X(self) -> np.ndarray:
@@ -236,174 +141,7 @@ class MUFMSolution:
         """``L``, the number of transport steps."""
         return len(self.layers) - 1
 
-    @property
-    def rel_grad_norm(self) -> float:
-        """Gradient norm relative to ``max(1, initial gradient norm)``, compared with ``tol``."""
-        return self.record.rel_grad_norm
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe summary: scalars, settings, ``W`` and ``b``; the layers are left out."""
-        return json_safe(
-            {
-                **_fit_summary(self),
-                "mismatch_fraction": self.mismatch_fraction,
-                "path_excess": self.path_excess,
-                "assignment_rounds": self.assignment_rounds,
-            }
-        )
-
-
-def _fit_summary(sol: Any) -> dict[str, Any]:
-    """The record both fitted models share: objective, its terms, solver state, ``W`` and ``b``."""
-    return {
-        "objective": sol.objective,
-        "terms": sol.terms,
-        "grad_norm": sol.grad_norm,
-        "n_iter": sol.n_iter,
-        "converged": sol.converged,
-        "record": sol.record.to_dict(),
-        "params": sol.params,
-        "W": sol.W,
-        "b": sol.b,
-    }
-
-
-def _np(t: torch.Tensor | None) -> np.ndarray | None:
-    return None if t is None else t.detach().cpu().numpy().astype(np.float64, copy=True)
-
-
-# --------------------------------------------------------------------------- UFM
-def fit_ufm(
-    y: ArrayLike,
-    *,
-    dim: int,
-    lambda_w: float,
-    lambda_h: float,
-    lambda_b: float = 0.0,
-    loss: str = "ce",
-    bias: bool = True,
-    seed: int = 0,
-    tol: float = 1e-9,
-    max_iter: int = 5000,
-    device: Any = None,
-) -> UFMSolution:
-    r"""Fit the unconstrained feature model (one free feature layer, no input).
-
-    $$\min_{H, W, b}\; \frac1N\sum_{i=1}^N \ell(W h_i + b, y_i)
-      + \frac{\lambda_W}2\|W\|_F^2 + \frac{\lambda_b}2\|b\|^2 + \frac{\lambda_H}2\|H\|_F^2,$$
-
-    with $\ell$ the cross-entropy or $\tfrac12\|z - e_y\|^2$, solved in float64 by L-BFGS with a
-    strong-Wolfe line search from a seeded random start.
-
-    Known optima (balanced classes, $n$ per class, $d \ge K$), used as the solver's tests:
-    cross-entropy with bias (Zhu et al. 2021) and MSE with an unregularised bias give class means
-    on a simplex ETF, zero within-class variability and $W$ aligned with the class means; MSE
-    without bias gives an orthogonal frame. With $q = \sqrt{n\lambda_W\lambda_H}$ the cross-entropy
-    optimum ($\lambda_b > 0$, so $b^* = 0$) has margin $x = \ln\frac{1-(K-1)q}{q}$ and
-    $\|h_k\|^2 = \frac{K-1}K x\sqrt{\lambda_W/(n\lambda_H)}$ when $q < 1/K$ (else $H = 0$); the
-    bias-free MSE optimum has $W h_i = (1 - Kq)\, e_{y_i}$.
-
-    Parameters
-    ----------
-    y : array-like of int, shape (N,)
-        Labels ``0..K-1``, every class present.
-    dim : int
-        Feature dimension ``d``.
-    lambda_w, lambda_h, lambda_b : float
-        Weight decays of ``W``, ``H`` and ``b`` (all >= 0).
-    loss : {"ce", "mse"}
-    bias : bool
-        Fit a bias ``b`` (default True).
-    seed : int
-        Seeds the random start.
-    tol : float
-        Relative gradient-norm tolerance (see :func:`~otcollapse.surrogates.core.minimize_lbfgs`).
-    max_iter : int
-        L-BFGS iteration cap; reaching it gives ``converged=False`` and a ``ConvergenceWarning``.
-    device : str or torch device, optional
-        Where to run (default CPU); one that does not exist here (``"gpu"``, ``"cuda"`` without
-        a CUDA GPU, a GPU index beyond the count) is a ValueError listing the available ones.
-
-    Returns
-    -------
-    UFMSolution
-
-    Raises
-    ------
-    ValueError
-        Negative or non-finite λ, K < 2, labels not covering ``0..K-1``, ``dim < 1``, unknown
-        ``loss``, ``tol <= 0``, ``max_iter < 0``, a device that does not exist here.
-    TypeError
-        Non-numeric λ or ``tol``; non-integer ``dim``, ``seed`` or ``max_iter``.
-
-    References
-    ----------
-    Mixon, Parshall & Pi, "Neural collapse with unconstrained features", 2020.
-    Zhu et al., "A Geometric Analysis of Neural Collapse with Unconstrained Features", NeurIPS 2021.
-    Zhou et al., "On the Optimization Landscape of Neural Collapse under MSE Loss", ICML 2022.
-    Tirer & Bruna, "Extended Unconstrained Features Model for Exploring Deep Neural Collapse",
-    ICML 2022.
-    """
-    lambda_w = _check_lambda("lambda_w", lambda_w)
-    lambda_h = _check_lambda("lambda_h", lambda_h)
-    lambda_b = _check_lambda("lambda_b", lambda_b)
-    _check_choice("loss", loss, _LOSSES)
-    labels, K = _check_labels(y)
-    d = check_int(dim, "dim (the feature dimension)", minimum=1)
-    seed = check_int(seed, "seed")
-    tol, max_iter = _check_solver(tol, max_iter)
-    N = labels.size
-    dev = torch.device("cpu") if device is None else check_device(device)
-    gen = torch.Generator().manual_seed(int(seed))
-    opts = dict(dtype=torch.float64)
-    H = (torch.randn(N, d, generator=gen, **opts) / np.sqrt(d)).to(dev).requires_grad_()
-    W = (torch.randn(K, d, generator=gen, **opts) / np.sqrt(d)).to(dev).requires_grad_()
-    b = torch.zeros(K, device=dev, **opts).requires_grad_() if bias else None
-    yt = torch.as_tensor(labels, device=dev)
-    kw = dict(loss=loss, lambda_w=lambda_w, lambda_h=lambda_h, lambda_b=lambda_b)
-
-    def fun() -> torch.Tensor:
-        return sum(_terms(H, W, b, yt, **kw).values())
-
-    params = [H, W] + ([b] if b is not None else [])
-    record = minimize_lbfgs(fun, params, tol=tol, max_iter=max_iter, what="fit_ufm")
-    with torch.no_grad():
-        terms = _floats(_terms(H, W, b, yt, **kw))
-    settings = {
-        "model": "ufm",
-        "dim": d,
-        "n_classes": K,
-        "n_samples": N,
-        "lambda_w": lambda_w,
-        "lambda_h": lambda_h,
-        "lambda_b": lambda_b,
-        "loss": loss,
-        "bias": bool(bias),
-        "seed": int(seed),
-        "tol": float(tol),
-        "max_iter": int(max_iter),
-    }
-    Hn, Wn, bn = _np(H), _np(W), _np(b)
-    traj = Trajectory.from_arrays(
-        [Hn], labels=labels, names=["H"], classifier=(Wn, bn), metadata=settings
-    )
-    return UFMSolution(
-        H=Hn,
-        W=Wn,
-        b=bn,
-        labels=labels,
-        objective=float(sum(terms.values())),
-        terms=terms,
-        grad_norm=record.grad_norm,
-        n_iter=record.n_iter,
-        converged=record.converged,
-        record=record,
-        params=settings,
-        trajectory=traj,
-    )
-
-
-# --------------------------------------------------------------------------- MUFM
 def _embed(
     X: torch.Tensor, dim: int | None, embed: str, seed: int
 ) -> tuple[torch.Tensor, np.ndarray | None]:
@@ -441,15 +179,12 @@ def _embed(
     return X @ torch.as_tensor(E, dtype=X.dtype, device=X.device), E
 
 
-#: cap on the alternations between assignments and smooth solves (full Wasserstein solver)
+#: cap on the alternations between assignments and smooth solves (Wasserstein coupling)
 MAX_ASSIGNMENT_ROUNDS = 200
 
 
 def _minimize_w2(
-    terms_at: Callable[[list[torch.Tensor]], dict[str, torch.Tensor]],
-    step_costs: Callable[[list[torch.Tensor]], torch.Tensor],
-    assignments: Callable[[], list[torch.Tensor]],
-    params: list[torch.Tensor],
+    prob: _Problem,
     *,
     tol: float,
     max_iter: int,
@@ -457,8 +192,9 @@ def _minimize_w2(
 ) -> tuple[SolverRecord, list[torch.Tensor], int]:
     r"""Minimise $f(\theta) = \min_{\sigma_1..\sigma_L} f_\sigma(\theta)$ by alternation.
 
-    $f_\sigma$ is the MUFM objective with the step assignments $\sigma_l$ held fixed (smooth);
-    $f$ is the Wasserstein-coupled objective, nonsmooth where an optimal assignment changes.
+    $f_\sigma$ (``prob.terms_at``) is the MUFM objective with the step assignments $\sigma_l$ held
+    fixed (smooth); $f$ is the Wasserstein-coupled objective, nonsmooth where an optimal
+    assignment changes.
     First (``nonsmooth_first``) L-BFGS runs on $f$ itself, the assignments re-solved at every
     evaluation and their gradient taken by the envelope theorem; this crosses kinks, where the
     alternation below stops at the first assignment that is locally optimal. Then each
@@ -476,6 +212,12 @@ def _minimize_w2(
     rounds together.
     """
     t0 = time.perf_counter()
+    terms_at, step_costs, assignments, params = (
+        prob.terms_at,
+        prob.step_costs,
+        prob.assignments,
+        prob.params,
+    )
 
     def gnorm(sig: list[torch.Tensor]) -> float:
         with torch.enable_grad():
@@ -538,19 +280,17 @@ def _minimize_w2(
         message=message,
     )
     if not converged:
-        warnings.warn(
-            f"fit_mufm (coupling='wasserstein', solver='full'): stopped after {rounds} assignment "
-            f"rounds ({message}) with relative gradient norm {record.rel_grad_norm:.3e} "
-            f"(tol = {tol:.1e}); the result says converged=False. Raise max_iter or loosen tol.",
-            ConvergenceWarning,
+        _warn_unconverged(
+            "fit_mufm (coupling='wasserstein')",
+            f"stopped after {rounds} assignment rounds ({message})",
+            record,
+            "Raise max_iter or loosen tol.",
             stacklevel=3,
         )
     return record, sigmas, rounds
 
 
-def _warm_start(
-    init: MUFMSolution, *, m: int, L: int, N: int, d: int, K: int, solver: str
-) -> torch.Tensor:
+def _warm_start(init: MUFMSolution, *, m: int, L: int, N: int, d: int, K: int) -> torch.Tensor:
     """The free layers of a warm start from a previous solution (last layer in the labels' order)."""
     if not isinstance(init, MUFMSolution):
         raise ValueError(f"init must be an MUFMSolution from fit_mufm; got {type(init).__name__}.")
@@ -570,6 +310,161 @@ def _warm_start(
     # intermediate layers as stored (row i follows input sample i); the last one in label order
     layers = [*init.layers[1:L], init.H]
     return torch.as_tensor(np.stack(layers), dtype=torch.float64).clone()
+
+
+# --------------------------------------------------------------------------- the problem
+def _input(X: ArrayLike) -> torch.Tensor:
+    """``X`` as a float64 tensor on its device: 2-D, non-empty, real and finite."""
+    what = "X (the MUFM input H_0)"
+    check_not_complex(X, what)
+    if is_tensor(X):
+        Xt = X.detach().to(torch.float64)
+    else:
+        Xt = torch.as_tensor(to_numpy(X, dtype=np.float64, what=what))
+    if Xt.ndim != 2 or Xt.shape[0] == 0 or Xt.shape[1] == 0:
+        raise ValueError(f"X must be a non-empty 2-D array (N, d); got shape {tuple(Xt.shape)}.")
+    check_finite(Xt, what)
+    return Xt
+
+
+def _optimal_assignment(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """sigma with a_i matched to b_sigma(i), optimal for N W2^2(mu_A, mu_B); float64 costs, so the
+    permutation is exactly optimal (not only for float32-rounded costs)."""
+    res = wasserstein(A.detach(), B.detach(), method="assignment", cost_dtype="float64")
+    return torch.as_tensor(np.asarray(res.assignment), dtype=torch.long, device=A.device)
+
+
+class _Problem:
+    """The MUFM's free variables and terms.
+
+    The free layers ``Hs`` are $H_L$ alone (``m = 1``, the reduced solver; the interpolation is
+    filled in afterwards) or $H_1..H_L$ (``m = L``); every one starts at $X$ (or at ``init``), the
+    classifier at a seeded random point.
+    """
+
+    def __init__(
+        self, X0: torch.Tensor, labels: np.ndarray, settings: dict[str, Any], init: Any
+    ) -> None:
+        N, d = X0.shape
+        K, L = settings["n_classes"], settings["n_layers"]
+        self.labels, self.settings = labels, settings
+        self.lambda_ot = settings["lambda_ot"]
+        self.kw = {k: settings[k] for k in ("loss", "lambda_w", "lambda_h", "lambda_b")}
+        dev = X0.device
+        self.X0, self.L = X0, L
+        self.reduced = settings["solver"] == "reduced"
+        self.m = m = 1 if self.reduced else L
+        gen = torch.Generator().manual_seed(settings["seed"])
+        self.W = (torch.randn(K, d, generator=gen, dtype=torch.float64) / np.sqrt(d)).to(dev)
+        self.W.requires_grad_()
+        self.b = (
+            torch.zeros(K, dtype=torch.float64, device=dev).requires_grad_()
+            if settings["bias"]
+            else None
+        )
+        self.y = torch.as_tensor(labels, device=dev)
+        if init is None:
+            start = X0.expand(m, N, d).clone()
+        else:
+            start = _warm_start(init, m=m, L=L, N=N, d=d, K=K).to(dev)
+            with torch.no_grad():
+                self.W.copy_(torch.as_tensor(init.W, dtype=torch.float64, device=dev))
+                if self.b is not None and init.b is not None:
+                    self.b.copy_(torch.as_tensor(init.b, dtype=torch.float64, device=dev))
+        self.Hs = start.requires_grad_()
+        self.params = [self.Hs, self.W] + ([self.b] if self.b is not None else [])
+
+    def path(self) -> torch.Tensor:
+        return torch.cat([self.X0.unsqueeze(0), self.Hs], dim=0)
+
+    def _head(self) -> dict[str, torch.Tensor]:
+        return _terms(self.Hs[-1], self.W, self.b, self.y, **self.kw)
+
+    def paired_terms(self) -> dict[str, torch.Tensor]:
+        """The terms with the paired cost (row i to row i)."""
+        t = self._head()
+        p = self.path()
+        t["transport"] = 0.5 * self.lambda_ot * self.m * (p[1:] - p[:-1]).pow(2).sum()
+        return t
+
+    def paired_objective(self) -> torch.Tensor:
+        return sum(self.paired_terms().values())
+
+    def assignments(self) -> list[torch.Tensor]:
+        """The optimal assignment of every step of the current path."""
+        with torch.no_grad():
+            p = self.path()
+            return [_optimal_assignment(p[l], p[l + 1]) for l in range(self.m)]
+
+    def step_costs(self, sig: list[torch.Tensor]) -> torch.Tensor:
+        """c(H_{l-1}, H_l) under the assignments sigma_l: h_{l-1,i} <-> h_{l,sigma_l(i)}."""
+        p = self.path()
+        return torch.stack([(p[l + 1][s] - p[l]).pow(2).sum() for l, s in enumerate(sig)])
+
+    def terms_at(self, sig: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The terms with the Wasserstein cost under fixed step assignments ``sig``."""
+        t = self._head()
+        t["transport"] = 0.5 * self.lambda_ot * self.m * self.step_costs(sig).sum()
+        return t
+
+    def _fitted(
+        self, sigmas: list[torch.Tensor]
+    ) -> tuple[dict[str, float], tuple[np.ndarray, ...], np.ndarray, dict[str, Any]]:
+        """At the solution: the terms, the ``L + 1`` layers (row i following input sample i),
+        $H_L$, and the fields the coupling adds (``assignment``, ``mismatch_fraction``,
+        ``path_excess``). ``sigmas`` are the step assignments (empty: the paired coupling)."""
+        X0, labels, paired = self.X0, self.labels, not sigmas
+        extra: dict[str, Any] = {"assignment": None, "mismatch_fraction": None}
+        with torch.no_grad():
+            terms = _floats(self.paired_terms() if paired else self.terms_at(sigmas))
+            free = self.Hs.detach()
+            last = free[-1]
+            if paired:
+                end, inner = last, free
+            else:
+                # follow each input sample along the chain of assignments, tau_l = sigma_l o .. o
+                # sigma_1, so that row i of every layer is sample i's feature
+                tau = torch.arange(X0.shape[0], device=X0.device)
+                rows = []
+                for l, s in enumerate(sigmas):
+                    tau = s[tau]
+                    rows.append(free[l][tau])
+                inner, end = torch.stack(rows), last[tau]
+                sigma = tau.cpu().numpy()
+                extra.update(
+                    assignment=sigma, mismatch_fraction=float(np.mean(labels[sigma] != labels))
+                )
+            if self.reduced:  # the equally spaced (McCann) interpolation
+                steps = torch.arange(1, self.L + 1, dtype=torch.float64, device=X0.device) / self.L
+                inner = X0 + steps.view(self.L, 1, 1) * (end - X0)
+                extra["path_excess"] = None
+            else:
+                direct = (last - X0) if paired else last[_optimal_assignment(X0, last)] - X0
+                geodesic = 0.5 * self.lambda_ot * float(direct.pow(2).sum())
+                extra["path_excess"] = terms["transport"] - geodesic
+        return terms, (_np(X0), *(_np(h) for h in inner)), _np(last), extra
+
+    def solution(
+        self,
+        record: SolverRecord,
+        sigmas: list[torch.Tensor],
+        rounds: int | None,
+        *,
+        embedding: np.ndarray | None,
+    ) -> MUFMSolution:
+        """The fitted model at the current point (the settings gain the coupling's extras)."""
+        terms, layers, H, extra = self._fitted(sigmas)
+        labels, settings = self.labels, self.settings
+        if extra["assignment"] is not None:
+            settings["mismatch_fraction"] = extra["mismatch_fraction"]
+            settings["matched_labels"] = labels[extra["assignment"]].tolist()
+        names = [f"H{l}" for l in range(self.L + 1)]
+        fields = _fitted_fields(
+            H, list(layers), names, self.W, self.b, labels, terms, record, settings
+        )
+        return MUFMSolution(
+            **fields, layers=layers, embedding=embedding, assignment_rounds=rounds, **extra
+        )
 
 
 def fit_mufm(
@@ -609,23 +504,10 @@ def fit_mufm(
     which is blind to how the points of $X$ are rearranged). With $\lambda_{OT} = 0$ the full
     solver's intermediate layers do not enter the objective and stay at their starting point.
 
-    **The Wasserstein coupling is a nonconvex, partly combinatorial problem.** Its objective is
-    $f(\theta) = \min_\sigma f_\sigma(\theta)$, the minimum over assignments of smooth objectives,
-    nonsmooth where the optimal assignment changes; minimising it over $H_L$ amounts to choosing
-    which points of $X$ carry which label. Both solvers run L-BFGS on $f$ with envelope gradients
-    (the optimal assignments re-solved at every evaluation), then alternate: the smooth problem
-    with the assignments held fixed, the assignments re-solved, until they stop changing.
-    ``converged=True`` certifies a *local* minimiser (assignments optimal and stable, gradient
-    below ``tol``), not the global one: for large $\lambda_{OT}$ every rearrangement of $X$ is a
-    local minimiser, and a cold start stays at the given labelling (warm-start a sequence of
-    increasing $\lambda_{OT}$ with ``init`` to follow the rearranged branch). The full problem has
-    more local minimisers than the reduced one: with many small steps a consecutive assignment
-    rarely changes, and the full solver can stop at a path the reduced solver leaves
-    (``path_excess`` and a comparison with ``solver="reduced"`` show it).
-
-    This normalisation and the paired coupling are this toolkit's formalisation of the MUFM that
-    Wang, Gai & Zhang describe in words (a UFM whose layers are joined by an optimal-transport
-    regulariser); see ``docs/mufm.md``. The module docstring gives the normalisation.
+    The Wasserstein coupling is a nonconvex, partly combinatorial problem: ``converged=True``
+    certifies a *local* minimiser (see the module docstring); warm-start a sequence of increasing
+    $\lambda_{OT}$ with ``init`` to follow a branch. The normalisation and the couplings are this
+    toolkit's formalisation of the MUFM of Wang, Gai & Zhang (see ``docs/mufm.md``).
 
     Parameters
     ----------
@@ -639,18 +521,12 @@ def fit_mufm(
         Transport weight and weight decays (all >= 0).
     loss : {"ce", "mse"}
     coupling : {"paired", "wasserstein"}
-        ``"paired"``: the kinetic cost $c(A, B) = \|B - A\|_F^2$ (row $i$ to row $i$).
-        ``"wasserstein"``: $c(A, B) = N\,W_2^2(\mu_A, \mu_B)
-        = \min_\sigma \sum_i \|a_i - b_{\sigma(i)}\|^2$ (uniform measures, an optimal
-        assignment), never above the paired cost; its gradient is taken at the optimal
-        permutation held fixed (envelope theorem). ``solver="reduced"`` fills in the McCann
-        interpolation $h_{l,i} = (1 - \frac lL) x_i + \frac lL h_{L,\sigma(i)}$;
-        ``solver="full"`` optimises every layer as a free point cloud, with one optimal
-        assignment $\sigma_l$ per step $H_{l-1} \to H_l$, and returns layer $l$ reordered
-        along $\tau_l = \sigma_l \circ \dots \circ \sigma_1$. Either way row $i$ of every layer
-        follows input sample $i$ and ``assignment`` is $\sigma$ (reduced) or $\tau_L$ (full).
-        The result reports the fraction of samples matched to another class; the trajectory's
-        labels are the inputs' and ``metadata["matched_labels"]`` holds $y_{\sigma(i)}$.
+        ``"paired"``: $c(A, B) = \|B - A\|_F^2$ (row $i$ to row $i$). ``"wasserstein"``:
+        $c(A, B) = N\,W_2^2(\mu_A, \mu_B) = \min_\sigma \sum_i \|a_i - b_{\sigma(i)}\|^2$ (an
+        optimal assignment; never above the paired cost), differentiated at the optimal
+        permutation held fixed (envelope theorem). Row $i$ of every returned layer follows input
+        sample $i$ (see :class:`MUFMSolution`: ``layers``, ``assignment``, ``mismatch_fraction``;
+        the trajectory's ``metadata["matched_labels"]`` holds $y_{\sigma(i)}$).
     bias : bool
     dim : int, optional
         Feature dimension ``d``; defaults to ``d_X``. When it differs, ``X`` is embedded as
@@ -692,14 +568,16 @@ def fit_mufm(
     Zhu et al., "A Geometric Analysis of Neural Collapse with Unconstrained Features", NeurIPS 2021.
     Mixon, Parshall & Pi, "Neural collapse with unconstrained features", 2020.
     """
-    lambda_ot = _check_lambda("lambda_ot", lambda_ot)
-    lambda_w = _check_lambda("lambda_w", lambda_w)
-    lambda_h = _check_lambda("lambda_h", lambda_h)
-    lambda_b = _check_lambda("lambda_b", lambda_b)
-    _check_choice("loss", loss, _LOSSES)
-    _check_choice("coupling", coupling, _COUPLINGS)
-    _check_choice("solver", solver, _SOLVERS)
-    _check_choice("embed", embed, _EMBEDS)
+    lambda_ot, lambda_w, lambda_h, lambda_b = _check_lambdas(
+        lambda_ot=lambda_ot, lambda_w=lambda_w, lambda_h=lambda_h, lambda_b=lambda_b
+    )
+    for name, value, choices in (
+        ("loss", loss, _LOSSES),
+        ("coupling", coupling, _COUPLINGS),
+        ("solver", solver, _SOLVERS),
+        ("embed", embed, _EMBEDS),
+    ):
+        _check_choice(name, value, choices)
     L = int(n_layers)
     if L < 1 or L != n_layers:
         raise ValueError(f"n_layers must be an integer >= 1 (transport steps); got {n_layers!r}.")
@@ -707,122 +585,17 @@ def fit_mufm(
     tol, max_iter = _check_solver(tol, max_iter)
     if dim is not None:
         check_int(dim, "dim (the feature dimension)", minimum=1)
-    check_not_complex(X, "X (the MUFM input H_0)")
-    if is_tensor(X):
-        Xt = X.detach().to(torch.float64)
-    else:
-        Xt = torch.as_tensor(to_numpy(X, dtype=np.float64, what="X (the MUFM input H_0)"))
-    if Xt.ndim != 2 or Xt.shape[0] == 0 or Xt.shape[1] == 0:
-        raise ValueError(f"X must be a non-empty 2-D array (N, d); got shape {tuple(Xt.shape)}.")
-    check_finite(Xt, "X (the MUFM input H_0)")
-    labels, K = _check_labels(y, Xt.shape[0])
+    Xt = _input(X)
+    labels, K = _class_labels(y, Xt.shape[0])
     X0, E = _embed(Xt, dim, embed, seed)
-    N, d = X0.shape
-    dev = X0.device
-    gen = torch.Generator().manual_seed(int(seed))
-    W = (torch.randn(K, d, generator=gen, dtype=torch.float64) / np.sqrt(d)).to(dev)
-    W.requires_grad_()
-    b = torch.zeros(K, dtype=torch.float64, device=dev).requires_grad_() if bias else None
-    yt = torch.as_tensor(labels, device=dev)
-    kw = dict(loss=loss, lambda_w=lambda_w, lambda_h=lambda_h, lambda_b=lambda_b)
-    steps = torch.arange(1, L + 1, dtype=torch.float64, device=dev).view(L, 1, 1) / L
-
-    def optimal_assignment(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-        # sigma with a_i matched to b_sigma(i), optimal for N W2^2(mu_A, mu_B); float64 costs, so
-        # the permutation is exactly optimal (not only for float32-rounded costs)
-        res = wasserstein(A.detach(), B.detach(), method="assignment", cost_dtype="float64")
-        return torch.as_tensor(np.asarray(res.assignment), dtype=torch.long, device=dev)
-
-    # the free layers: H_L alone (reduced; the interpolation is filled in afterwards) or H_1..H_L
-    m = 1 if solver == "reduced" else L
-    if init is None:
-        start = X0.expand(m, N, d).clone()
-    else:
-        start = _warm_start(init, m=m, L=L, N=N, d=d, K=K, solver=solver).to(dev)
-        with torch.no_grad():
-            W.copy_(torch.as_tensor(init.W, dtype=torch.float64, device=dev))
-            if b is not None and init.b is not None:
-                b.copy_(torch.as_tensor(init.b, dtype=torch.float64, device=dev))
-    Hs = start.requires_grad_()
-    params = [Hs, W] + ([b] if b is not None else [])
-
-    def path() -> torch.Tensor:
-        return torch.cat([X0.unsqueeze(0), Hs], dim=0)
-
-    rounds: int | None = None
-    sigmas: list[torch.Tensor] = []
-    if coupling == "paired":
-
-        def all_terms() -> dict[str, torch.Tensor]:
-            t = _terms(Hs[-1], W, b, yt, **kw)
-            p = path()
-            t["transport"] = 0.5 * lambda_ot * m * (p[1:] - p[:-1]).pow(2).sum()
-            return t
-
-        record = minimize_lbfgs(
-            lambda: sum(all_terms().values()), params, tol=tol, max_iter=max_iter, what="fit_mufm"
-        )
-    else:
-
-        def assignments() -> list[torch.Tensor]:
-            with torch.no_grad():
-                p = path()
-                return [optimal_assignment(p[l], p[l + 1]) for l in range(m)]
-
-        def step_costs(sig: list[torch.Tensor]) -> torch.Tensor:
-            # c(H_{l-1}, H_l) under the assignments sigma_l: h_{l-1,i} <-> h_{l,sigma_l(i)}
-            p = path()
-            return torch.stack([(p[l + 1][s] - p[l]).pow(2).sum() for l, s in enumerate(sig)])
-
-        def terms_at(sig: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-            t = _terms(Hs[-1], W, b, yt, **kw)
-            t["transport"] = 0.5 * lambda_ot * m * step_costs(sig).sum()
-            return t
-
-        record, sigmas, rounds = _minimize_w2(
-            terms_at, step_costs, assignments, params, tol=tol, max_iter=max_iter
-        )
-
-        def all_terms() -> dict[str, torch.Tensor]:
-            return terms_at(sigmas)
-
-    with torch.no_grad():
-        terms = _floats(all_terms())
-        sigma_np: np.ndarray | None = None
-        mismatch: float | None = None
-        path_excess: float | None = None
-        last = Hs.detach()[-1]
-        if coupling == "paired":
-            end = last
-            inner = Hs.detach()
-        else:
-            # follow each input sample along the chain of assignments, tau_l = sigma_l o .. o
-            # sigma_1, so that row i of every layer is sample i's feature
-            tau = torch.arange(N, device=dev)
-            rows = []
-            for l, s in enumerate(sigmas):
-                tau = s[tau]
-                rows.append(Hs.detach()[l][tau])
-            inner = torch.stack(rows)
-            end = last[tau]
-            sigma_np = tau.cpu().numpy()
-            mismatch = float(np.mean(labels[sigma_np] != labels))
-        if solver == "reduced":
-            inner = X0 + steps * (end - X0)
-        else:
-            direct = (
-                (last - X0) if coupling == "paired" else last[optimal_assignment(X0, last)] - X0
-            )
-            path_excess = terms["transport"] - 0.5 * lambda_ot * float(direct.pow(2).sum())
-    layers = (_np(X0), *(_np(h) for h in inner))
     settings = {
         "model": "mufm",
         "n_layers": L,
-        "dim": d,
+        "dim": int(X0.shape[1]),
         "data_dim": int(Xt.shape[1]),
         "embed": None if E is None else embed,
         "n_classes": K,
-        "n_samples": N,
+        "n_samples": int(X0.shape[0]),
         "lambda_ot": lambda_ot,
         "lambda_w": lambda_w,
         "lambda_h": lambda_h,
@@ -836,34 +609,12 @@ def fit_mufm(
         "max_iter": int(max_iter),
         "warm_start": init is not None,
     }
-    if sigma_np is not None:
-        settings["mismatch_fraction"] = mismatch
-        settings["matched_labels"] = labels[sigma_np].tolist()
-    Wn, bn = _np(W), _np(b)
-    traj = Trajectory.from_arrays(
-        list(layers),
-        labels=labels,
-        names=[f"H{l}" for l in range(L + 1)],
-        classifier=(Wn, bn),
-        metadata=settings,
-    )
-    return MUFMSolution(
-        layers=layers,
-        H=_np(last),
-        W=Wn,
-        b=bn,
-        labels=labels,
-        objective=float(sum(terms.values())),
-        terms=terms,
-        grad_norm=record.grad_norm,
-        n_iter=record.n_iter,
-        converged=record.converged,
-        record=record,
-        params=settings,
-        embedding=E,
-        assignment=sigma_np,
-        mismatch_fraction=mismatch,
-        trajectory=traj,
-        path_excess=path_excess,
-        assignment_rounds=rounds,
-    )
+    prob = _Problem(X0, labels, settings, init)
+    if coupling == "paired":
+        record = minimize_lbfgs(
+            prob.paired_objective, prob.params, tol=tol, max_iter=max_iter, what="fit_mufm"
+        )
+        sigmas, rounds = [], None
+    else:
+        record, sigmas, rounds = _minimize_w2(prob, tol=tol, max_iter=max_iter)
+    return prob.solution(record, sigmas, rounds, embedding=E)

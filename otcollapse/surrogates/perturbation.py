@@ -24,7 +24,7 @@ loss $\mathcal L(H)$; its scaled gradient flow (the paper's Eq. 4)
 $$\frac{dH_t}{dt} = -N\,\nabla\mathcal L(H_t)
   = -W^*(H_t)^\top\big(W^*(H_t) H_t - Y\big) - \lambda_H^{TB} H_t$$
 
-is :func:`central_path_flow`; the minimiser $H_{1/\beta}$ is one implicit (backward) Euler step
+is :func:`central_path_flow` (in :mod:`otcollapse.surrogates.central_path`); the minimiser $H_{1/\beta}$ is one implicit (backward) Euler step
 of it with step $1/\beta$ from $H_0$. :func:`perturbation_jacobian` is the linearised minimiser
 map $\operatorname{vec}(\delta H) \approx F \operatorname{vec}(\delta H_0)$ (the paper's Theorem
 4.1, exact Jacobian by implicit differentiation), and :func:`near_collapse_singular_values` the
@@ -42,24 +42,26 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 
-from otcollapse._utils import ArrayLike, check_finite, json_safe, rng, to_numpy
-from otcollapse.collapse import class_statistics
+from otcollapse._results import Result
+from otcollapse._utils import ArrayLike, rng
 from otcollapse.exceptions import ConvergenceWarning
 from otcollapse.measures import Trajectory
-from otcollapse.surrogates.core import SolverRecord
-from otcollapse.surrogates.mufm import (
-    MUFMSolution,
-    _check_labels,
-    _check_lambda,
-    _terms,
-    fit_mufm,
+from otcollapse.surrogates.central_path import (
+    CentralPathFlow,
+    _check_features,
+    _traces,
+    central_path_flow,
+    central_path_velocity,
 )
+from otcollapse.surrogates.core import _check_lambda, _class_labels, _warn_unconverged
+from otcollapse.surrogates.mufm import MUFMSolution, fit_mufm
+from otcollapse.surrogates.ufm import FeatureSolution, _terms
 
 __all__ = [
     "CentralPathFlow",
@@ -76,21 +78,6 @@ __all__ = [
 
 #: largest number of unknowns (N + K) * d for which the Hessian is formed densely
 MAX_JACOBIAN_UNKNOWNS = 6000
-
-
-# --------------------------------------------------------------------------- validation
-def _check_features(H: ArrayLike, what: str) -> np.ndarray:
-    A = to_numpy(H).astype(np.float64)
-    if A.ndim != 2 or A.shape[0] == 0 or A.shape[1] == 0:
-        raise ValueError(
-            f"{what} must be a non-empty 2-D array (N samples, d features); got shape {A.shape}."
-        )
-    check_finite(A, what)
-    return A
-
-
-def _one_hot(labels: np.ndarray, K: int) -> np.ndarray:
-    return np.eye(K)[labels]
 
 
 def mufm_parameters(
@@ -133,7 +120,7 @@ def mufm_parameters(
 
 # --------------------------------------------------------------------------- the model
 @dataclasses.dataclass(frozen=True, eq=False)
-class PerturbedSolution:
+class PerturbedSolution(FeatureSolution):
     r"""A fitted perturbation model (Tirer, Huang & Niles-Weed), solved as a one-step MUFM.
 
     Attributes
@@ -146,14 +133,14 @@ class PerturbedSolution:
         The given features $H_0$.
     labels : ndarray of int, shape (N,)
     objective : float
-        The objective in the paper's normalisation (equal to the MUFM objective).
+        The objective in the paper's normalisation (equal to the MUFM objective; the sum of
+        ``terms``).
     terms : dict str -> float
         ``loss`` $\frac1{2N}\|WH - Y\|^2$, ``reg_w`` $\frac{\lambda_W^{TB}}{2K}\|W\|^2$,
         ``reg_h`` $\frac{\lambda_H^{TB}}{2N}\|H\|^2$, ``proximity``
         $\frac{\beta^{TB}}{2N}\|H - H_0\|^2$; they sum to ``objective``.
-    grad_norm : float
-    n_iter : int
-    converged : bool
+    grad_norm, n_iter, converged
+        From ``record``.
     record : SolverRecord
     params : dict
         The paper's parameters (``beta``, ``lambda_w``, ``lambda_h``) and, under ``"mufm"``, the
@@ -164,42 +151,26 @@ class PerturbedSolution:
         Two layers, $H_0$ and $H$, with labels and the classifier.
     """
 
-    H: np.ndarray
-    W: np.ndarray
     H0: np.ndarray
-    labels: np.ndarray
-    objective: float
-    terms: dict[str, float]
-    grad_norm: float
-    n_iter: int
-    converged: bool
-    record: SolverRecord
-    params: dict[str, Any]
     mufm: MUFMSolution
-    trajectory: Trajectory
+
+    _derived = (*FeatureSolution._derived, "nc1_tilde_h0", "nc1_tilde_h")
+    _unrecorded = (*FeatureSolution._unrecorded, "H0", "mufm")
 
     @property
     def nc1_tilde(self) -> tuple[float, float]:
         r"""$\operatorname{Tr}\Sigma_W/\operatorname{Tr}\Sigma_B$ of $H_0$ and of $H$."""
-        return _trace_ratio(self.H0, self.labels), _trace_ratio(self.H, self.labels)
+        return self.nc1_tilde_h0, self.nc1_tilde_h
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe summary: scalars, settings, the solver record and ``W``; no features."""
-        h0, h = self.nc1_tilde
-        return json_safe(
-            {
-                "objective": self.objective,
-                "terms": self.terms,
-                "grad_norm": self.grad_norm,
-                "n_iter": self.n_iter,
-                "converged": self.converged,
-                "record": self.record.to_dict(),
-                "params": self.params,
-                "nc1_tilde_h0": h0,
-                "nc1_tilde_h": h,
-                "W": self.W,
-            }
-        )
+    @property
+    def nc1_tilde_h0(self) -> float:
+        r"""$\operatorname{Tr}\Sigma_W/\operatorname{Tr}\Sigma_B$ of $H_0$."""
+        return _trace_ratio(self.H0, self.labels)
+
+    @property
+    def nc1_tilde_h(self) -> float:
+        r"""$\operatorname{Tr}\Sigma_W/\operatorname{Tr}\Sigma_B$ of $H$."""
+        return _trace_ratio(self.H, self.labels)
 
 
 def fit_perturbed(
@@ -268,7 +239,7 @@ def fit_perturbed(
     Tirer, Huang & Niles-Weed, "Perturbation Analysis of Neural Collapse", ICML 2023.
     """
     A = _check_features(H0, "H0 (the perturbation model's input features)")
-    labels, K = _check_labels(y, A.shape[0])
+    labels, K = _class_labels(y, A.shape[0])
     N = A.shape[0]
     tb = {
         "beta": _check_lambda("beta", beta),
@@ -292,11 +263,8 @@ def fit_perturbed(
             **mapped,
         )
     if not sol.converged:
-        warnings.warn(
-            f"fit_perturbed: the solver stopped ({sol.record.message}) with relative gradient "
-            f"norm {sol.rel_grad_norm:.3e} > tol = {tol:.1e}; the result says converged=False.",
-            ConvergenceWarning,
-            stacklevel=2,
+        _warn_unconverged(
+            "fit_perturbed", f"the solver stopped ({sol.record.message})", sol.record, stacklevel=2
         )
     terms = {
         "loss": sol.terms["loss"],
@@ -323,11 +291,7 @@ def fit_perturbed(
         W=sol.W,
         H0=A,
         labels=labels,
-        objective=float(sum(terms.values())),
         terms=terms,
-        grad_norm=sol.grad_norm,
-        n_iter=sol.n_iter,
-        converged=sol.converged,
         record=sol.record,
         params=params,
         mufm=sol,
@@ -378,7 +342,7 @@ def collapsed_minimizer(
     Tirer & Bruna, "Extended Unconstrained Features Model for Exploring Deep Neural Collapse",
     ICML 2022.
     """
-    labels, K = _check_labels(y)
+    labels, K = _class_labels(y)
     counts = np.bincount(labels, minlength=K)
     if np.any(counts != counts[0]):
         raise ValueError(
@@ -403,245 +367,19 @@ def collapsed_minimizer(
     return means[labels].copy(), math.sqrt(lh / lw) * means
 
 
-# --------------------------------------------------------------------------- central path
 def _trace_ratio(H: np.ndarray, labels: np.ndarray) -> float:
     tw, tb = _traces(H, labels)
     return tw / tb if tb > 0 else math.inf
 
 
-def _traces(H: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    st = class_statistics(H, labels)
-    return float(np.sum(st.within_ss)), float(np.sum(st.between_eigvals))
-
-
-def _w_star(H: np.ndarray, Yr: np.ndarray, n: float, lambda_w: float) -> np.ndarray:
-    d = H.shape[1]
-    # W*(H) = Y H^T (H H^T + n λ_W I)^{-1} in the paper's column convention
-    return np.linalg.solve(H.T @ H + n * lambda_w * np.eye(d), H.T @ Yr).T
-
-
-def central_path_velocity(
-    H: ArrayLike, y: ArrayLike, *, lambda_w: float, lambda_h: float
-) -> np.ndarray:
-    r"""The velocity of the central-path flow, $-N\nabla\mathcal L(H)$.
-
-    $$\frac{dH}{dt} = -W^*(H)^\top\big(W^*(H) H - Y\big) - \lambda_H^{TB} H,\qquad
-      W^*(H) = Y H^\top (H H^\top + n\lambda_W^{TB} I)^{-1},$$
-
-    in the paper's column convention ($n = N/K$); returned with one row per sample.
-
-    Parameters
-    ----------
-    H : array-like, shape (N, d)
-    y : array-like of int, shape (N,)
-    lambda_w, lambda_h : float
-        $\lambda_W^{TB} > 0$, $\lambda_H^{TB} \ge 0$.
-
-    Returns
-    -------
-    ndarray, shape (N, d)
-
-    References
-    ----------
-    Tirer, Huang & Niles-Weed, "Perturbation Analysis of Neural Collapse", ICML 2023, Eq. 4.
-    """
-    A = _check_features(H, "H")
-    labels, K = _check_labels(y, A.shape[0])
-    lw, lh = _check_lambda("lambda_w", lambda_w), _check_lambda("lambda_h", lambda_h)
-    if lw <= 0:
-        raise ValueError("lambda_w must be > 0 for the central path (W*(H) needs it).")
-    return _velocity(A, _one_hot(labels, K), A.shape[0] / K, lw, lh)
-
-
-def _velocity(H: np.ndarray, Yr: np.ndarray, n: float, lw: float, lh: float) -> np.ndarray:
-    W = _w_star(H, Yr, n, lw)
-    return -(H @ W.T - Yr) @ W - lh * H
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class CentralPathFlow:
-    r"""The central-path gradient flow, sampled at given times.
-
-    Attributes
-    ----------
-    times : ndarray, shape (T,)
-    layers : tuple of ndarray, each shape (N, d)
-        $H_t$ at each time (rows are samples).
-    labels : ndarray of int, shape (N,)
-    tr_sigma_w, tr_sigma_b : ndarray, shape (T,)
-        $\operatorname{Tr}\Sigma_W(H_t)$ and $\operatorname{Tr}\Sigma_B(H_t)$ (DESIGN.md's
-        definitions, the paper's for balanced classes).
-    nc1_tilde : ndarray, shape (T,)
-        Their ratio $\widetilde{NC}_1(H_t)$.
-    success : bool
-        Whether the integrator reached the last time.
-    message : str
-    n_evals : int
-        Velocity evaluations.
-    params : dict
-    trajectory : Trajectory
-        One layer per time, named ``t=...``, with labels.
-    """
-
-    times: np.ndarray
-    layers: tuple[np.ndarray, ...]
-    labels: np.ndarray
-    tr_sigma_w: np.ndarray
-    tr_sigma_b: np.ndarray
-    nc1_tilde: np.ndarray
-    success: bool
-    message: str
-    n_evals: int
-    params: dict[str, Any]
-    trajectory: Trajectory
-
-    @property
-    def scaled_tr_sigma_w(self) -> np.ndarray:
-        r"""$e^{2\lambda_H t}\operatorname{Tr}\Sigma_W(H_t)$ (non-increasing by Theorem 3.1)."""
-        return np.exp(2 * self.params["lambda_h"] * self.times) * self.tr_sigma_w
-
-    @property
-    def scaled_tr_sigma_b(self) -> np.ndarray:
-        r"""$e^{2\lambda_H t}\operatorname{Tr}\Sigma_B(H_t)$ (increasing by Theorem 3.1)."""
-        return np.exp(2 * self.params["lambda_h"] * self.times) * self.tr_sigma_b
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe record: times, traces, ratio, integrator state; no features."""
-        return json_safe(
-            {
-                "times": self.times,
-                "tr_sigma_w": self.tr_sigma_w,
-                "tr_sigma_b": self.tr_sigma_b,
-                "nc1_tilde": self.nc1_tilde,
-                "success": self.success,
-                "message": self.message,
-                "n_evals": self.n_evals,
-                "params": self.params,
-            }
-        )
-
-
-def central_path_flow(
-    H0: ArrayLike,
-    y: ArrayLike,
-    *,
-    lambda_w: float,
-    lambda_h: float,
-    times: Sequence[float] | np.ndarray,
-    rtol: float = 1e-10,
-    atol: float = 1e-12,
-) -> CentralPathFlow:
-    r"""Integrate the central-path gradient flow from $H_0$ (the paper's Eq. 4).
-
-    $$\frac{dH_t}{dt} = -W^*(H_t)^\top\big(W^*(H_t) H_t - Y\big) - \lambda_H^{TB} H_t,\qquad
-      W^*(H) = Y H^\top (H H^\top + n\lambda_W^{TB} I)^{-1},$$
-
-    the flow $-N\nabla\mathcal L$ of the UFM loss with the classifier eliminated
-    ($N = Kn$). Theorem 3.1 of the paper: for $\lambda_W > 0$, $\lambda_H \ge 0$ and $H_0$ not
-    collapsed, $\widetilde{NC}_1(H_t) = \operatorname{Tr}\Sigma_W/\operatorname{Tr}\Sigma_B$
-    strictly decreases until it reaches zero, $e^{2\lambda_H t}\operatorname{Tr}\Sigma_W(H_t)$
-    decreases and $e^{2\lambda_H t}\operatorname{Tr}\Sigma_B(H_t)$ strictly increases.
-    Integrated by scipy's ``solve_ivp`` (DOP853, an explicit Runge-Kutta method of order 8) in
-    float64.
-
-    Parameters
-    ----------
-    H0 : array-like, shape (N, d)
-        Initial features, one row per sample.
-    y : array-like of int, shape (N,)
-    lambda_w, lambda_h : float
-        $\lambda_W^{TB} > 0$ and $\lambda_H^{TB} \ge 0$ (the paper's normalisation).
-    times : sequence of float
-        Non-decreasing times $\ge 0$ at which $H_t$ is returned (include 0 to get $H_0$).
-    rtol, atol : float
-        Integrator tolerances.
-
-    Returns
-    -------
-    CentralPathFlow
-
-    Raises
-    ------
-    ValueError
-        ``lambda_w <= 0``, negative ``lambda_h``, times negative or decreasing, NaN/inf in
-        ``H0``, bad labels.
-
-    References
-    ----------
-    Tirer, Huang & Niles-Weed, "Perturbation Analysis of Neural Collapse", ICML 2023, Section 3.
-    Han, Papyan & Donoho, "Neural Collapse under MSE Loss: Proximity to and Dynamics on the
-    Central Path", ICLR 2022.
-    """
-    from scipy.integrate import solve_ivp
-
-    A = _check_features(H0, "H0 (the flow's initial features)")
-    labels, K = _check_labels(y, A.shape[0])
-    lw, lh = _check_lambda("lambda_w", lambda_w), _check_lambda("lambda_h", lambda_h)
-    if lw <= 0:
-        raise ValueError("lambda_w must be > 0 for the central path (W*(H) needs it).")
-    t = np.asarray(times, dtype=np.float64).reshape(-1)
-    if t.size == 0 or not np.all(np.isfinite(t)) or t[0] < 0 or np.any(np.diff(t) < 0):
-        raise ValueError("times must be a non-empty, non-decreasing sequence of numbers >= 0.")
-    N, d = A.shape
-    Yr = _one_hot(labels, K)
-    n = N / K
-
-    def rhs(_t: float, z: np.ndarray) -> np.ndarray:
-        return _velocity(z.reshape(N, d), Yr, n, lw, lh).reshape(-1)
-
-    if t[-1] > 0:
-        sol = solve_ivp(
-            rhs, (0.0, t[-1]), A.reshape(-1), method="DOP853", t_eval=t, rtol=rtol, atol=atol
-        )
-        success, message, nfev = bool(sol.success), str(sol.message), int(sol.nfev)
-        states = [sol.y[:, j].reshape(N, d).copy() for j in range(sol.y.shape[1])]
-    else:
-        success, message, nfev = True, "all times are 0", 0
-        states = [A.copy() for _ in t]
-    if not success or len(states) != t.size:
-        warnings.warn(
-            f"central_path_flow: the integrator stopped early ({message}); the result says "
-            "success=False and holds the times reached.",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-        t = t[: len(states)]
-    traces = np.array([_traces(S, labels) for S in states]).reshape(-1, 2)
-    tw, tb = traces[:, 0], traces[:, 1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(tb > 0, tw / tb, np.inf)
-    params = {
-        "model": "central-path flow (Tirer, Huang & Niles-Weed, Eq. 4)",
-        "lambda_w": lw,
-        "lambda_h": lh,
-        "n_samples": N,
-        "n_classes": K,
-        "dim": d,
-        "rtol": float(rtol),
-        "atol": float(atol),
-        "integrator": "scipy.integrate.solve_ivp(method='DOP853')",
-    }
-    traj = Trajectory.from_arrays(
-        states, labels=labels, names=[f"t={v:.6g}" for v in t], metadata=params
-    )
-    return CentralPathFlow(
-        times=t,
-        layers=tuple(states),
-        labels=labels,
-        tr_sigma_w=tw,
-        tr_sigma_b=tb,
-        nc1_tilde=ratio,
-        success=success,
-        message=message,
-        n_evals=nfev,
-        params=params,
-        trajectory=traj,
-    )
-
-
 # --------------------------------------------------------------------------- linearisation
+def _extreme(key: str, doc: str) -> property:
+    """A read-only property: entry ``key`` of the block singular-value extremes."""
+    return property(lambda self: self._extremes[key], doc=doc)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class PerturbationJacobian:
+class PerturbationJacobian(Result):
     r"""The linearised minimiser map $\operatorname{vec}(\delta H) = F\operatorname{vec}(\delta H_0)$.
 
     ``vec`` stacks the features sample by sample (the paper's column-stacking of its
@@ -656,6 +394,11 @@ class PerturbationJacobian:
         Smallest eigenvalue of the objective's Hessian in $(H, W)$ at the solution; positive at
         a strict local minimiser (where the implicit function theorem applies).
     params : dict
+    intra_sigma_max, intra_sigma_min : float
+        Derived: $\max_k \sigma_{\max}(F_{k,k})$ and $\min_k \sigma_{\min}(F_{k,k})$.
+    inter_sigma_max, inter_sigma_second : float
+        Derived: the largest and the second singular value of the inter-class blocks
+        $F_{k,l}$, $k \ne l$ (maximised over the blocks); see :meth:`block_singular_values`.
     """
 
     F: np.ndarray
@@ -663,6 +406,9 @@ class PerturbationJacobian:
     dim: int
     min_hessian_eigenvalue: float
     params: dict[str, Any]
+
+    _derived = ("intra_sigma_max", "intra_sigma_min", "inter_sigma_max", "inter_sigma_second")
+    _unrecorded = ("F", "labels")
 
     def block(self, k: int, l: int) -> np.ndarray:
         r"""The block $F_{k,l}$ (shape ``(d n_k, d n_l)``): class $l$'s inputs to class $k$'s
@@ -687,20 +433,24 @@ class PerturbationJacobian:
                     inter[k, l] = np.linalg.svd(self.block(k, l), compute_uv=False)[:2]
         return {"intra": intra, "inter": inter}
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe summary: extreme block singular values and settings; ``F`` is left out."""
+    @cached_property
+    def _extremes(self) -> dict[str, float]:
         sv = self.block_singular_values()
         off = ~np.isnan(sv["inter"][..., 0])
-        return json_safe(
-            {
-                "intra_sigma_max": float(sv["intra"][:, 0].max()),
-                "intra_sigma_min": float(sv["intra"][:, -1].min()),
-                "inter_sigma_max": float(sv["inter"][..., 0][off].max()),
-                "inter_sigma_second": float(sv["inter"][..., 1][off].max()),
-                "min_hessian_eigenvalue": self.min_hessian_eigenvalue,
-                "params": self.params,
-            }
-        )
+        return {
+            "intra_sigma_max": float(sv["intra"][:, 0].max()),
+            "intra_sigma_min": float(sv["intra"][:, -1].min()),
+            "inter_sigma_max": float(sv["inter"][..., 0][off].max()),
+            "inter_sigma_second": float(sv["inter"][..., 1][off].max()),
+        }
+
+    intra_sigma_max = _extreme("intra_sigma_max", r"$\max_k \sigma_{\max}(F_{k,k})$.")
+    intra_sigma_min = _extreme("intra_sigma_min", r"$\min_k \sigma_{\min}(F_{k,k})$.")
+    inter_sigma_max = _extreme("inter_sigma_max", r"$\max_{k\ne l} \sigma_{\max}(F_{k,l})$.")
+    inter_sigma_second = _extreme(
+        "inter_sigma_second",
+        r"$\max_{k\ne l} \sigma_2(F_{k,l})$ (near collapse the blocks have rank one, Thm 4.2).",
+    )
 
 
 def perturbation_jacobian(solution: PerturbedSolution) -> PerturbationJacobian:
