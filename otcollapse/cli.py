@@ -15,7 +15,9 @@ the same way. ``--help`` works on every command.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
+import inspect
 import os
 import re
 import sys
@@ -199,32 +201,21 @@ def _naming(p: Path, err: Exception) -> UserError:
 
 
 # ---------------------------------------------------------------------------- commands
+# The docstring of each command is its ``--help`` description.
 def _cmd_run(args: argparse.Namespace) -> int:
-    from otcollapse.experiment import RunConfig, run_experiment
+    """Train a small constant-width ResNet and its plain twin with weight decay into the
+    terminal phase (built-in digits by default, no download), capture their block trajectories
+    during training, run the transport profile, geodesic tests and collapse metrics (beside the
+    networks at initialisation and the split-half noise floor), fit and calibrate the MUFM, and
+    write RUN_DIR/report.html, figures, metrics.json, the trajectories and checkpoints."""
+    from otcollapse.experiments import RunConfig, run_experiment
 
-    opts: dict[str, Any] = {}
-    for name in (
-        "data",
-        "model",
-        "width",
-        "blocks",
-        "epochs",
-        "lr",
-        "weight_decay",
-        "seed",
-        "seeds",
-        "device",
-        "batch_size",
-        "max_samples",
-        "mufm_samples",
-    ):
-        v = getattr(args, name)
-        if v is not None:
-            opts[name] = v
-    if args.capture_epochs is not None:
-        opts["capture_epochs"] = args.capture_epochs
-    if args.mufm_grid is not None:
-        opts["mufm_grid"] = args.mufm_grid
+    special = ("quick", "mufm", "splits")  # flags and choices, turned into settings below
+    opts: dict[str, Any] = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(RunConfig)
+        if f.name not in special and getattr(args, f.name, None) is not None
+    }
     if args.no_mufm:
         opts["mufm"] = False
     opts["splits"] = ("train", "test") if args.split == "both" else ("train",)
@@ -235,7 +226,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from otcollapse.experiment import analyze_trajectories
+    """Run the transport profile, geodesic tests and collapse metrics on saved features.
+    Formats: .npz with arrays layer_0, layer_1, ... and labels (or a file written by
+    otcollapse.save_trajectory), read with allow_pickle=False; .pt/.pth with a dict
+    {'layers': [...], 'labels': ...}, read with torch.load(weights_only=True)."""
+    from otcollapse.experiments import analyze_trajectories
 
     trajs = {}
     for f in args.features:
@@ -255,27 +250,19 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_mufm(args: argparse.Namespace) -> int:
-    from otcollapse.experiment import fit_mufm_report
+    """Fit the multilayer unconstrained feature model for each λ_OT on the data (X = the
+    standardised inputs), then analyse each fitted trajectory like a network's."""
+    from otcollapse.experiments import MUFMReportSettings, fit_mufm_report
 
     out = Path(args.out) if args.out else Path("runs") / "mufm"
-    fit_mufm_report(
-        args.data,
-        out,
-        n_layers=args.n_layers,
-        lambda_ot=args.lambda_ot,
-        lambda_w=args.lambda_w,
-        lambda_h=args.lambda_h,
-        lambda_b=args.lambda_b,
-        loss=args.loss,
-        coupling=args.coupling,
-        samples=args.samples,
-        dim=args.dim,
-        seed=args.seed,
-    )
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(MUFMReportSettings)}
+    fit_mufm_report(args.data, out, **settings)
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild RUN_DIR/report.html from the run folder's metrics.json and figures (nothing is
+    recomputed)."""
     from otcollapse.report import write_report
 
     path = write_report(args.run_dir)
@@ -284,7 +271,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from otcollapse.reproduce import REPRODUCTIONS, reproduce
+    """Reproductions: gai-zhang-mnist, resnet-vs-plain-wd, pfc-depth. Each needs the data set
+    on disk (--data: a .npz with X and y, or an image folder root/<class>/<image>)."""
+    from otcollapse.experiments import REPRODUCTIONS, reproduce
 
     if args.name not in REPRODUCTIONS:
         raise UserError(f"unknown reproduction {args.name!r}; choose from {sorted(REPRODUCTIONS)}.")
@@ -301,19 +290,58 @@ def build_parser() -> argparse.ArgumentParser:
         description="Optimal-transport geometry of deep networks: train, capture, analyse, report.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    r = sub.add_parser(
-        "run",
-        help="the main job: train a ResNet and its plain twin, analyse both, write a report",
-        description=(
-            "Train a small constant-width ResNet and its plain twin with weight decay into the "
-            "terminal phase (built-in digits by default, no download), capture their block "
-            "trajectories during training, run the transport profile, geodesic tests and collapse "
-            "metrics (beside the networks at initialisation and the split-half noise floor), fit "
-            "and calibrate the MUFM, and write RUN_DIR/report.html, figures, metrics.json, the "
-            "trajectories and checkpoints."
+    commands = (
+        (
+            "run",
+            _cmd_run,
+            _run_options,
+            "the main job: train a ResNet and its plain twin, analyse both, write a report",
+        ),
+        (
+            "analyze",
+            _cmd_analyze,
+            _analyze_options,
+            "analyse saved trajectories (.npz or .pt) and write the same report",
+        ),
+        (
+            "mufm",
+            _cmd_mufm,
+            _mufm_options,
+            "fit the MUFM for given λ's on a built-in or saved data set and report it",
+        ),
+        (
+            "report",
+            _cmd_report,
+            _report_options,
+            "rebuild report.html from a run folder's saved results",
+        ),
+        (
+            "reproduce",
+            _cmd_reproduce,
+            _reproduce_options,
+            "rerun a published reference point on data already on disk",
         ),
     )
+    for name, func, options, help in commands:  # a command's docstring is its description
+        cmd = sub.add_parser(name, help=help, description=inspect.cleandoc(func.__doc__ or ""))
+        cmd.set_defaults(func=func)
+        options(cmd)
+    return p
+
+
+def _report_options(rp: argparse.ArgumentParser) -> None:
+    rp.add_argument("run_dir", help="a folder written by run, analyze or mufm")
+
+
+def _reproduce_options(rr: argparse.ArgumentParser) -> None:
+    rr.add_argument("name", help="gai-zhang-mnist, resnet-vs-plain-wd or pfc-depth")
+    rr.add_argument("--data", required=True, help="the data set on disk (.npz or image folder)")
+    rr.add_argument("--out", help="output folder (default runs/reproduce_NAME)")
+    rr.add_argument("--quick", action="store_true", help="tiny settings, for checking the pipeline")
+    rr.add_argument("--seed", type=int, default=0)
+
+
+def _run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--quick", action="store_true", help="small preset, about a minute on 2 cores")
     r.add_argument("--out", help="output folder (default runs/run, or runs/quick)")
     r.add_argument("--resume", action="store_true", help="continue a killed run in --out")
@@ -355,32 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--device", help="torch device (default cpu)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.set_defaults(func=_cmd_run)
 
-    a = sub.add_parser(
-        "analyze",
-        help="analyse saved trajectories (.npz or .pt) and write the same report",
-        description=(
-            "Run the transport profile, geodesic tests and collapse metrics on saved features. "
-            "Formats: .npz with arrays layer_0, layer_1, ... and labels (or a file written by "
-            "otcollapse.save_trajectory), read with allow_pickle=False; .pt/.pth with a dict "
-            "{'layers': [...], 'labels': ...}, read with torch.load(weights_only=True)."
-        ),
-    )
+
+def _analyze_options(a: argparse.ArgumentParser) -> None:
     a.add_argument("features", nargs="+", help="one or more trajectory files")
     a.add_argument("--out", help="output folder (default runs/analyze)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--max-samples", type=_positive_int, dest="max_samples")
-    a.set_defaults(func=_cmd_analyze)
 
-    m = sub.add_parser(
-        "mufm",
-        help="fit the MUFM for given λ's on a built-in or saved data set and report it",
-        description=(
-            "Fit the multilayer unconstrained feature model for each λ_OT on the data (X = the "
-            "standardised inputs), then analyse each fitted trajectory like a network's."
-        ),
-    )
+
+def _mufm_options(m: argparse.ArgumentParser) -> None:
     m.add_argument("--data", default="digits", help="built-in data set or a .npz file with X and y")
     m.add_argument(
         "--lambda-ot",
@@ -410,25 +422,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dim", type=_positive_int, help="feature dimension (PCA of the inputs)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", help="output folder (default runs/mufm)")
-    m.set_defaults(func=_cmd_mufm)
-
-    rp = sub.add_parser("report", help="rebuild report.html from a run folder's saved results")
-    rp.add_argument("run_dir", help="a folder written by run, analyze or mufm")
-    rp.set_defaults(func=_cmd_report)
-
-    rr = sub.add_parser(
-        "reproduce",
-        help="rerun a published reference point on data already on disk",
-        description="Reproductions: gai-zhang-mnist, resnet-vs-plain-wd, pfc-depth. Each needs the "
-        "data set on disk (--data: a .npz with X and y, or an image folder root/<class>/<image>).",
-    )
-    rr.add_argument("name", help="gai-zhang-mnist, resnet-vs-plain-wd or pfc-depth")
-    rr.add_argument("--data", required=True, help="the data set on disk (.npz or image folder)")
-    rr.add_argument("--out", help="output folder (default runs/reproduce_NAME)")
-    rr.add_argument("--quick", action="store_true", help="tiny settings, for checking the pipeline")
-    rr.add_argument("--seed", type=int, default=0)
-    rr.set_defaults(func=_cmd_reproduce)
-    return p
 
 
 # ---------------------------------------------------------------------------- errors

@@ -38,6 +38,7 @@ import torch
 
 from otcollapse._resampling import stratified_indices
 from otcollapse._utils import ArrayLike, rng, to_numpy
+from otcollapse._validation import check_labels
 
 __all__ = [
     "Dataset",
@@ -161,21 +162,17 @@ def _check_xy(X: Any, y: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(
             f"data set {name!r}: X contains {n_bad} NaN/inf values; remove or impute them."
         )
-    yn = to_numpy(y).reshape(-1) if np.ndim(to_numpy(y)) > 0 else np.zeros(0)
+    yn = to_numpy(y, what="labels")
+    yn = yn.reshape(-1) if yn.ndim > 0 else np.zeros(0)
     if yn.shape[0] != Xt.shape[0]:
         raise ValueError(
             f"data set {name!r}: {yn.shape[0]} labels for {int(Xt.shape[0])} samples; give one "
             "integer label per sample."
         )
-    if yn.dtype.kind == "f":
-        if not (np.all(np.isfinite(yn)) and np.all(yn == np.round(yn))):
-            raise ValueError(f"data set {name!r}: labels must be integer class indices.")
-    elif yn.dtype.kind not in "iub":
-        raise ValueError(
-            f"data set {name!r}: labels have dtype {yn.dtype}; they must be integer class indices "
-            "(map class names to 0..K-1 first)."
-        )
-    yn = yn.astype(np.int64)
+    try:
+        yn = check_labels(yn, yn.shape[0])
+    except ValueError as err:
+        raise ValueError(f"data set {name!r}: {err} Map class names to 0..K-1 first.") from None
     if yn.min() < 0:
         raise ValueError(f"data set {name!r}: labels must be >= 0; got {int(yn.min())}.")
     return Xt, torch.as_tensor(yn)

@@ -329,14 +329,28 @@ def write_report(run_dir: str | Path) -> Path:
         return _write_report(folder, load_json(mpath))
 
 
+_TITLES = {
+    "run": "otcollapse run: a ResNet and its plain twin",
+    "analyze": "otcollapse analyze: saved trajectories",
+    "mufm": "otcollapse mufm: the multilayer unconstrained feature model",
+    "reproduce": "otcollapse reproduce: a published reference point",
+}
+
+#: the columns of the table over training epochs (those a run recorded)
+_EPOCH_COLUMNS = (
+    "epoch",
+    "train_accuracy",
+    "ots",
+    "lss_mean",
+    "path_ratio",
+    "nc1_first",
+    "nc1_last",
+    "nc1_kendall_tau",
+)
+
+
 def _write_report(folder: Path, m: Mapping[str, Any]) -> Path:
-    kind = m.get("kind", "run")
-    title = {
-        "run": "otcollapse run: a ResNet and its plain twin",
-        "analyze": "otcollapse analyze: saved trajectories",
-        "mufm": "otcollapse mufm: the multilayer unconstrained feature model",
-        "reproduce": "otcollapse reproduce: a published reference point",
-    }.get(kind, "otcollapse report")
+    title = _TITLES.get(m.get("kind", "run"), "otcollapse report")
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
@@ -348,63 +362,17 @@ def _write_report(folder: Path, m: Mapping[str, Any]) -> Path:
     parts.append("</p>")
     if m.get("note"):
         parts.append(f"<p>{_e(m['note'])}</p>")
-    if m.get("published"):
-        parts.append("<h2>Published and measured</h2>")
-        if m.get("reference"):
-            parts.append(f"<p>{_e(m['reference'])}</p>")
-        parts.append(_table(m["published"], ["quantity", "published", "measured"]))
+    parts += _published_section(m)
     if m.get("sweep"):
         parts.append("<h2>Sweep</h2>" + _table(m["sweep"]))
     parts.append(_verdicts(m.get("verdicts", [])))
-    if m.get("headline"):
-        parts.append("<h2>Headline numbers</h2>")
-        parts.append(
-            "<p>Last epoch (suffix <code>_init</code>: the same network at initialisation, the "
-            "baseline; <code>_test</code>: the test split). Definitions at the end of the page."
-            "</p>"
-        )
-        parts.append(_headline(m["headline"]))
+    parts += _headline_section(m)
     if m.get("aggregate"):
         parts.append(_aggregate(m["aggregate"], m.get("seeds", [])))
-    figs, missing = _figures(folder, m.get("figures", []))
-    if figs:
-        parts.append("<h2>Figures</h2>" + figs)
-    if missing:
-        parts.append(f"<p class='no'>Figures missing from figures/: {_e(', '.join(missing))}</p>")
-    if m.get("epochs"):
-        parts.append("<h2>Over training epochs</h2>")
-        for name, rows in m["epochs"].items():
-            cols = [
-                "epoch",
-                "train_accuracy",
-                "ots",
-                "lss_mean",
-                "path_ratio",
-                "nc1_first",
-                "nc1_last",
-                "nc1_kendall_tau",
-            ]
-            parts.append(f"<h3>{_e(name)}</h3>" + _table(rows, [c for c in cols if c in rows[0]]))
-    if m.get("mufm"):
-        mu = m["mufm"]
-        parts.append("<h2>MUFM calibrated to the ResNet</h2>")
-        parts.append(
-            f"<p>Fitted λ_OT = {_fmt(mu['lambda_ot'])} (discrepancy {_e(mu['discrepancy'])} "
-            f"= {_fmt(mu['value'])}).</p>"
-        )
-        parts.append(_table([{"quantity": k, "value": v} for k, v in mu["match"].items()]))
-        if mu.get("format_grid"):
-            parts.append(f"<pre>{_e(mu['format_grid'])}</pre>")
-    if m.get("solution"):
-        parts.append(
-            "<h2>MUFM solution</h2><pre>" + _e(json.dumps(m["solution"], indent=2)) + "</pre>"
-        )
-    if m.get("results"):
-        parts.append("<h2>Details per model</h2>")
-        for name, res in m["results"].items():
-            parts.append(_model_details(name, res))
-    for name, res in (m.get("test") or {}).items():
-        parts.append(_model_details(f"{name} (test split)", res))
+    parts += _figures_section(folder, m)
+    parts += _epochs_section(m)
+    parts += _mufm_section(m)
+    parts += _details_section(m)
     parts.append("<h2>What each number means</h2><table>")
     parts.extend(
         f"<tr><td class='l'><b>{_e(k)}</b></td><td class='l'>{_e(v)}</td></tr>" for k, v in GLOSSARY
@@ -421,3 +389,74 @@ def _write_report(folder: Path, m: Mapping[str, Any]) -> Path:
     out = folder / "report.html"
     atomic_write_text(out, "\n".join(parts))
     return out
+
+
+def _published_section(m: Mapping[str, Any]) -> list[str]:
+    if not m.get("published"):
+        return []
+    parts = ["<h2>Published and measured</h2>"]
+    if m.get("reference"):
+        parts.append(f"<p>{_e(m['reference'])}</p>")
+    parts.append(_table(m["published"], ["quantity", "published", "measured"]))
+    return parts
+
+
+def _headline_section(m: Mapping[str, Any]) -> list[str]:
+    if not m.get("headline"):
+        return []
+    return [
+        "<h2>Headline numbers</h2>",
+        "<p>Last epoch (suffix <code>_init</code>: the same network at initialisation, the "
+        "baseline; <code>_test</code>: the test split). Definitions at the end of the page.</p>",
+        _headline(m["headline"]),
+    ]
+
+
+def _figures_section(folder: Path, m: Mapping[str, Any]) -> list[str]:
+    figs, missing = _figures(folder, m.get("figures", []))
+    parts = []
+    if figs:
+        parts.append("<h2>Figures</h2>" + figs)
+    if missing:
+        parts.append(f"<p class='no'>Figures missing from figures/: {_e(', '.join(missing))}</p>")
+    return parts
+
+
+def _epochs_section(m: Mapping[str, Any]) -> list[str]:
+    if not m.get("epochs"):
+        return []
+    parts = ["<h2>Over training epochs</h2>"]
+    for name, rows in m["epochs"].items():
+        cols = [c for c in _EPOCH_COLUMNS if c in rows[0]]
+        parts.append(f"<h3>{_e(name)}</h3>" + _table(rows, cols))
+    return parts
+
+
+def _mufm_section(m: Mapping[str, Any]) -> list[str]:
+    parts = []
+    if m.get("mufm"):
+        mu = m["mufm"]
+        parts.append("<h2>MUFM calibrated to the ResNet</h2>")
+        parts.append(
+            f"<p>Fitted λ_OT = {_fmt(mu['lambda_ot'])} (discrepancy {_e(mu['discrepancy'])} "
+            f"= {_fmt(mu['value'])}).</p>"
+        )
+        parts.append(_table([{"quantity": k, "value": v} for k, v in mu["match"].items()]))
+        if mu.get("format_grid"):
+            parts.append(f"<pre>{_e(mu['format_grid'])}</pre>")
+    if m.get("solution"):
+        parts.append(
+            "<h2>MUFM solution</h2><pre>" + _e(json.dumps(m["solution"], indent=2)) + "</pre>"
+        )
+    return parts
+
+
+def _details_section(m: Mapping[str, Any]) -> list[str]:
+    parts = []
+    if m.get("results"):
+        parts.append("<h2>Details per model</h2>")
+        parts.extend(_model_details(name, res) for name, res in m["results"].items())
+    parts.extend(
+        _model_details(f"{name} (test split)", res) for name, res in (m.get("test") or {}).items()
+    )
+    return parts

@@ -14,7 +14,7 @@ import torch
 
 from otcollapse import geodesic_test, save_trajectory, transparent_model
 from otcollapse.cli import load_features, main
-from otcollapse.experiment import RunConfig, run_experiment
+from otcollapse.experiments import RunConfig, aggregate_seeds, run_experiment
 
 TINY = {
     "width": 8,
@@ -134,6 +134,24 @@ def test_seeds_are_aggregated_with_intervals(tmp_path):
     assert lo <= ots["mean"] <= hi
     assert (tmp_path / "s" / "seed_1" / "report.html").exists()
     assert "Over 2 seeds" in (tmp_path / "s" / "report.html").read_text()
+
+
+def test_aggregation_over_seeds_counts_zeros_as_values():
+    """Issue #21: an exact 0 is a value, only None (NaN in JSON) is missing."""
+    per_seed = [
+        {"headline": {"plain_init": {"ots": v, "lss_mean": w, "nc1_monotone": True}}}
+        for v, w in ((0.0, 2.0), (0, None), (0.005, 4.0))
+    ]
+    agg = aggregate_seeds(per_seed)["plain_init"]
+    assert agg["ots"]["mean"] == pytest.approx(0.005 / 3, abs=1e-6)
+    assert agg["ots"]["mean"] == pytest.approx(0.001667, abs=1e-6)
+    assert agg["ots"]["n"] == 3 and agg["ots"]["values"] == [0.0, 0.0, 0.005]
+    # a missing value is left out of its statistic, not of the others
+    assert agg["lss_mean"]["n"] == 2 and agg["lss_mean"]["mean"] == pytest.approx(3.0)
+    assert "nc1_monotone" not in agg  # flags are not averaged
+    # the value seed 0 lacks is still aggregated over the seeds that have it
+    first_missing = [{"headline": {"m": {"ots": None}}}, {"headline": {"m": {"ots": 0.5}}}]
+    assert aggregate_seeds(first_missing)["m"]["ots"]["n"] == 1
 
 
 @pytest.fixture

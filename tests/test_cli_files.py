@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from otcollapse.cli import main
-from otcollapse.experiment import RunConfig, run_experiment
+from otcollapse.experiments import RunConfig, run_experiment
 from otcollapse.io import LOCK_FILE
 
 RUN = ["run", "--quick", "--no-mufm", "--epochs", "2", "--no-progress"]

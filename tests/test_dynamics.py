@@ -1,4 +1,5 @@
-"""Tests of otcollapse.dynamics: normalised margins, the dynamics recorder, the BN x WD experiment."""
+"""Normalised margins (otcollapse.nets.margins), the dynamics recorder and the BN x WD experiment
+(otcollapse.experiments.dynamics, otcollapse.experiments.square_loss)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,8 @@ from torch import nn
 
 from otcollapse.collapse import layer_collapse
 from otcollapse.data import load_dataset
-from otcollapse.dynamics import (
-    DynamicsRecorder,
-    normalised_margins,
-    run_square_loss_experiment,
-)
-from otcollapse.nets import ConvResNet, ResidualMLP, train
+from otcollapse.experiments import DynamicsRecorder, run_square_loss_experiment
+from otcollapse.nets import ConvResNet, ResidualMLP, normalised_margins, train
 
 
 def _linear(W: np.ndarray) -> nn.Linear:

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from otcollapse.dynamics import run_square_loss_experiment
+from otcollapse.experiments import run_square_loss_experiment
 
 OUT = Path(__file__).with_name("square_loss_dynamics.png")
 COLORS = {"BN + WD": "C0", "BN, no WD": "C1", "no BN + WD": "C2", "no BN, no WD": "C3"}

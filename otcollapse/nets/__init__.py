@@ -1,11 +1,14 @@
-"""Networks: ResNets and their plain twins, feature capture as Trajectories, and training.
+"""Networks: ResNets and their plain twins, feature capture as Trajectories, training, margins.
 
-``nets`` imports only :mod:`otcollapse.measures` and :mod:`otcollapse._utils`: it produces
-Trajectories and never imports the analysis modules (a caller runs those from ``train``'s
-callbacks).
+``nets`` imports only the foundation rooms (``_utils``, ``_validation``, ``_results``) and
+:mod:`otcollapse.measures`: it produces Trajectories and never imports the analysis modules or
+:mod:`otcollapse.data` (a caller runs the analyses from ``train``'s callbacks; any object with
+tensors ``X`` and ``y`` is a data set here). :func:`otcollapse.nets.common.as_xy` is the one way
+data become tensors.
 """
 
 from otcollapse.nets.capture import capture, find_blocks
+from otcollapse.nets.margins import MarginResult, normalised_margins
 from otcollapse.nets.resnet import (
     BasicBlock,
     ConvResNet,
@@ -21,12 +24,14 @@ __all__ = [
     "BasicBlock",
     "ConvResNet",
     "MLPBlock",
+    "MarginResult",
     "ResNet",
     "ResidualMLP",
     "TrainHistory",
     "capture",
     "find_blocks",
     "load_checkpoint",
+    "normalised_margins",
     "resnet18_layout",
     "train",
 ]

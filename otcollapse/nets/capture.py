@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from otcollapse._utils import check_device, check_not_complex, progress_bar
+from otcollapse._utils import check_device, progress_bar
 from otcollapse._validation import check_int
 from otcollapse.measures import Trajectory
+from otcollapse.nets.common import as_xy, linear_head, place
 
 __all__ = ["capture", "find_blocks"]
 
@@ -149,51 +150,39 @@ class _Pooler:
 
 
 # ---------------------------------------------------------------------------- data
-def _as_batches(
-    data: Any, batch_size: int
-) -> tuple[int, Iterator[tuple[torch.Tensor, torch.Tensor | None]]]:
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _as_batches(data: Any, batch_size: int) -> tuple[int, Batches]:
     """``(n, iterator of (x, y))`` for a Dataset, an ``(X, y)`` pair, a tensor or a torch Dataset."""
-    X = y = None
-    if hasattr(data, "X") and hasattr(data, "y"):
-        X, y = data.X, data.y
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        X, y = data
-    elif isinstance(data, (torch.Tensor, np.ndarray)):
-        X = data
-    if X is not None:
-        check_not_complex(X, "the inputs X")
-        X = torch.as_tensor(np.asarray(X)) if not isinstance(X, torch.Tensor) else X
-        n = int(X.shape[0])
-        if y is not None:
-            y = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y
-            if y.reshape(-1).shape[0] != n:
-                raise ValueError(f"{y.reshape(-1).shape[0]} labels for {n} samples.")
-
-        def gen() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-            for s in range(0, n, batch_size):
-                yield X[s : s + batch_size], None if y is None else y[s : s + batch_size]
-
-        return n, gen()
+    is_xy = hasattr(data, "X") and hasattr(data, "y")
     if isinstance(data, torch.utils.data.DataLoader):
-        loader = data
-        n = len(data.dataset)  # type: ignore[arg-type]
-    elif isinstance(data, torch.utils.data.Dataset):
+        return len(data.dataset), _loader_batches(data)  # type: ignore[arg-type]
+    if isinstance(data, torch.utils.data.Dataset) and not is_xy:
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-        n = len(data)  # type: ignore[arg-type]
-    else:
-        raise ValueError(
-            f"cannot read data of type {type(data).__name__}; give an otcollapse Dataset, an "
-            "(X, y) pair, a tensor, a torch Dataset or a DataLoader (not shuffled)."
-        )
+        return len(data), _loader_batches(loader)  # type: ignore[arg-type]
+    X, y = as_xy(
+        data,
+        purpose="capture",
+        labels=False,
+        convert=False,
+        others="a torch Dataset or DataLoader (not shuffled)",
+    )
+    n = int(X.shape[0])
 
-    def gen2() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        for batch in loader:
-            if isinstance(batch, (tuple, list)):
-                yield batch[0], batch[1] if len(batch) > 1 else None
-            else:
-                yield batch, None
+    def gen() -> Batches:
+        for s in range(0, n, batch_size):
+            yield X[s : s + batch_size], None if y is None else y[s : s + batch_size]
 
-    return n, gen2()
+    return n, gen()
+
+
+def _loader_batches(loader: torch.utils.data.DataLoader) -> Batches:
+    for batch in loader:
+        if isinstance(batch, (tuple, list)):
+            yield batch[0], batch[1] if len(batch) > 1 else None
+        else:
+            yield batch, None
 
 
 class _Sink:
@@ -318,146 +307,183 @@ def capture(
     """
     mode, k = _parse_pool(pool)
     pooler = _Pooler(mode, k, check_int(seed, "seed"))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     dev_given = None if device is None else check_device(device)
-    if isinstance(layers, str):
-        if layers != "blocks":
-            raise ValueError(f"layers must be 'blocks' or a list of module names; got {layers!r}.")
-        hooked = find_blocks(model)
-        first_name = "stem"
-    else:
-        hooked = _named_layers(model, list(layers))
-        if not hooked:
-            raise ValueError("layers is empty; give at least one module name.")
-        first_name = "input"
-    names = [first_name, *[n for n, _ in hooked]]
-    if dev_given is None:
-        p = next(iter(model.parameters()), None)
-        dev = p.device if p is not None else torch.device("cpu")
-    else:
-        dev = dev_given
-        model.to(dev)
+    hooked, first_name = _hooked_modules(model, layers)
+    dev = place(model, dev_given)
     n, batches = _as_batches(data, batch_size)
     if n == 0:
         raise ValueError("the data set is empty; capture needs at least one sample.")
-    split = split if split is not None else str(getattr(data, "split", "train"))
-
     mdir = None if memmap_dir is None else Path(memmap_dir)
     if mdir is not None:
         mdir.mkdir(parents=True, exist_ok=True)
-    sinks = [
-        _Sink(n, None if mdir is None else mdir / f"layer{i:03d}.npy") for i in range(len(names))
-    ]
-    shortcut_mods = {i: _shortcut_of(m) for i, (_, m) in enumerate(hooked)}
-    shortcut_sinks: dict[int, _Sink] = {}
-    for i, sc in shortcut_mods.items():
-        if sc is not None:
-            path = None if mdir is None else mdir / f"shortcut{i:03d}.npy"
-            shortcut_sinks[i] = _Sink(n, path)  # shortcuts[i] = P h_i, block i maps layer i
-    logit_parts: list[np.ndarray] = []
-    label_parts: list[np.ndarray] = []
+    rec = _Recorder(hooked, pooler, n, mdir)
+    n_batches = -(-n // batch_size)
+    rec.run(model, progress_bar(batches, progress=progress, desc="capture", total=n_batches), dev)
+    feats, shortcuts = rec.results()
+    logits = np.concatenate(rec.logits)
+    meta = _metadata(model, data, split, pool=mode if mode != "project" else ["project", k])
+    meta.update(
+        {"n": n, "seed": int(seed), "layers": "blocks" if isinstance(layers, str) else list(layers)}
+    )
+    if mdir is not None:
+        meta["memmap_dir"] = str(mdir)
+    if rec.unchained:
+        meta["shortcuts_skipped"] = sorted(rec.unchained)
+    return Trajectory.from_arrays(
+        feats,
+        labels=np.concatenate(rec.labels) if rec.labels else None,
+        names=[first_name, *[nm for nm, _ in hooked]],
+        shortcuts=shortcuts,
+        classifier=_classifier(model, feats[-1].shape[1], logits, meta),
+        logits=logits if logits.ndim == 2 else None,
+        metadata=meta,
+    )
 
-    state: dict[str, Any] = {}
 
-    def pre_hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
-        state["pre_calls"] += 1
-        if state["pre_calls"] == 1:
-            state["prev"] = inputs[0]
-            sinks[0].add(pooler(inputs[0]))
-
-    def make_hook(i: int, name: str) -> Any:
-        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            state["calls"][i] += 1
-            if state["calls"][i] > 1:
-                raise ValueError(
-                    f"module {name!r} ran {state['calls'][i]} times in one forward pass; hook "
-                    "modules that run once (blocks), not shared activations such as a ReLU."
-                )
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            sinks[i + 1].add(pooler(out))
-            if i in shortcut_sinks:
-                if inputs[0] is not state.get("prev"):
-                    state["unchained"].add(name)
-                else:
-                    shortcut_sinks[i].add(pooler(shortcut_mods[i](inputs[0])))  # type: ignore[misc]
-            state["prev"] = out
-
-        return hook
-
-    handles = [hooked[0][1].register_forward_pre_hook(pre_hook)]
-    handles += [m.register_forward_hook(make_hook(i, nm)) for i, (nm, m) in enumerate(hooked)]
-    was_training = model.training
-    model.eval()
-    state["unchained"] = set()
-    try:
-        with torch.no_grad():
-            n_batches = -(-n // batch_size)
-            for xb, yb in progress_bar(batches, progress=progress, desc="capture", total=n_batches):
-                state["pre_calls"] = 0
-                state["calls"] = [0] * len(hooked)
-                state["prev"] = None
-                out = model(xb.to(dev, torch.float32) if xb.is_floating_point() else xb.to(dev))
-                missed = [hooked[i][0] for i, c in enumerate(state["calls"]) if c == 0]
-                if missed:
-                    raise ValueError(f"modules {missed} did not run in the forward pass.")
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                logit_parts.append(out.detach().to("cpu", torch.float32).numpy())
-                if yb is not None:
-                    label_parts.append(np.asarray(yb).reshape(-1))
-    except BaseException:
-        for sink in [*sinks, *shortcut_sinks.values()]:
-            sink.discard()
-        raise
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-
-    feats = [s.result() for s in sinks]
-    shortcuts = {
-        i: s.result() for i, s in shortcut_sinks.items() if hooked[i][0] not in state["unchained"]
-    }
-    logits = np.concatenate(logit_parts)
-    labels = np.concatenate(label_parts) if label_parts else None
+def _metadata(model: nn.Module, data: Any, split: str | None, pool: Any) -> dict[str, Any]:
+    """What a captured trajectory records about where it came from (the rest is added)."""
     meta: dict[str, Any] = {
         "source": "otcollapse.nets.capture",
         "model": type(model).__name__,
-        "split": split,
-        "pool": mode if mode != "project" else ["project", k],
-        "n": n,
-        "seed": int(seed),
-        "layers": "blocks" if isinstance(layers, str) else list(layers),
+        "split": split if split is not None else str(getattr(data, "split", "train")),
+        "pool": pool,
         "dtype": "float32",
     }
     if hasattr(data, "name"):
         meta["dataset"] = str(data.name)
     if isinstance(getattr(data, "provenance", None), dict):
         meta["data_provenance"] = data.provenance
-    if mdir is not None:
-        meta["memmap_dir"] = str(mdir)
-    if state["unchained"]:
-        meta["shortcuts_skipped"] = sorted(state["unchained"])
+    return meta
 
-    classifier = None
-    head = getattr(model, "head", None)
-    head = head if isinstance(head, nn.Linear) else getattr(model, "fc", None)
-    if isinstance(head, nn.Linear) and logits.ndim == 2:
-        if head.in_features == feats[-1].shape[1] and head.out_features == logits.shape[1]:
-            W = head.weight.detach().to("cpu", torch.float64).numpy()
-            b = None if head.bias is None else head.bias.detach().to("cpu", torch.float64).numpy()
-            classifier = (W, b)
-        else:
-            meta["classifier"] = (
-                f"not recorded: the head takes {head.in_features} features, the last layer has "
-                f"{feats[-1].shape[1]} (use pool='avg')"
-            )
-    return Trajectory.from_arrays(
-        feats,
-        labels=labels,
-        names=names,
-        shortcuts=shortcuts,
-        classifier=classifier,
-        logits=logits if logits.ndim == 2 else None,
-        metadata=meta,
+
+def _hooked_modules(
+    model: nn.Module, layers: str | Sequence[str]
+) -> tuple[list[tuple[str, nn.Module]], str]:
+    """The modules ``layers`` names (``"blocks"``: :func:`find_blocks`) and layer 0's name."""
+    if isinstance(layers, str):
+        if layers != "blocks":
+            raise ValueError(f"layers must be 'blocks' or a list of module names; got {layers!r}.")
+        return find_blocks(model), "stem"
+    hooked = _named_layers(model, list(layers))
+    if not hooked:
+        raise ValueError("layers is empty; give at least one module name.")
+    return hooked, "input"
+
+
+def _classifier(
+    model: nn.Module, last_dim: int, logits: np.ndarray, meta: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """``(W, b)`` of the linear head when it maps the last layer to the logits (else a note in
+    ``meta`` says why it was not recorded)."""
+    head = linear_head(model)
+    if head is None or logits.ndim != 2:
+        return None
+    if head.in_features == last_dim and head.out_features == logits.shape[1]:
+        W = head.weight.detach().to("cpu", torch.float64).numpy()
+        b = None if head.bias is None else head.bias.detach().to("cpu", torch.float64).numpy()
+        return W, b
+    meta["classifier"] = (
+        f"not recorded: the head takes {head.in_features} features, the last layer has "
+        f"{last_dim} (use pool='avg')"
     )
+    return None
+
+
+class _Recorder:
+    """The hooks of one capture: layer 0 (the first module's input), every hooked module's
+    output, the shortcut images ``P h`` of blocks with a shortcut, the logits and the labels."""
+
+    def __init__(
+        self, hooked: list[tuple[str, nn.Module]], pooler: _Pooler, n: int, mdir: Path | None
+    ) -> None:
+        self.hooked, self.pooler = hooked, pooler
+        self.sinks = [
+            _Sink(n, None if mdir is None else mdir / f"layer{i:03d}.npy")
+            for i in range(len(hooked) + 1)
+        ]
+        self.shortcut_mods = {i: _shortcut_of(m) for i, (_, m) in enumerate(hooked)}
+        # shortcuts[i] = P h_i: block i maps layer i
+        self.shortcut_sinks = {
+            i: _Sink(n, None if mdir is None else mdir / f"shortcut{i:03d}.npy")
+            for i, sc in self.shortcut_mods.items()
+            if sc is not None
+        }
+        self.logits: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.unchained: set[str] = set()
+        self.calls = [0] * len(hooked)
+        self.pre_calls = 0
+        self.prev: Any = None
+
+    def pre_hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        self.pre_calls += 1
+        if self.pre_calls == 1:
+            self.prev = inputs[0]
+            self.sinks[0].add(self.pooler(inputs[0]))
+
+    def hook(self, i: int) -> Any:
+        name = self.hooked[i][0]
+
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            self.calls[i] += 1
+            if self.calls[i] > 1:
+                raise ValueError(
+                    f"module {name!r} ran {self.calls[i]} times in one forward pass; hook "
+                    "modules that run once (blocks), not shared activations such as a ReLU."
+                )
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            self.sinks[i + 1].add(self.pooler(out))
+            if i in self.shortcut_sinks:
+                if inputs[0] is not self.prev:
+                    self.unchained.add(name)
+                else:
+                    sc = self.shortcut_mods[i]
+                    self.shortcut_sinks[i].add(self.pooler(sc(inputs[0])))  # type: ignore[misc]
+            self.prev = out
+
+        return hook
+
+    def run(self, model: nn.Module, batches: Iterable[Any], dev: torch.device) -> None:
+        """One forward pass per batch in eval mode without gradients (the mode is restored)."""
+        handles = [self.hooked[0][1].register_forward_pre_hook(self.pre_hook)]
+        handles += [m.register_forward_hook(self.hook(i)) for i, (_, m) in enumerate(self.hooked)]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for xb, yb in batches:
+                    self._batch(model, xb, yb, dev)
+        except BaseException:
+            for sink in [*self.sinks, *self.shortcut_sinks.values()]:
+                sink.discard()
+            raise
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+
+    def _batch(
+        self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor | None, dev: torch.device
+    ) -> None:
+        self.pre_calls = 0
+        self.calls = [0] * len(self.hooked)
+        self.prev = None
+        out = model(xb.to(dev, torch.float32) if xb.is_floating_point() else xb.to(dev))
+        missed = [self.hooked[i][0] for i, c in enumerate(self.calls) if c == 0]
+        if missed:
+            raise ValueError(f"modules {missed} did not run in the forward pass.")
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        self.logits.append(out.detach().to("cpu", torch.float32).numpy())
+        if yb is not None:
+            self.labels.append(np.asarray(yb).reshape(-1))
+
+    def results(self) -> tuple[list[np.ndarray], dict[int, np.ndarray]]:
+        """The layers and the shortcut images of the blocks whose input was the previous output."""
+        feats = [s.result() for s in self.sinks]
+        shortcuts = {
+            i: s.result()
+            for i, s in self.shortcut_sinks.items()
+            if self.hooked[i][0] not in self.unchained
+        }
+        return feats, shortcuts

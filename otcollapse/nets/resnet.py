@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from otcollapse._validation import check_int
+
 __all__ = [
     "BasicBlock",
     "ConvResNet",
@@ -35,6 +37,21 @@ def _norm1d(width: int, batchnorm: bool) -> nn.Module:
 
 def _norm2d(width: int, batchnorm: bool) -> nn.Module:
     return nn.BatchNorm2d(width) if batchnorm else nn.Identity()
+
+
+def _check_sizes(**sizes: int) -> None:
+    """Each size a positive integer, or a TypeError / ValueError naming it."""
+    for name, v in sizes.items():
+        check_int(v, name, minimum=1)
+
+
+def _conv_stem(in_channels: int, width: int, batchnorm: bool) -> nn.Module:
+    """A 3x3 convolution to ``width`` channels, a normalisation and a ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, 1, 1, bias=not batchnorm),
+        _norm2d(width, batchnorm),
+        nn.ReLU(),
+    )
 
 
 class _BlockNet(nn.Module):
@@ -61,6 +78,14 @@ class _BlockNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)))
+
+    def _assemble(
+        self, stem: nn.Module, blocks: Sequence[nn.Module], head: nn.Linear, plain: bool
+    ) -> None:
+        self.plain = plain
+        self.stem = stem
+        self.blocks = nn.ModuleList(blocks)
+        self.head = head
 
 
 class MLPBlock(nn.Module):
@@ -131,16 +156,12 @@ class ResidualMLP(_BlockNet):
         batchnorm: bool = False,
     ) -> None:
         super().__init__()
-        if min(d_in, width, n_blocks, n_classes) < 1:
-            raise ValueError("d_in, width, n_blocks and n_classes must be positive integers.")
-        self.plain = plain
-        self.stem = nn.Sequential(
+        _check_sizes(d_in=d_in, width=width, n_blocks=n_blocks, n_classes=n_classes)
+        stem = nn.Sequential(
             nn.Flatten(), nn.Linear(d_in, width), _norm1d(width, batchnorm), nn.ReLU()
         )
-        self.blocks = nn.ModuleList(
-            MLPBlock(width, plain=plain, batchnorm=batchnorm) for _ in range(n_blocks)
-        )
-        self.head = nn.Linear(width, n_classes)
+        blocks = [MLPBlock(width, plain=plain, batchnorm=batchnorm) for _ in range(n_blocks)]
+        self._assemble(stem, blocks, nn.Linear(width, n_classes), plain)
 
 
 class BasicBlock(nn.Module):
@@ -218,18 +239,12 @@ class ConvResNet(_BlockNet):
         batchnorm: bool = True,
     ) -> None:
         super().__init__()
-        if min(in_channels, width, n_blocks, n_classes) < 1:
-            raise ValueError("in_channels, width, n_blocks and n_classes must be positive.")
-        self.plain = plain
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, 1, 1, bias=not batchnorm),
-            _norm2d(width, batchnorm),
-            nn.ReLU(),
-        )
-        self.blocks = nn.ModuleList(
+        _check_sizes(in_channels=in_channels, width=width, n_blocks=n_blocks, n_classes=n_classes)
+        stem = _conv_stem(in_channels, width, batchnorm)  # before the blocks: the seeded draws
+        blocks = [
             BasicBlock(width, width, 1, plain=plain, batchnorm=batchnorm) for _ in range(n_blocks)
-        )
-        self.head = nn.Linear(width, n_classes)
+        ]
+        self._assemble(stem, blocks, nn.Linear(width, n_classes), plain)
 
 
 class ResNet(_BlockNet):
@@ -276,12 +291,7 @@ class ResNet(_BlockNet):
             )
         if min(widths) < 1 or min(blocks_per_stage) < 1:
             raise ValueError("every stage needs a positive width and at least one block.")
-        self.plain = plain
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=not batchnorm),
-            _norm2d(widths[0], batchnorm),
-            nn.ReLU(),
-        )
+        stem = _conv_stem(in_channels, widths[0], batchnorm)
         blocks: list[nn.Module] = []
         self.stage_of: list[int] = []
         in_planes = widths[0]
@@ -291,8 +301,7 @@ class ResNet(_BlockNet):
                 blocks.append(BasicBlock(in_planes, w, stride, plain=plain, batchnorm=batchnorm))
                 self.stage_of.append(s)
                 in_planes = w
-        self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Linear(in_planes, n_classes)
+        self._assemble(stem, blocks, nn.Linear(in_planes, n_classes), plain)
 
 
 def resnet18_layout(

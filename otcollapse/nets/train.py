@@ -17,26 +17,23 @@ killed run resumed with ``resume=True`` ends with exactly the weights of an unin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from otcollapse._utils import (
-    atomic_path,
-    check_device,
-    check_finite,
-    check_not_complex,
-    progress_bar,
-)
-from otcollapse._validation import check_int, check_labels, check_real
+from otcollapse._results import Result
+from otcollapse._utils import atomic_path, check_device, json_safe, progress_bar
+from otcollapse._validation import check_int, check_real
+from otcollapse.nets.common import as_xy, linear_head, place, weight_norms
 
 __all__ = ["CHECKPOINT_NAME", "TrainHistory", "load_checkpoint", "train"]
 
@@ -47,9 +44,17 @@ Callback = Callable[[int, nn.Module, "TrainHistory"], Any]
 _FIELDS = ("epochs", "loss", "accuracy", "train_loss", "lr", "seconds", "weight_norms")
 
 
+def _number(v: Any) -> float:
+    """A recorded number back as a float (a JSON record holds NaN as None, inf as "inf")."""
+    return math.nan if v is None else float(v)
+
+
 @dataclasses.dataclass(frozen=True)
-class TrainHistory:
+class TrainHistory(Result):
     """Per-epoch record of a training run (one entry per completed epoch).
+
+    ``to_dict()`` records the fields and ``terminal_epoch`` (NaN as None, as every record);
+    :meth:`from_dict` reads it back. ``table()`` has one row per epoch.
 
     Attributes
     ----------
@@ -69,6 +74,8 @@ class TrainHistory:
     config : dict
         The training options.
     """
+
+    _derived: ClassVar[tuple[str, ...]] = ("terminal_epoch",)
 
     epochs: tuple[int, ...] = ()
     loss: tuple[float, ...] = ()
@@ -99,50 +106,25 @@ class TrainHistory:
         """A new history with one more epoch."""
         return dataclasses.replace(self, **{f: (*getattr(self, f), row[f]) for f in _FIELDS})
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe record."""
-        out: dict[str, Any] = {f: list(getattr(self, f)) for f in _FIELDS}
-        out["weight_norms"] = [dict(w) for w in self.weight_norms]
-        out["config"] = dict(self.config)
-        out["terminal_epoch"] = self.terminal_epoch
-        return out
+    def table(self) -> list[dict[str, Any]]:
+        """One JSON-safe row per epoch: loss, accuracy, mini-batch loss, learning rate, seconds
+        (the weight norms, a dict per epoch, are in :meth:`to_dict`)."""
+        cols = ("epoch", *_FIELDS[1:-1])
+        values = zip(*(getattr(self, f) for f in _FIELDS[:-1]), strict=True)
+        return json_safe([dict(zip(cols, row, strict=True)) for row in values])
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainHistory:
         """Inverse of :meth:`to_dict`."""
-        kw: dict[str, Any] = {f: tuple(d.get(f, ())) for f in _FIELDS}
-        kw["epochs"] = tuple(int(e) for e in kw["epochs"])
-        kw["weight_norms"] = tuple(dict(w) for w in kw["weight_norms"])
+        kw: dict[str, Any] = {f: tuple(_number(v) for v in d.get(f, ())) for f in _FIELDS[1:-1]}
+        kw["epochs"] = tuple(int(e) for e in d.get("epochs", ()))
+        kw["weight_norms"] = tuple(
+            {k: _number(v) for k, v in w.items()} for w in d.get("weight_norms", ())
+        )
         return cls(**kw, config=dict(d.get("config", {})))
 
 
 # ---------------------------------------------------------------------------- helpers
-def _xy(data: Any, purpose: str = "train on") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(X, y)`` of a Dataset or a pair, as float32 and int64 tensors, with shape checks."""
-    if hasattr(data, "X") and hasattr(data, "y"):
-        X, y = data.X, data.y
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        X, y = data
-    else:
-        raise ValueError(
-            f"cannot {purpose} data of type {type(data).__name__}; give an otcollapse Dataset or "
-            "an (X, y) pair of arrays/tensors."
-        )
-    check_not_complex(X, "the inputs X")
-    X = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
-    if X.ndim < 1 or X.shape[0] == 0:
-        raise ValueError("the data set is empty.")
-    n = int(X.shape[0])
-    y_shape = tuple(y.shape) if hasattr(y, "shape") else (len(y),)
-    if len(y_shape) == 1 and y_shape[0] != n:
-        raise ValueError(f"{y_shape[0]} labels for {n} samples; give one per sample.")
-    # integer class indices: 0.5 or NaN would otherwise be truncated to a class silently
-    y = torch.as_tensor(check_labels(y, n))
-    X = X.float()
-    check_finite(X, "the inputs X")
-    return X, y
-
-
 def _loss_fn(kind: str, n_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if kind == "ce":
         return lambda out, y: F.cross_entropy(out, y)
@@ -171,12 +153,6 @@ def _scheduler(opt: Any, schedule: str | None, epochs: int) -> Any:
     raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or None.")
 
 
-def _weight_norms(model: nn.Module) -> dict[str, float]:
-    return {
-        n: float(p.detach().double().norm()) for n, p in model.named_parameters() if p.ndim >= 2
-    }
-
-
 def _callbacks(callbacks: Iterable[Any], epochs: int) -> list[tuple[Callback, set[int]]]:
     out = []
     for cb in callbacks:
@@ -199,11 +175,6 @@ def _callbacks(callbacks: Iterable[Any], epochs: int) -> list[tuple[Callback, se
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint written by :func:`train` (``torch.load(weights_only=True)``)."""
     return torch.load(Path(path), map_location="cpu", weights_only=True)
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 # ---------------------------------------------------------------------------- train
@@ -292,128 +263,169 @@ def train(
     V. Papyan, X. Y. Han, D. L. Donoho, "Prevalence of neural collapse during the terminal phase of
     deep learning training", PNAS 2020.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int; got {epochs!r}.")
-    batch_size = check_int(batch_size, "batch_size", minimum=1)
-    checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=1)
-    lr = check_real(lr, "lr (the learning rate)", minimum=0.0, open_min=True)
-    weight_decay = check_real(weight_decay, "weight_decay", minimum=0.0)
-    momentum = check_real(momentum, "momentum", minimum=0.0, maximum=1.0, open_max=True)
-    seed = check_int(seed, "seed")
-    dev_given = None if device is None else check_device(device)
-    X, y = _xy(data)
-    n_out = None
-    head = getattr(model, "head", getattr(model, "fc", None))
-    if isinstance(head, nn.Linear):
-        n_out = head.out_features
-    n_classes = n_out if n_out is not None else int(y.max()) + 1
-    if int(y.max()) >= n_classes or int(y.min()) < 0:
-        raise ValueError(f"labels must lie in 0..{n_classes - 1} (the model's outputs).")
-    loss_fn = _loss_fn(loss, n_classes)
-    if dev_given is None:
-        p = next(iter(model.parameters()), None)
-        dev = p.device if p is not None else torch.device("cpu")
-    else:
-        dev = dev_given
-        model.to(dev)
-    X, y = X.to(dev), y.to(dev)
-    opt = _optimizer(model, optimizer, lr, weight_decay, momentum)
-    sched = _scheduler(opt, schedule, epochs)
-    cbs = _callbacks(callbacks, epochs)
-    config = {
-        "epochs": epochs,
-        "lr": float(lr),
-        "weight_decay": float(weight_decay),
+    config: dict[str, Any] = {
+        "epochs": check_int(epochs, "epochs", minimum=1),
+        "lr": check_real(lr, "lr (the learning rate)", minimum=0.0, open_min=True),
+        "weight_decay": check_real(weight_decay, "weight_decay", minimum=0.0),
         "loss": loss,
         "optimizer": optimizer,
-        "momentum": float(momentum),
+        "momentum": check_real(momentum, "momentum", minimum=0.0, maximum=1.0, open_max=True),
         "schedule": schedule,
-        "batch_size": int(batch_size),
-        "seed": int(seed),
-        "n": int(X.shape[0]),
+        "batch_size": check_int(batch_size, "batch_size", minimum=1),
+        "seed": check_int(seed, "seed"),
     }
-    gen = torch.Generator().manual_seed(int(seed))
-    history = TrainHistory(config=config)
-    start = 0
-    ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
-    if resume and ckpt is None:
+    checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=1)
+    dev_given = None if device is None else check_device(device)
+    X, y = as_xy(data, purpose="train on")
+    config["n"] = int(X.shape[0])
+    loss_fn = _loss_fn(loss, _n_classes(model, y))
+    dev = place(model, dev_given)
+    X, y = X.to(dev), y.to(dev)
+    run = _Run(model, config)
+    cbs = _callbacks(callbacks, config["epochs"])
+    if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir.")
+    ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
     if resume and ckpt is not None and ckpt.exists():
+        run.restore(ckpt)
+    with _deterministic():
+        run.fit(X, y, loss_fn, cbs, ckpt, checkpoint_every, progress)
+    return run.history
+
+
+def _n_classes(model: nn.Module, y: torch.Tensor) -> int:
+    """The model's outputs (its linear head's), else ``max(y) + 1``; labels must fit them."""
+    head = linear_head(model)
+    n_classes = head.out_features if head is not None else int(y.max()) + 1
+    if int(y.max()) >= n_classes or int(y.min()) < 0:
+        raise ValueError(f"labels must lie in 0..{n_classes - 1} (the model's outputs).")
+    return n_classes
+
+
+def _call(cbs: list[tuple[Callback, set[int]]], epoch: int, model: nn.Module, h: Any) -> None:
+    for fn, when in cbs:
+        if epoch in when:
+            fn(epoch, model, h)
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    """``torch.use_deterministic_algorithms`` on (warn only) while training; restored after."""
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+
+
+@dataclasses.dataclass
+class _Run:
+    """The state of one training run: what a checkpoint stores and restores."""
+
+    model: nn.Module
+    #: the training options (``train``'s ``config``)
+    config: dict[str, Any]
+    start: int = 0
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.opt = _optimizer(self.model, c["optimizer"], c["lr"], c["weight_decay"], c["momentum"])
+        self.sched = _scheduler(self.opt, c["schedule"], c["epochs"])
+        self.gen = torch.Generator().manual_seed(c["seed"])
+        self.history = TrainHistory(config=c)
+
+    def restore(self, ckpt: Path) -> None:
+        """Continue from the checkpoint ``ckpt`` (made with the same options)."""
         state = load_checkpoint(ckpt)
-        diff = {
-            k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v
-        }
+        made = state["config"]
+        diff = {k: (made.get(k), v) for k, v in self.config.items() if made.get(k) != v}
         if diff:
             raise ValueError(
                 f"the checkpoint {str(ckpt)!r} was made with other options {{option: (checkpoint, "
                 f"now)}} = {diff}; resume with the same options or use another checkpoint_dir."
             )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["rng"]["generator"])
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.sched is not None:
+            self.sched.load_state_dict(state["scheduler"])
+        self.gen.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
-        history = TrainHistory.from_dict(state["history"])
-        start = int(state["epoch"])
+        self.history = TrainHistory.from_dict(state["history"])
+        self.start = int(state["epoch"])
 
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        if start == 0:
-            for fn, when in cbs:
-                if 0 in when:
-                    fn(0, model, history)
-        n = X.shape[0]
-        for epoch in progress_bar(
-            range(start + 1, epochs + 1), progress=progress, desc="train", total=epochs - start
-        ):
-            t0 = time.perf_counter()
-            model.train()
-            lr_now = float(opt.param_groups[0]["lr"])
-            perm = torch.randperm(n, generator=gen).to(dev)
-            total = 0.0
-            for s in range(0, n, batch_size):
-                idx = perm[s : s + batch_size]
-                opt.zero_grad(set_to_none=True)
-                batch_loss = loss_fn(model(X[idx]), y[idx])
-                batch_loss.backward()
-                opt.step()
-                total += float(batch_loss.detach()) * len(idx)
-            if sched is not None:
-                sched.step()
-            ev_loss, ev_acc = _evaluate(model, X, y, loss_fn, max(batch_size, 1024))
-            history = history.append(
-                epochs=epoch,
-                loss=ev_loss,
-                accuracy=ev_acc,
-                train_loss=total / n,
-                lr=lr_now,
-                seconds=time.perf_counter() - t0,
-                weight_norms=_weight_norms(model),
-            )
+    def save(self, ckpt: Path, epoch: int) -> None:
+        """Write the checkpoint after ``epoch`` atomically."""
+        state = {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": None if self.sched is None else self.sched.state_dict(),
+            "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()},
+            "history": self.history.to_dict(),
+            "config": self.config,
+        }
+        with atomic_path(ckpt) as tmp:
+            torch.save(state, tmp)
+
+    def fit(
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        cbs: list[tuple[Callback, set[int]]],
+        ckpt: Path | None,
+        checkpoint_every: int,
+        progress: bool,
+    ) -> None:
+        """The epochs left (callbacks at 0 first when starting anew), with checkpoints."""
+        epochs = self.config["epochs"]
+        if self.start == 0:
+            _call(cbs, 0, self.model, self.history)
+        left = range(self.start + 1, epochs + 1)
+        for epoch in progress_bar(left, progress=progress, desc="train", total=len(left)):
+            self.epoch(epoch, X, y, loss_fn, self.config["batch_size"])
             # callbacks before the checkpoint: a run killed in between redoes the epoch and its
             # callbacks on resume, so a callback's output (e.g. a capture) is never skipped
-            for fn, when in cbs:
-                if epoch in when:
-                    fn(epoch, model, history)
+            _call(cbs, epoch, self.model, self.history)
             if ckpt is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
-                _save_checkpoint(
-                    ckpt,
-                    {
-                        "epoch": epoch,
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": None if sched is None else sched.state_dict(),
-                        "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state()},
-                        "history": history.to_dict(),
-                        "config": config,
-                    },
-                )
-    finally:
-        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
-    return history
+                self.save(ckpt, epoch)
+
+    def epoch(
+        self,
+        epoch: int,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        batch_size: int,
+    ) -> None:
+        """One epoch: SGD steps on shuffled mini-batches, the schedule's step, the evaluation."""
+        t0 = time.perf_counter()
+        model, opt, n = self.model, self.opt, X.shape[0]
+        model.train()
+        lr_now = float(opt.param_groups[0]["lr"])
+        perm = torch.randperm(n, generator=self.gen).to(X.device)
+        total = 0.0
+        for s in range(0, n, batch_size):
+            idx = perm[s : s + batch_size]
+            opt.zero_grad(set_to_none=True)
+            batch_loss = loss_fn(model(X[idx]), y[idx])
+            batch_loss.backward()
+            opt.step()
+            total += float(batch_loss.detach()) * len(idx)
+        if self.sched is not None:
+            self.sched.step()
+        ev_loss, ev_acc = _evaluate(model, X, y, loss_fn, max(batch_size, 1024))
+        self.history = self.history.append(
+            epochs=epoch,
+            loss=ev_loss,
+            accuracy=ev_acc,
+            train_loss=total / n,
+            lr=lr_now,
+            seconds=time.perf_counter() - t0,
+            weight_norms=weight_norms(model),
+        )
 
 
 def _evaluate(

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from otcollapse.experiment import RunConfig, _from_disk, run_experiment
+from otcollapse.experiments.config import RunConfig, read_data_file
+from otcollapse.experiments.run import run_experiment
 from otcollapse.io import locked_folder, save_json
 
 __all__ = ["REPRODUCTIONS", "reproduce"]
@@ -36,7 +37,7 @@ _WGZ = "S. Wang, K. Gai, S. Zhang, Progressive feedforward collapse of ResNet tr
 
 
 def _config(data: str, quick: bool, seed: int, **kw: Any) -> RunConfig:
-    shape = _from_disk(data).input_shape  # validates the path and tells images from vectors
+    shape = read_data_file(data).input_shape  # validates the path and tells images from vectors
     model = "conv" if len(shape) == 3 and min(shape[1:]) >= 4 else "mlp"
     base: dict[str, Any] = {"data": str(data), "model": model, "seed": seed, "mufm": False}
     if quick:

@@ -1,0 +1,261 @@
+"""The analysis stage every job shares: the analyses of a trajectory, the headline numbers, the
+verdicts, the aggregation over seeds, the figures and the records of ``metrics.json``.
+
+``otcollapse run`` (:mod:`otcollapse.experiments.run`), ``analyze`` and ``mufm``
+(:mod:`otcollapse.experiments.analyze`) all go through these, so their run folders read alike.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from otcollapse._utils import atomic_path, json_safe
+from otcollapse.collapse import CollapseProfile, collapse_profile
+from otcollapse.geodesic import GeodesicReport, geodesic_test, lss, ots
+from otcollapse.measures import Trajectory
+from otcollapse.nets import TrainHistory
+
+__all__ = [
+    "Log",
+    "aggregate_seeds",
+    "analyse",
+    "epoch_scores",
+    "headline",
+    "package_versions",
+    "record_results",
+    "say",
+    "verdicts",
+    "write_figures",
+]
+
+#: how a job reports its progress: one line at a time
+Log = Callable[[str], Any]
+
+
+def say(msg: str) -> None:
+    """The default :data:`Log`: print, flushed (a long run shows its progress even when piped)."""
+    print(msg, flush=True)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages a result depends on."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("otcollapse", "numpy", "scipy", "torch", "pot", "geomloss", "matplotlib"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+# ---------------------------------------------------------------------------- analyses
+def analyse(
+    traj: Trajectory, *, seed: int, geodesic: bool = True, progress: bool = False
+) -> dict[str, Any]:
+    """The three analyses of one trajectory (``geodesic_test`` includes the transport profile)."""
+    out: dict[str, Any] = {"collapse": collapse_profile(traj)}
+    if geodesic:
+        out["geodesic"] = geodesic_test(traj, seed=seed, progress=progress)
+    return out
+
+
+def epoch_scores(traj: Trajectory) -> dict[str, Any]:
+    """OTS and LSS of the longest segment of equal dimension (no McCann fit)."""
+    seg = max(traj.segments, key=len)
+    tracks = traj.take_layers(list(seg))
+    scores = lss(tracks)
+    return {
+        "ots": ots(tracks[0].numpy(), tracks[len(tracks) - 1].numpy()),
+        "lss_mean": scores.mean,
+        "lss_median": scores.median,
+    }
+
+
+def _segment_summary(rep: GeodesicReport) -> dict[str, Any]:
+    s = max(rep.segments, key=lambda seg: len(seg.layers))  # the longest (first on a tie)
+    return {
+        "segment": f"{s.names[0]} … {s.names[-1]}",
+        "ots": s.ots,
+        "lss_mean": s.lss.mean,
+        "lss_median": s.lss.median,
+        "path_ratio": s.path_ratio,
+        "speed_cv": s.speed_cv,
+        "mccann_max_residual": s.mccann.max_residual,
+    }
+
+
+def headline(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers a reader looks at first, per model: OTS, LSS, R, NC1 at both ends, PFC."""
+    out: dict[str, Any] = {}
+    for name, res in results.items():
+        col: CollapseProfile = res["collapse"]
+        nc1 = col.values("nc1")
+        pfc = col.pfc.get("nc1")
+        row: dict[str, Any] = {
+            "nc1_first": float(nc1[0]),
+            "nc1_last": float(nc1[-1]),
+            "nc1_kendall_tau": None if pfc is None else pfc.kendall_tau,
+            "nc1_frac_non_increasing": None if pfc is None else pfc.frac_non_increasing,
+            "nc1_monotone": None if pfc is None else pfc.monotone,
+        }
+        if "geodesic" in res:
+            row.update(_segment_summary(res["geodesic"]))
+        if "history" in res:
+            h: TrainHistory = res["history"]
+            row["train_accuracy"] = h.final_accuracy
+            row["train_loss"] = h.loss[-1] if h.loss else None
+        if "test_accuracy" in res:
+            row["test_accuracy"] = res["test_accuracy"]
+        out[name] = json_safe(row)
+    return out
+
+
+def verdicts(head: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """What the theory predicts for a trained ResNet and its plain twin, and whether it held.
+
+    Read from one headline (one seed): a run over several seeds reports the verdicts of its
+    first seed.
+    """
+    res, pl = head.get("resnet"), head.get("plain")
+    out = []
+    if res is not None:
+        tau = res.get("nc1_kendall_tau")
+        out.append(
+            {
+                "claim": "ResNet: NC1 decreases over depth (progressive feedforward collapse)",
+                "measured": (
+                    f"Kendall τ = {tau:+.3f}, non-increasing steps "
+                    f"{res['nc1_frac_non_increasing']:.0%}"
+                    if tau is not None
+                    else "undefined"
+                ),
+                "holds": bool(tau is not None and tau < 0),
+            }
+        )
+    if res is None or pl is None or "ots" not in res or "ots" not in pl:
+        return out
+    out.append(
+        {
+            "claim": "OTS of the ResNet above the plain twin's (Gai & Zhang)",
+            "measured": f"{res['ots']:.3f} vs {pl['ots']:.3f}",
+            "holds": bool(res["ots"] > pl["ots"]),
+        }
+    )
+    if res.get("lss_mean") is not None and pl.get("lss_mean") is not None:
+        out.append(
+            {
+                "claim": "LSS of the ResNet below the plain twin's (straighter tracks)",
+                "measured": f"{res['lss_mean']:.3f} vs {pl['lss_mean']:.3f}",
+                "holds": bool(res["lss_mean"] < pl["lss_mean"]),
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------- seeds
+def _number(v: Any) -> float:
+    """A headline value as a float; NaN where it is missing (None: a NaN in JSON) or not a number
+    (a flag, a text, ``"inf"``: how JSON records an infinity).
+
+    Zero is a value: a score of exactly 0 (an OTS of 0 at initialisation) counts like any other.
+    """
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+        return float(v)
+    return math.nan
+
+
+def _interval(vals: np.ndarray) -> dict[str, Any]:
+    """Mean, standard deviation and a 95% Student-t interval of ``vals`` (finite, non-empty)."""
+    from scipy import stats
+
+    mean = float(vals.mean())
+    sd = float(vals.std(ddof=1)) if vals.size > 1 else math.nan
+    half = (
+        float(stats.t.ppf(0.975, vals.size - 1) * sd / math.sqrt(vals.size))
+        if vals.size > 1
+        else math.nan
+    )
+    return {
+        "mean": mean,
+        "std": sd,
+        "ci95": [mean - half, mean + half],
+        "n": int(vals.size),
+        "values": vals.tolist(),
+    }
+
+
+def aggregate_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean, standard deviation and a 95% Student-t interval of every headline number.
+
+    ``per_seed`` holds each seed's ``metrics`` (its ``"headline"``: model -> statistic ->
+    value). A statistic is aggregated over the seeds where it is a finite number: ``None``
+    (a NaN in JSON) and infinities are missing, zero is a value. ``n`` counts the seeds used,
+    ``values`` lists them; a statistic no seed has as a number is left out, and so are flags
+    (booleans) and texts.
+    """
+    out: dict[str, Any] = {}
+    for m in per_seed[0]["headline"]:
+        rows = [p["headline"].get(m, {}) for p in per_seed]
+        keys = dict.fromkeys(k for r in rows for k in r)  # in order, seed 0's first
+        out[m] = {}
+        for key in keys:
+            vals = np.array([_number(r.get(key)) for r in rows], dtype=float)
+            vals = vals[np.isfinite(vals)]
+            if vals.size:
+                out[m][key] = _interval(vals)
+    return json_safe(out)
+
+
+# ---------------------------------------------------------------------------- records
+def record_results(res: Mapping[str, Any]) -> dict[str, Any]:
+    """The analyses of one trajectory (``analyse``'s output and extras) as JSON-safe records."""
+    return {k: v.to_dict() if hasattr(v, "to_dict") else json_safe(v) for k, v in res.items()}
+
+
+def write_figures(
+    final: Mapping[str, Any],
+    epochs: Mapping[str, Mapping[int, CollapseProfile]],
+    trajs: Mapping[str, Trajectory],
+    calibration: Any,
+    fig_dir: Path,
+) -> list[str]:
+    """Write the report's PNG figures into ``fig_dir`` (atomically); returns their file names.
+
+    ``final`` maps a model to its analyses, ``epochs`` a model to its collapse profile per
+    epoch, ``trajs`` a model to the trajectory of its PCA view; ``calibration`` is None or
+    ``(MUFMCalibration, trajectory it was fitted on)``.
+    """
+    from otcollapse import plots
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    made: list[tuple[str, Any]] = []
+    cols = {k: v["collapse"] for k, v in final.items()}
+    made.append(("collapse_depth_nc1.png", plots.plot_collapse_depth(cols, "nc1")))
+    made.append(("collapse_depth_tr_sigma_w.png", plots.plot_collapse_depth(cols, "tr_sigma_w")))
+    geos = {k: v["geodesic"] for k, v in final.items() if "geodesic" in v}
+    if geos:
+        steps = plots.plot_transport_steps({k: g.profile for k, g in geos.items()})
+        made.append(("transport_steps.png", steps))
+        made.append(("mccann_fit.png", plots.plot_mccann_fit(geos)))
+        made.append(("ots_lss.png", plots.plot_ots_lss(geos)))
+    if epochs and any(len(v) > 1 for v in epochs.values()):
+        made.append(("collapse_epochs_nc1.png", plots.plot_collapse_epochs(epochs, "nc1")))
+    for name, traj in trajs.items():
+        made.append((f"pca_{name}.png", plots.plot_layer_pca(traj, n_tracks=25)))
+    if calibration is not None:
+        cal, fitted_on = calibration
+        made.append(("mufm_calibration.png", plots.plot_mufm_calibration(cal, network=fitted_on)))
+    names = []
+    for fname, fig in made:
+        with atomic_path(fig_dir / fname, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        names.append(fname)
+    return names
