@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from otcollapse import geodesic_test, save_trajectory, transparent_model
+from otcollapse import geodesic_test, save_trajectory
 from otcollapse.cli import load_features, main
+from otcollapse.constructions import transparent_model
 from otcollapse.experiments import RunConfig, aggregate_seeds, run_experiment
 
 TINY = {

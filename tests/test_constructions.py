@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from otcollapse import discrete_geodesic, etf_clusters, simplex_etf, transparent_model
+from otcollapse.constructions import discrete_geodesic, etf_clusters, simplex_etf, transparent_model
 
 
 @pytest.mark.parametrize(

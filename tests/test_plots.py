@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from otcollapse import (
-    Trajectory,
-    collapse_profile,
-    discrete_geodesic,
-    etf_clusters,
-    geodesic_test,
-    transparent_model,
-    transport_profile,
-)
+from otcollapse import Trajectory, collapse_profile, geodesic_test, transport_profile
+from otcollapse.constructions import discrete_geodesic, etf_clusters, transparent_model
 from otcollapse.plots import (
     plot_collapse_depth,
     plot_collapse_epochs,

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from oracles import assignment_w2sq, collapsed_w2sq, weighted_moments
 
 from otcollapse import Trajectory, geodesic_test, wasserstein
-from otcollapse.geodesic import ots
 from otcollapse.exceptions import ConvergenceWarning
+from otcollapse.geodesic import ots
 from otcollapse.transport.blocks import find_groups
 from otcollapse.transport.geometry import PointCloudCost
 

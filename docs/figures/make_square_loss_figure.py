@@ -2,7 +2,7 @@
 
     python docs/figures/make_square_loss_figure.py
 
-Runs ``otcollapse.dynamics.run_square_loss_experiment`` with its defaults (a residual MLP on the
+Runs ``otcollapse.experiments.run_square_loss_experiment`` with its defaults (a residual MLP on the
 built-in Gaussian mixture, the four settings batch normalisation x weight decay, square loss, 150
 epochs, seed 0; about 15 s on one CPU core) and plots the recorded dynamics.
 """
