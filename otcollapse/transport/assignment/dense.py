@@ -169,6 +169,22 @@ def solve_assignment(
         if fallback is not None:
             res.params["fallback"] = fallback
         return res
+    return _solve_dense(geom, a, b, opts, fallback, t0)
+
+
+def _solve_dense(
+    geom: PointCloudCost,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    opts: AssignmentOptions,
+    fallback: str | None,
+    t0: float,
+) -> TransportResult:
+    """The dense path: scipy on the float64 (or float32) matrix, warm-started by auction prices,
+    certified a priori by the GEMM error bound or else a posteriori by the exact scan."""
+    n, candidates, rank, max_rounds = geom.n, opts.candidates, opts.rank, opts.max_iter
+    return_plan, return_potentials = opts.return_plan, opts.return_potentials
+    is_int = not isinstance(candidates, str)
     # float64 by default: float32 costs can rarely be certified to 1e-9 (gemm_error)
     dtype = (
         torch.float32 if opts.cost_dtype == "float32" and not return_potentials else torch.float64
