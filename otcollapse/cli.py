@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from otcollapse import __version__
 from otcollapse.io import FolderInUseError
 
 __all__ = ["error_line", "load_features", "main"]
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="otcollapse",
         description="Optimal-transport geometry of deep networks: train, capture, analyse, report.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = (
         (

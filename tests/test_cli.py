@@ -350,3 +350,12 @@ def test_report_renders_in_headless_chromium(quick_run, tmp_path):
 
     img = imread(shot)
     assert img.shape[0] == 2400 and img[..., :3].std() > 0.05  # not a blank page
+
+
+def test_version_is_printed(capsys):
+    import otcollapse
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"otcollapse {otcollapse.__version__}"
