@@ -317,11 +317,13 @@ LOCK_FILE = ".otcollapse.lock"
 # ".tmp") for a NAME otcollapse writes into a run folder, or of a capture to a memory map
 # (".NAME.npy.partial"); another program's temporary files look different or are left alone
 _TEMPORARY = re.compile(
-    r"\.(?:metrics\.json|report\.html|history_[^/]+\.json|[^/]+\.npz|[^/]+\.png|checkpoint\.pt)"
-    r"\.[a-z0-9_]{8}(?:\.png)?\.tmp|\.[^/]+\.npy\.partial"
+    r"\.(?:metrics\.json|report\.html|history_[^/]+\.json|[^/]+\.npz|[^/]+\.png|[^/]+\.pt"
+    r"|result\.pkl)\.[a-z0-9_]{8}(?:\.png|\.pt)?\.tmp|\.[^/]+\.npy\.partial"
 )
-# the sub-folders otcollapse writes into a run folder (the checkpoints have one per model)
-_SUBFOLDERS = re.compile(r"figures|trajectories|checkpoints|seed_-?\d+|weight_decay_.+")
+# the sub-folders otcollapse writes into a run folder (checkpoints and stages/ have their own)
+_SUBFOLDERS = re.compile(r"figures|trajectories|checkpoints|stages|seed_-?\d+|weight_decay_.+")
+# the sub-folders whose every sub-folder is otcollapse's
+_ALL_OURS = ("checkpoints", "stages")
 
 
 class FolderInUseError(RuntimeError):
@@ -521,7 +523,7 @@ def clean_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files that atomic writes killed before their rename left behind.
 
     Looks in ``folder`` and the sub-folders otcollapse writes there (``figures``,
-    ``trajectories``, ``checkpoints/<model>``, ``seed_<s>``, ``weight_decay_<w>``), for the
+    ``trajectories``, ``checkpoints/<model>``, ``stages/...``, ``seed_<s>``, ``weight_decay_<w>``), for the
     temporary names ``otcollapse._utils.atomic_path`` gives the files of a run folder
     (``.metrics.json.xxxxxxxx.tmp``, ``.checkpoint.pt.xxxxxxxx.tmp``, ...) and those of
     memory-mapped captures (``.NAME.npy.partial``); other files are left alone. Call it only while holding the folder
@@ -538,7 +540,7 @@ def clean_temporaries(folder: str | os.PathLike) -> list[Path]:
                     os.unlink(e.path)
                     removed.append(Path(e.path))
             elif e.is_dir(follow_symlinks=False) and (any_sub or _SUBFOLDERS.fullmatch(e.name)):
-                visit(e.path, e.name == "checkpoints")
+                visit(e.path, any_sub or e.name in _ALL_OURS)
 
     visit(os.fspath(folder), False)
     return removed

@@ -30,6 +30,7 @@ __all__ = [
     "package_versions",
     "record_results",
     "say",
+    "seed_metrics",
     "verdicts",
     "write_figures",
 ]
@@ -157,6 +158,85 @@ def verdicts(head: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "holds": bool(res["lss_mean"] < pl["lss_mean"]),
             }
         )
+    return out
+
+
+# ---------------------------------------------------------------------------- one seed
+def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, Any]:
+    """The metrics of one seed of a run (``metrics.json`` less figures and timings).
+
+    ``parts`` holds the results of the seed's stages by label
+    (:func:`otcollapse.experiments.stages.seed_graph`): ``train:<net>`` (history),
+    ``analyse:<net>:<epoch>`` and ``analyse:<net>:test`` (:func:`analyse`'s output), and
+    ``calibrate``. Besides the headline, verdicts and records, ``profiles`` holds per model and
+    captured epoch the collapse metrics at every layer and, where the geodesic test ran, the W2
+    of every successive step with its noise floor (what the sweep store is built from).
+    """
+    final: dict[str, Any] = {}
+    tests: dict[str, Any] = {}
+    rows: dict[str, list[dict[str, Any]]] = {}
+    profiles: dict[str, dict[str, Any]] = {}
+    provenance = None
+    for net in ("resnet", "plain"):
+        history = TrainHistory.from_dict(parts[f"train:{net}"]["history"])
+        rows[net], profiles[net] = [], {}
+        for e in config.epochs_captured():
+            res = dict(parts[f"analyse:{net}:{e}"])
+            provenance = res.pop("provenance", provenance)
+            row = {"epoch": e, **headline({net: res})[net], **res.pop("scores", {})}
+            if 0 < e <= len(history.accuracy):
+                row["train_accuracy"] = history.accuracy[e - 1]
+            rows[net].append(json_safe(row))
+            profiles[net][str(e)] = _profile_arrays(res)
+            if e == 0:
+                final[f"{net}_init"] = res
+            if e == config.epochs:
+                final[net] = {**res, "history": history}
+        if f"analyse:{net}:test" in parts:
+            res_t = dict(parts[f"analyse:{net}:test"])
+            res_t.pop("provenance", None)
+            final[net]["test_accuracy"] = res_t.get("test_accuracy")
+            tests[net] = res_t
+    head = headline(final)
+    if tests:
+        head.update(headline({f"{k}_test": v for k, v in tests.items()}))
+    cal = parts.get("calibrate")
+    mufm = None
+    if cal is not None:
+        mufm = cal["calibration"].to_dict()
+        mufm["format_grid"] = cal["calibration"].format_grid()
+        mufm["warnings"] = cal["warnings"]
+    return json_safe(
+        {
+            "kind": "run",
+            "settings": config.to_dict(),
+            "seed": seed,
+            "versions": package_versions(),
+            "provenance": provenance,
+            "headline": head,
+            "verdicts": verdicts(head),
+            "epochs": rows,
+            "profiles": profiles,
+            "results": {k: record_results(v) for k, v in final.items()},
+            "test": {k: record_results(v) for k, v in tests.items()},
+            "mufm": mufm,
+        }
+    )
+
+
+def _profile_arrays(res: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-layer collapse metrics and per-step W2 (with noise floors) of one analysis."""
+    col: CollapseProfile = res["collapse"]
+    out: dict[str, Any] = {"layers": {m: col.values(m).tolist() for m in col.metrics}}
+    if "geodesic" in res:
+        prof = res["geodesic"].profile
+        out["steps"] = {
+            "source": [r.source for r in prof.rows],
+            "w2": prof.distances.tolist(),
+            "w2_sq": prof.costs.tolist(),
+            "noise_floor": [_number(r.noise_floor) for r in prof.rows],
+            "efficiency": [_number(r.efficiency) for r in prof.rows],
+        }
     return out
 
 

@@ -1,13 +1,15 @@
 """The main job: train a ResNet and its plain twin, capture their layers, analyse, report.
 
-:func:`run_experiment` is what ``otcollapse run`` calls. It writes a self-contained run folder::
+:func:`run_experiment` is what ``otcollapse run`` calls: the one-cell case of a sweep. Its stages
+(:mod:`otcollapse.experiments.stages`: train → capture → analyse → calibrate → seed) run in the
+calling thread, their artefacts kept in the run folder, which is self-contained::
 
     RUN_DIR/
       report.html          figures inline, tables, settings, what each number means
       metrics.json         every setting, package versions, data provenance, every result
       figures/*.png
-      trajectories/*.npz   captured layers (otcollapse.io format; no pickle)
-      checkpoints/<model>/checkpoint.pt   (written atomically, used by --resume)
+      trajectories/*.npz   captured layers (otcollapse.io format; no pickle), links into stages/
+      stages/<stage>-<key>/   content-addressed artefacts; checkpoints in stages/train-*/
 
 With ``seeds > 1`` each seed gets its own folder ``seed_<s>/`` and the top-level
 ``metrics.json`` aggregates the headline numbers over seeds (mean, standard deviation and a 95%
@@ -16,37 +18,28 @@ Student-t interval); its verdicts, figures and detailed results are those of the
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from otcollapse._utils import json_safe
-from otcollapse.collapse import CollapseProfile
-from otcollapse.data import Dataset
-from otcollapse.exceptions import ConvergenceWarning
-from otcollapse.experiments.analysis import (
-    Log,
-    aggregate_seeds,
-    analyse,
-    epoch_scores,
-    headline,
-    package_versions,
-    record_results,
-    say,
-    verdicts,
-    write_figures,
-)
+from otcollapse._validation import check_int
+from otcollapse.experiments.analysis import Log, aggregate_seeds, say, write_figures
 from otcollapse.experiments.config import TWINS, RunConfig, check_model, load_splits
-from otcollapse.io import LOCK_FILE, load_trajectory, locked_folder, save_json, save_trajectory
-from otcollapse.measures import Trajectory
-from otcollapse.nets import ConvResNet, ResidualMLP, TrainHistory, capture, train
+from otcollapse.experiments.stages import SeedGraph, StageContext, seed_graph
+from otcollapse.io import LOCK_FILE, load_trajectory, locked_folder, save_json
 
-__all__ = ["run_experiment"]
+__all__ = ["default_threads", "run_experiment"]
+
+
+def default_threads() -> int:
+    """The cores this process may use (its CPU affinity where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def run_experiment(
@@ -56,12 +49,13 @@ def run_experiment(
     resume: bool = False,
     progress: bool = True,
     log: Log = say,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Train, capture, analyse and report; returns the contents of ``metrics.json``.
 
     For each seed: train the residual network and its plain twin with weight decay (atomic
-    checkpoints; ``resume=True`` continues a killed run from them and reuses the trajectories
-    already captured), capture the block trajectories at ``config.epochs_captured()`` (epoch 0,
+    checkpoints; ``resume=True`` continues a killed run: every stage already done is read back,
+    an interrupted training resumes from its last checkpoint), capture the block trajectories at ``config.epochs_captured()`` (epoch 0,
     the initialisation, is the baseline), and run ``collapse_profile`` and ``geodesic_test``
     (which includes ``transport_profile`` with the split-half noise floor beside every W2) at
     every captured epoch; then fit and calibrate the MUFM to the ResNet's last layers
@@ -73,6 +67,10 @@ def run_experiment(
     removed when the run starts or resumes. A folder this call made is removed again when the run
     fails before writing anything into it.
 
+    ``threads`` sets torch's intra-op threads (default: the cores this process may use,
+    :func:`default_threads`); it is recorded under ``execution`` in ``metrics.json``. Results
+    are bit-for-bit reproducible at a given thread count on the CPU.
+
     Raises
     ------
     ValueError
@@ -83,8 +81,9 @@ def run_experiment(
     """
     out = Path(out)
     seeds = [config.seed + i for i in range(config.seeds)]
-    first = load_splits(config, seeds[0])
-    check_model(config, first[0])
+    threads = default_threads() if threads is None else check_int(threads, "threads", minimum=1)
+    data, _ = load_splits(config, seeds[0])  # the data set is read before the folder is made
+    check_model(config, data)
     with locked_folder(out, on_error="empty"):
         # checked while holding the folder: no other run can start writing there meanwhile
         if not resume and any(e.name != LOCK_FILE for e in out.iterdir()):
@@ -92,34 +91,92 @@ def run_experiment(
                 f"the output folder {str(out)!r} is not empty; pass resume=True (--resume) to "
                 "continue the run there, or choose another folder."
             )
-        return _run_seeds(config, seeds, out, first, resume=resume, progress=progress, log=log)
+        log(f"data: {data!r}")
+        return _run_seeds(
+            config, seeds, out, StageContext(str(out / "stages"), threads, progress, log)
+        )
 
 
-def _run_seeds(
-    config: RunConfig,
-    seeds: list[int],
-    out: Path,
-    first: tuple[Dataset, Dataset | None],
-    *,
-    resume: bool,
-    progress: bool,
-    log: Log,
-) -> dict[str, Any]:
+def _run_seeds(config: RunConfig, seeds: list[int], out: Path, ctx: StageContext) -> dict[str, Any]:
+    import dask
+
     from otcollapse.report import write_report
 
+    t0 = time.perf_counter()
+    graphs = [seed_graph(config, s, ctx) for s in seeds]
+    tasks: dict[str, Any] = {}
+    for g in graphs:
+        tasks.update(g.tasks)
+    keys = [k for g in graphs for k in (g.metrics, *g.parts.values())]
+    # the stages in this thread, in Dask's order (its synchronous scheduler)
+    got = dict(zip(keys, dask.get(tasks, keys), strict=True))
+    seconds = time.perf_counter() - t0
     per_seed = []
-    for s in seeds:
+    for s, g in zip(seeds, graphs, strict=True):
         folder = out if len(seeds) == 1 else out / f"seed_{s}"
-        folder.mkdir(parents=True, exist_ok=True)
-        splits = first if s == seeds[0] else None
-        job = _SeedRun(config, s, folder, resume=resume, progress=progress, log=log)
-        per_seed.append(job.run(splits))
+        per_seed.append(_finish_seed(config, g, got, folder, ctx, seconds))
         if len(seeds) > 1:
             write_report(folder)
     metrics = per_seed[0] if len(seeds) == 1 else _over_seeds(out, seeds, per_seed)
     path = write_report(out)
-    log(f"report: {path}")
+    ctx.say(f"report: {path}")
     return metrics
+
+
+def _finish_seed(
+    config: RunConfig,
+    g: SeedGraph,
+    got: dict[str, Any],
+    folder: Path,
+    ctx: StageContext,
+    seconds: float,
+) -> dict[str, Any]:
+    """One seed's ``metrics.json``, figures and ``trajectories/`` (links to the artefacts)."""
+    part = {label: got[k] for label, k in g.parts.items()}
+    final: dict[str, Any] = {}
+    epochs: dict[str, dict[int, Any]] = {}
+    trajs = {}
+    last = config.epochs
+    for net, _plain in TWINS:
+        final[net] = part[f"analyse:{net}:{last}"]
+        epochs[net] = {e: part[f"analyse:{net}:{e}"]["collapse"] for e in config.epochs_captured()}
+        trajs[net] = load_trajectory(part[f"capture:{net}:{last}"])
+    cal = part.get("calibrate")
+    metrics = dict(got[g.metrics])
+    metrics["execution"] = {
+        "scheduler": "serial (the calling thread)",
+        "torch_threads": ctx.threads,
+        "stages": str(Path(ctx.root).resolve()),
+    }
+    metrics["figures"] = write_figures(
+        {k: v for k, v in final.items() if k in ("resnet", "plain")},
+        epochs,
+        trajs,
+        None if cal is None else (cal["calibration"], cal["fitted_on"]),
+        folder / "figures",
+    )
+    metrics["seconds"] = seconds
+    _link_trajectories(g, folder, last)
+    save_json(folder / "metrics.json", json_safe(metrics))
+    return metrics
+
+
+def _link_trajectories(g: SeedGraph, folder: Path, last: int) -> None:
+    """``trajectories/<net>_<split>_epoch<e>.npz``: hard links to the capture artefacts."""
+    (folder / "trajectories").mkdir(parents=True, exist_ok=True)
+    for label, key in g.parts.items():
+        if not label.startswith("capture:"):
+            continue
+        _, net, which = label.split(":")
+        split, epoch = ("test", last) if which == "test" else ("train", int(which))
+        name = f"{net}_{split}_epoch{epoch:04d}.npz"
+        src = Path(g.tasks[key][1].root) / key / "trajectory.npz"
+        dst = folder / "trajectories" / name
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system, or links not allowed: a copy
+            shutil.copyfile(src, dst)
 
 
 def _over_seeds(out: Path, seeds: list[int], per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -140,215 +197,3 @@ def _over_seeds(out: Path, seeds: list[int], per_seed: list[dict[str, Any]]) -> 
     )
     save_json(out / "metrics.json", metrics)
     return metrics
-
-
-# ---------------------------------------------------------------------------- one seed
-def _build(config: RunConfig, data: Dataset, plain: bool) -> torch.nn.Module:
-    check_model(config, data)
-    if config.model == "mlp":
-        return ResidualMLP(
-            data.n_features,
-            config.width,
-            config.blocks,
-            data.n_classes,
-            plain=plain,
-            batchnorm=True,
-        )
-    return ConvResNet(data.input_shape[0], config.width, config.blocks, data.n_classes, plain=plain)
-
-
-def _traj_path(folder: Path, model: str, split: str, epoch: int) -> Path:
-    return folder / "trajectories" / f"{model}_{split}_epoch{epoch:04d}.npz"
-
-
-def _accuracy(model: torch.nn.Module, data: Dataset, device: str) -> float:
-    was = model.training
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for xb, yb in data.batches(1024):
-            pred = model(xb.to(device)).argmax(1).cpu()
-            correct += int((pred == yb).sum())
-    model.train(was)
-    return correct / len(data)
-
-
-@dataclasses.dataclass
-class _SeedRun:
-    """One seed of a run: train both twins, analyse every captured epoch, calibrate, record."""
-
-    config: RunConfig
-    seed: int
-    folder: Path
-    resume: bool
-    progress: bool
-    log: Log
-    #: model (and ``<model>_init``) -> its analyses at the last epoch (at initialisation)
-    final: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    epoch_profiles: dict[str, dict[int, CollapseProfile]] = dataclasses.field(default_factory=dict)
-    epoch_rows: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
-    last_trajs: dict[str, Trajectory] = dataclasses.field(default_factory=dict)
-    test_results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-
-    def run(self, splits: tuple[Dataset, Dataset | None] | None) -> dict[str, Any]:
-        """Train, analyse and record this seed; returns (and writes) its ``metrics.json``."""
-        t0 = time.perf_counter()
-        config, seed = self.config, self.seed
-        data, test = splits if splits is not None else load_splits(config, seed)
-        self.log(f"[seed {seed}] data: {data!r}")
-        for name, plain in TWINS:
-            model, history = self._train(name, plain, data)
-            self._analyse_epochs(name, model, data, history)
-            if test is not None:
-                self._analyse_test(name, model, test)
-        calibration = None
-        if config.mufm:
-            resnet = self.last_trajs["resnet"]
-            fitted_on = resnet.subsample(min(config.mufm_samples, resnet.n_samples), seed=seed)
-            calibration = (self._calibrate(fitted_on), fitted_on)
-        head = headline(self.final)
-        if self.test_results:
-            head.update(headline({f"{k}_test": v for k, v in self.test_results.items()}))
-        metrics: dict[str, Any] = {
-            "kind": "run",
-            "settings": config.to_dict(),
-            "seed": seed,
-            "versions": package_versions(),
-            "provenance": data.provenance,
-            "headline": head,
-            "verdicts": verdicts(head),
-            "epochs": self.epoch_rows,
-            "results": {k: record_results(v) for k, v in self.final.items()},
-            "test": {k: record_results(v) for k, v in self.test_results.items()},
-            "mufm": None if calibration is None else _calibration_record(calibration[0]),
-        }
-        metrics["figures"] = write_figures(
-            {k: v for k, v in self.final.items() if k in ("resnet", "plain")},
-            self.epoch_profiles,
-            self.last_trajs,
-            calibration,
-            self.folder / "figures",
-        )
-        metrics["seconds"] = time.perf_counter() - t0
-        save_json(self.folder / "metrics.json", json_safe(metrics))
-        return metrics
-
-    def _capture(self, model: torch.nn.Module, data: Dataset, epoch: int) -> Trajectory:
-        config, seed = self.config, self.seed
-        traj = capture(model, data, device=config.device, seed=seed)
-        if config.max_samples is not None and traj.n_samples > config.max_samples:
-            traj = traj.subsample(config.max_samples, seed=seed)
-        meta = dict(traj.metadata)
-        meta.update({"epoch": int(epoch), "seed": int(seed), "provenance": data.provenance})
-        return traj.replace(metadata=json_safe(meta))
-
-    def _train(self, name: str, plain: bool, data: Dataset) -> tuple[torch.nn.Module, TrainHistory]:
-        """Train one twin, capturing its trajectory at the captured epochs (kept on resume)."""
-        config, seed = self.config, self.seed
-        torch.manual_seed(seed)
-        model = _build(config, data, plain)
-
-        def save_capture(epoch: int, net: torch.nn.Module, _h: Any) -> None:
-            path = _traj_path(self.folder, name, "train", epoch)
-            if not (self.resume and path.exists()):
-                save_trajectory(path, self._capture(net, data, epoch))
-
-        self.log(
-            f"[seed {seed}] training {name} ({config.model}, width {config.width}, "
-            f"{config.blocks} blocks, {config.epochs} epochs, weight decay {config.weight_decay})"
-        )
-        history = train(
-            model,
-            data,
-            epochs=config.epochs,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            batch_size=config.batch_size,
-            seed=seed,
-            device=config.device,
-            checkpoint_dir=self.folder / "checkpoints" / name,
-            resume=self.resume,
-            callbacks=[(save_capture, config.epochs_captured())],
-            progress=self.progress,
-        )
-        save_json(self.folder / f"history_{name}.json", history.to_dict())
-        self.log(
-            f"[seed {seed}] {name}: train accuracy {history.final_accuracy:.4f}, "
-            f"loss {history.loss[-1]:.4g}"
-        )
-        return model, history
-
-    def _analyse_epochs(
-        self, name: str, model: torch.nn.Module, data: Dataset, history: TrainHistory
-    ) -> None:
-        """The analyses of every captured epoch of one twin (the full geodesic test at the
-        baseline and the end; OTS and LSS only in between, where the McCann fit would dominate
-        the run time)."""
-        config, seed = self.config, self.seed
-        self.epoch_profiles[name] = {}
-        self.epoch_rows[name] = []
-        for e in config.epochs_captured():
-            path = _traj_path(self.folder, name, "train", e)
-            if not path.exists():  # only when a resumed run lost a capture: take it now
-                if e != config.epochs:
-                    self.log(f"[seed {seed}] capture of {name} at epoch {e} is missing; left out.")
-                    continue
-                save_trajectory(path, self._capture(model, data, e))
-            traj = load_trajectory(path)
-            self.log(f"[seed {seed}] analysing {name} at epoch {e}")
-            full = e in (0, config.epochs)
-            res = analyse(traj, seed=seed, geodesic=full, progress=self.progress and full)
-            self.epoch_profiles[name][e] = res["collapse"]
-            row = {"epoch": e, **headline({name: res})[name]}
-            if not full:
-                row.update(epoch_scores(traj))
-            if 0 < e < len(history.accuracy) + 1:
-                row["train_accuracy"] = history.accuracy[e - 1]
-            self.epoch_rows[name].append(json_safe(row))
-            if e == 0:
-                self.final[f"{name}_init"] = res
-            if e == config.epochs:
-                res["history"] = history
-                self.final[name] = res
-                self.last_trajs[name] = traj
-
-    def _analyse_test(self, name: str, model: torch.nn.Module, test: Dataset) -> None:
-        """Capture and analyse the test split of one trained twin."""
-        config = self.config
-        traj_t = self._capture(model, test, config.epochs)
-        save_trajectory(_traj_path(self.folder, name, "test", config.epochs), traj_t)
-        res_t = analyse(traj_t, seed=self.seed, progress=self.progress)
-        acc = _accuracy(model, test, config.device)
-        self.final[name]["test_accuracy"] = acc
-        res_t["test_accuracy"] = acc
-        self.test_results[name] = res_t
-
-    def _calibrate(self, sub: Trajectory) -> Any:
-        """``calibrate_mufm`` on ``sub`` (NC1 discrepancy); unconverged fits are logged."""
-        from otcollapse.surrogates import calibrate_mufm
-
-        config, seed = self.config, self.seed
-        self.log(
-            f"[seed {seed}] fitting the MUFM to the ResNet ({sub.n_samples} samples, λ_OT grid "
-            f"{list(config.mufm_grid)}, λ_W = λ_H = {config.weight_decay})"
-        )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            cal = calibrate_mufm(
-                sub,
-                lambda_w=config.weight_decay,
-                lambda_h=config.weight_decay,
-                grid=list(config.mufm_grid),
-                discrepancy="nc1",
-                seed=seed,
-                refine_xatol=0.05,  # λ_OT to about 12%: finer costs fits and changes no conclusion
-            )
-        for w in caught:
-            self.log(f"[seed {seed}] warning: {w.message}")
-        return cal
-
-
-def _calibration_record(cal: Any) -> dict[str, Any]:
-    d = cal.to_dict()
-    d["format_grid"] = cal.format_grid()
-    return d

@@ -1,0 +1,469 @@
+"""The main job as stages with persisted, content-addressed artefacts.
+
+One seed of one setting (a *cell*) is the task graph::
+
+    train(resnet) ─┬─ capture(train, epoch e) ── analyse(e) ─┐
+                   ├─ capture(test, last)     ── analyse     ├─ seed  (metrics of the seed)
+                   └─ capture(train, last)    ── calibrate ──┘
+    train(plain)  ─── capture ... ── analyse ... ────────────┘
+
+Each stage is a function of its inputs and settings. Its artefact lives in
+``ROOT/<stage>-<key>/``, where ``key`` hashes the stage's settings, the keys of its inputs and the
+package version; ``result.pkl`` (written atomically, last) marks it complete. A stage whose
+artefact exists is read back, never recomputed, and an interrupted stage starts again from what it
+left: training resumes from its last checkpoint (:func:`otcollapse.nets.train`). This makes every
+stage a task Dask can schedule, retry and run anywhere that sees ``ROOT``.
+
+The graph is a plain Dask graph (a dict of tasks keyed by the stage keys): ``otcollapse run``
+executes it in the calling thread (``dask.get``), ``otcollapse sweep`` on a Dask cluster. Equal
+keys are one task, so cells that share a stage (two calibration grids on one training) share it.
+
+``result.pkl`` is a private cache of this machine's own results, like Dask's spill files: the
+files to share are ``metrics.json``, the trajectories (``.npz``, no pickle) and the Zarr store.
+Each completed computation appends one line to ``ROOT/executions.jsonl`` (the count a sweep
+reports and its tests read).
+
+What a key leaves out: the device and the torch thread count, which say where and how a stage
+runs, not what it computes (training on a GPU is not bit-for-bit the CPU's; rerun into a fresh
+folder to compare devices).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import pickle
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from otcollapse._utils import atomic_path, json_safe
+
+__all__ = [
+    "STAGES",
+    "SeedGraph",
+    "StageContext",
+    "StageName",
+    "executions",
+    "seed_graph",
+    "set_threads",
+    "stage_key",
+]
+
+#: the stages, in the order a cell runs them
+STAGES = ("train", "capture", "analyse", "calibrate", "seed")
+#: changes when an artefact's format or meaning changes: every key changes with it
+FORMAT = 1
+RESULT = "result.pkl"
+EXECUTIONS = "executions.jsonl"
+
+# the RunConfig fields each stage's result depends on (beyond the keys of its inputs)
+_TRAIN_FIELDS = ("model", "width", "blocks", "epochs", "lr", "weight_decay", "batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """Where and how the stages run (none of it enters a key).
+
+    Attributes
+    ----------
+    root : str
+        The folder of the artefacts (one sub-folder per stage key); on a cluster, a path every
+        worker sees.
+    threads : int
+        torch's intra-op threads in every stage (set before the stage computes).
+    progress : bool
+        Progress bars in the stages (the serial path on a terminal).
+    log : callable, optional
+        Called with one line per stage event; must be picklable to run on a Dask cluster.
+    """
+
+    root: str
+    threads: int = 1
+    progress: bool = False
+    log: Callable[[str], Any] | None = None
+
+    def say(self, msg: str) -> None:
+        if self.log is not None:
+            self.log(msg)
+
+
+def set_threads(n: int) -> int:
+    """Set torch's intra-op threads to ``n`` (when it differs); returns ``n``."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def stage_key(stage: str, settings: Mapping[str, Any], inputs: Sequence[str] = ()) -> str:
+    """``<stage>-<20 hex digits>``: SHA-256 of the stage, its settings, its inputs' keys, the
+    package version and :data:`FORMAT` (canonical JSON, sorted keys)."""
+    from otcollapse import __version__
+
+    blob = json.dumps(
+        {
+            "stage": stage,
+            "format": FORMAT,
+            "version": __version__,
+            "settings": json_safe(dict(settings)),
+            "inputs": list(inputs),
+        },
+        sort_keys=True,
+        allow_nan=True,
+    )
+    return f"{stage}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
+
+
+def _data_identity(data: str) -> dict[str, Any]:
+    """What names a data set's contents: a built-in name, or a file's path, size and mtime."""
+    from otcollapse.data import dataset_names
+
+    if data in dataset_names():
+        return {"builtin": data}
+    p = Path(data).resolve()
+    st = p.stat()
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+# ---------------------------------------------------------------------------- the cache
+@contextlib.contextmanager
+def _stage_lock(folder: Path) -> Iterator[None]:
+    """One process computes a stage at a time (a rescheduled task waits for a live one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+@dataclasses.dataclass(frozen=True)
+class StageName:
+    """A stage's own key inside its task: Dask would read a bare key string as a dependency."""
+
+    key: str
+
+
+def _cached(ctx: StageContext, name: StageName, compute: Callable[[Path], Any]) -> Any:
+    """The result of stage ``name``: read back when complete, else computed and written."""
+    key = name.key
+    folder = Path(ctx.root) / key
+    done = folder / RESULT
+    if not done.exists():
+        with _stage_lock(folder):
+            if not done.exists():  # another process may have finished it while we waited
+                set_threads(ctx.threads)
+                t0 = time.perf_counter()
+                value = compute(folder)
+                with atomic_path(done) as tmp, open(tmp, "wb") as fh:
+                    pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+                line = json.dumps(
+                    {"key": key, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
+                )
+                # one short O_APPEND write: lines of concurrent workers never interleave
+                fd = os.open(Path(ctx.root) / EXECUTIONS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                try:
+                    os.write(fd, (line + "\n").encode())
+                finally:
+                    os.close(fd)
+                return value
+    with open(done, "rb") as fh:
+        return pickle.load(fh)
+
+
+def executions(root: str | os.PathLike) -> list[dict[str, Any]]:
+    """The computations recorded in ``root`` (one dict per completed stage computation)."""
+    path = Path(root) / EXECUTIONS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------- stages
+def _model(config: Any, data: Any, plain: bool) -> Any:
+    from otcollapse.experiments.config import check_model
+    from otcollapse.nets import ConvResNet, ResidualMLP
+
+    check_model(config, data)
+    if config.model == "mlp":
+        return ResidualMLP(
+            data.n_features,
+            config.width,
+            config.blocks,
+            data.n_classes,
+            plain=plain,
+            batchnorm=True,
+        )
+    return ConvResNet(data.input_shape[0], config.width, config.blocks, data.n_classes, plain=plain)
+
+
+def _state_path(folder: Path, epoch: int) -> Path:
+    return folder / "states" / f"state_epoch{epoch:04d}.pt"
+
+
+def train_stage(
+    ctx: StageContext, key: StageName, config: Any, seed: int, net: str
+) -> dict[str, Any]:
+    """Train one twin; keep its weights at every captured epoch. Returns the history and the
+    artefact's folder (its checkpoint makes an interrupted training resume, not restart)."""
+
+    def compute(folder: Path) -> dict[str, Any]:
+        import torch
+
+        from otcollapse.experiments.config import load_run_data
+        from otcollapse.nets import train
+
+        data = load_run_data(config, "train", seed)
+        torch.manual_seed(seed)
+        model = _model(config, data, plain=net == "plain")
+
+        def keep(epoch: int, m: torch.nn.Module, _h: Any) -> None:
+            with atomic_path(_state_path(folder, epoch), suffix=".pt") as tmp:
+                torch.save(m.state_dict(), tmp)
+
+        ctx.say(
+            f"[seed {seed}] training {net} ({config.model}, width {config.width}, "
+            f"{config.blocks} blocks, {config.epochs} epochs, weight decay {config.weight_decay})"
+        )
+        ckpt = folder / "checkpoints"
+        history = train(
+            model,
+            data,
+            epochs=config.epochs,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            batch_size=config.batch_size,
+            seed=seed,
+            device=config.device,
+            checkpoint_dir=ckpt,
+            resume=(ckpt / "checkpoint.pt").exists(),
+            callbacks=[(keep, config.epochs_captured())],
+            progress=ctx.progress,
+        )
+        ctx.say(
+            f"[seed {seed}] {net}: train accuracy {history.final_accuracy:.4f}, "
+            f"loss {history.loss[-1]:.4g}"
+        )
+        return {"history": history.to_dict(), "folder": str(folder), "net": net}
+
+    return _cached(ctx, key, compute)
+
+
+def capture_stage(
+    ctx: StageContext,
+    key: StageName,
+    config: Any,
+    seed: int,
+    split: str,
+    epoch: int,
+    trained: Mapping[str, Any],
+) -> str:
+    """The trajectory of a trained twin at ``epoch`` on ``split`` (``.npz``); returns its path.
+
+    On the test split the metadata also holds the network's accuracy there."""
+
+    def compute(folder: Path) -> str:
+        import torch
+
+        from otcollapse.experiments.config import load_run_data
+        from otcollapse.io import save_trajectory
+        from otcollapse.nets import capture
+
+        data = load_run_data(config, split, seed)
+        model = _model(config, data, plain=trained["net"] == "plain")
+        state = torch.load(_state_path(Path(trained["folder"]), epoch), weights_only=True)
+        model.load_state_dict(state)
+        model.to(config.device)
+        traj = capture(model, data, device=config.device, seed=seed)
+        if config.max_samples is not None and traj.n_samples > config.max_samples:
+            traj = traj.subsample(config.max_samples, seed=seed)
+        meta = dict(traj.metadata)
+        meta.update({"epoch": int(epoch), "seed": int(seed), "provenance": data.provenance})
+        if split == "test":
+            meta["accuracy"] = _accuracy(model, data, config.device)
+        path = folder / "trajectory.npz"
+        save_trajectory(path, traj.replace(metadata=json_safe(meta)))
+        return str(path)
+
+    return _cached(ctx, key, compute)
+
+
+def _accuracy(model: Any, data: Any, device: str) -> float:
+    import torch
+
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for xb, yb in data.batches(1024):
+            correct += int((model(xb.to(device)).argmax(1).cpu() == yb).sum())
+    return correct / len(data)
+
+
+def analyse_stage(
+    ctx: StageContext, key: StageName, seed: int, full: bool, label: str, traj_path: str
+) -> dict[str, Any]:
+    """Collapse profile and, when ``full``, the geodesic test of one captured trajectory (else
+    OTS and LSS only: the McCann fit would dominate the run time at every epoch)."""
+
+    def compute(_folder: Path) -> dict[str, Any]:
+        from otcollapse.experiments.analysis import analyse, epoch_scores
+        from otcollapse.io import load_trajectory
+
+        traj = load_trajectory(traj_path)
+        ctx.say(f"[seed {seed}] analysing {label}")
+        res = analyse(traj, seed=seed, geodesic=full, progress=ctx.progress and full)
+        if not full:
+            res["scores"] = epoch_scores(traj)
+        if "accuracy" in traj.metadata:
+            res["test_accuracy"] = traj.metadata["accuracy"]
+        res["provenance"] = traj.metadata.get("provenance")
+        return res
+
+    return _cached(ctx, key, compute)
+
+
+def calibrate_stage(
+    ctx: StageContext, key: StageName, config: Any, seed: int, traj_path: str
+) -> dict[str, Any]:
+    """``calibrate_mufm`` (NC1 discrepancy) on a stratified subsample of the ResNet's last
+    trajectory; returns the calibration, the subsample and the warnings of unconverged fits."""
+
+    def compute(_folder: Path) -> dict[str, Any]:
+        from otcollapse.exceptions import ConvergenceWarning
+        from otcollapse.io import load_trajectory
+        from otcollapse.surrogates import calibrate_mufm
+
+        traj = load_trajectory(traj_path)
+        sub = traj.subsample(min(config.mufm_samples, traj.n_samples), seed=seed)
+        ctx.say(
+            f"[seed {seed}] fitting the MUFM to the ResNet ({sub.n_samples} samples, λ_OT grid "
+            f"{list(config.mufm_grid)}, λ_W = λ_H = {config.weight_decay})"
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            cal = calibrate_mufm(
+                sub,
+                lambda_w=config.weight_decay,
+                lambda_h=config.weight_decay,
+                grid=list(config.mufm_grid),
+                discrepancy="nc1",
+                seed=seed,
+                refine_xatol=0.05,  # λ_OT to about 12%: finer costs fits and changes no conclusion
+            )
+        notes = [str(w.message) for w in caught]
+        for n in notes:
+            ctx.say(f"[seed {seed}] warning: {n}")
+        return {"calibration": cal, "fitted_on": sub, "warnings": notes}
+
+    return _cached(ctx, key, compute)
+
+
+def seed_stage(
+    ctx: StageContext,
+    key: StageName,
+    config: Any,
+    seed: int,
+    labels: Sequence[str],
+    parts: Sequence[Any],
+) -> dict[str, Any]:
+    """The metrics of one seed (what ``metrics.json`` holds, less figures and timings) from the
+    results of its other stages, named by ``labels`` (see :func:`seed_graph`)."""
+
+    def compute(_folder: Path) -> dict[str, Any]:
+        from otcollapse.experiments.analysis import seed_metrics
+
+        return seed_metrics(config, seed, dict(zip(labels, parts, strict=True)))
+
+    return _cached(ctx, key, compute)
+
+
+# ---------------------------------------------------------------------------- the graph
+@dataclasses.dataclass(frozen=True)
+class SeedGraph:
+    """The tasks of one seed of one cell: ``tasks`` (a Dask graph), the key of its metrics
+    (``metrics``), and the keys of the parts the run's figures read (label -> key)."""
+
+    tasks: dict[str, Any]
+    metrics: str
+    parts: dict[str, str]
+
+
+def seed_graph(config: Any, seed: int, ctx: StageContext) -> SeedGraph:
+    """The Dask graph of one seed of ``config`` (a ``RunConfig``): train both twins, capture and
+    analyse every captured epoch (and the test split), calibrate the MUFM, assemble the metrics.
+
+    Part labels: ``train:<net>``, ``analyse:<net>:<epoch>``, ``analyse:<net>:test``,
+    ``capture:<net>:<epoch>``, ``calibrate``.
+    """
+    from otcollapse.experiments.config import TWINS
+
+    data = _data_identity(config.data)
+    tasks: dict[str, Any] = {}
+    parts: dict[str, str] = {}
+    last = config.epochs
+    for net, _plain in TWINS:
+        tk = stage_key(
+            "train",
+            {"data": data, "seed": seed, "net": net, "epochs_captured": config.epochs_captured()}
+            | {f: getattr(config, f) for f in _TRAIN_FIELDS},
+        )
+        tasks[tk] = (train_stage, ctx, StageName(tk), config, seed, net)
+        parts[f"train:{net}"] = tk
+        captures = [("train", e) for e in config.epochs_captured()]
+        if "test" in config.splits:
+            captures.append(("test", last))
+        for split, e in captures:
+            ck = stage_key(
+                "capture",
+                {"split": split, "epoch": e, "max_samples": config.max_samples, "seed": seed},
+                [tk],
+            )
+            tasks[ck] = (capture_stage, ctx, StageName(ck), config, seed, split, e, tk)
+            full = split == "test" or e in (0, last)
+            label = f"{net}:{e}" if split == "train" else f"{net}:test"
+            ak = stage_key("analyse", {"seed": seed, "full": full}, [ck])
+            tasks[ak] = (
+                analyse_stage,
+                ctx,
+                StageName(ak),
+                seed,
+                full,
+                f"{net} ({split}, epoch {e})",
+                ck,
+            )
+            parts[f"analyse:{label}"] = ak
+            parts[f"capture:{label}"] = ck
+    if config.mufm:
+        ck = parts[f"capture:resnet:{last}"]
+        settings = {
+            "seed": seed,
+            "mufm_samples": config.mufm_samples,
+            "mufm_grid": config.mufm_grid,
+            "weight_decay": config.weight_decay,
+        }
+        kk = stage_key("calibrate", settings, [ck])
+        tasks[kk] = (calibrate_stage, ctx, StageName(kk), config, seed, ck)
+        parts["calibrate"] = kk
+    labels = sorted(parts)
+    inputs = [parts[lb] for lb in labels]
+    sk = stage_key("seed", {"settings": config.to_dict(), "seed": seed}, inputs)
+    tasks[sk] = (seed_stage, ctx, StageName(sk), config, seed, labels, inputs)
+    return SeedGraph(tasks, sk, parts)
+
+
+def as_float(v: Any) -> float:
+    """``v`` as a float, NaN for None and anything that is not a number (a flag, a text)."""
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+        return float(v)
+    return float("nan")
