@@ -20,6 +20,8 @@ _EXPORTS: dict[str, str] = {
     "collapse_profile": "otcollapse.collapse",
     "layer_collapse": "otcollapse.collapse",
     "Dataset": "otcollapse.data",
+    "load_sweep": "otcollapse.experiments",
+    "sweep": "otcollapse.experiments",
     "load_dataset": "otcollapse.data",
     "GeodesicReport": "otcollapse.geodesic",
     "TrajectoryComparison": "otcollapse.geodesic",
@@ -75,6 +77,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real imports
     from otcollapse.collapse import CollapseProfile, LayerCollapse, collapse_profile, layer_collapse
     from otcollapse.data import Dataset, load_dataset
     from otcollapse.exceptions import ConvergenceWarning, DenseBudgetError
+    from otcollapse.experiments import load_sweep, sweep
     from otcollapse.geodesic import (
         GeodesicReport,
         TrajectoryComparison,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from otcollapse import __version__
+from otcollapse.exceptions import SweepError
 from otcollapse.io import FolderInUseError
 
 __all__ = ["error_line", "load_features", "main"]
@@ -261,12 +262,40 @@ def _cmd_mufm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    """Run the main job over a grid of settings (a TOML file: [base] settings, [grid] lists
+    expanded as a product, [[cells]] hand-picked) on Dask: an embedded LocalCluster on this
+    machine by default, or an existing scheduler (--scheduler tcp://HOST:PORT). Finished cells go
+    into SWEEP/store.zarr (read it with otcollapse.load_sweep); a rerun computes only what is
+    missing. Then write SWEEP/report.html with the grid figures."""
+    from otcollapse.experiments import sweep
+    from otcollapse.report import write_sweep_report
+
+    out = Path(args.out) if args.out else None
+    path = sweep(
+        args.grid,
+        out,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        threads=args.threads,
+        retries=args.retries,
+        connect_timeout=args.connect_timeout,
+        progress=not args.no_progress,
+    )
+    print(f"store: {path / 'store.zarr'} (otcollapse.load_sweep({str(path)!r}))")
+    print(f"report: {write_sweep_report(path)}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     """Rebuild RUN_DIR/report.html from the run folder's metrics.json and figures (nothing is
-    recomputed)."""
-    from otcollapse.report import write_report
+    recomputed); for a sweep folder, draw the grid figures from its store."""
+    from otcollapse.report import write_report, write_sweep_report
 
-    path = write_report(args.run_dir)
+    if (Path(args.run_dir) / "sweep.json").is_file():
+        path = write_sweep_report(args.run_dir)
+    else:
+        path = write_report(args.run_dir)
     print(f"report: {path}")
     return 0
 
@@ -312,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
             "fit the MUFM for given λ's on a built-in or saved data set and report it",
         ),
         (
+            "sweep",
+            _cmd_sweep,
+            _sweep_options,
+            "the main job over a grid of settings, on Dask, into one results store",
+        ),
+        (
             "report",
             _cmd_report,
             _report_options,
@@ -332,7 +367,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report_options(rp: argparse.ArgumentParser) -> None:
-    rp.add_argument("run_dir", help="a folder written by run, analyze or mufm")
+    rp.add_argument("run_dir", help="a folder written by run, analyze, mufm or sweep")
+
+
+def _sweep_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("grid", help="the grid file (TOML)")
+    s.add_argument("--out", help="the sweep folder (default runs/sweep_GRIDNAME)")
+    s.add_argument(
+        "--scheduler",
+        help="'serial' (this process), or the address of a running Dask scheduler "
+        "(tcp://HOST:PORT); default: an embedded LocalCluster on this machine",
+    )
+    s.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="worker processes of the embedded cluster (default: the cores)",
+    )
+    s.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="torch threads in each task (default: cores / workers; 1 on an existing cluster)",
+    )
+    s.add_argument(
+        "--retries", type=int, default=2, help="retries of a task that failed (default 2)"
+    )
+    s.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        dest="connect_timeout",
+        help="seconds to reach --scheduler (default 10)",
+    )
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _reproduce_options(rr: argparse.ArgumentParser) -> None:
@@ -483,6 +549,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, ValueError, FolderInUseError, OSError) as err:
         print(error_line(err), file=sys.stderr)
         return EXIT_USAGE
+    except SweepError as err:  # the work ran; some of it failed: not a usage problem
+        print("otcollapse: error: " + " ".join(str(err).split()), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("otcollapse: interrupted (a run can continue with --resume)", file=sys.stderr)
         return 130

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "DenseBudgetError"]
+__all__ = ["ConvergenceWarning", "DenseBudgetError", "SweepError"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -14,3 +14,15 @@ class DenseBudgetError(ValueError):
     the assignment's sparse path needed them (None when it was not tried)."""
 
     fallback: str | None = None
+
+
+class SweepError(RuntimeError):
+    """Some cells of a sweep failed after their retries; the others are in its store.
+
+    ``failed`` holds one ``(cell label, error)`` pair per failed cell; the sweep's ``sweep.json``
+    records them too, and a rerun of the sweep retries them.
+    """
+
+    def __init__(self, message: str, failed: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.failed = failed

@@ -4,8 +4,14 @@ The top room below ``cli``: it uses every analysis, ``nets``, ``data``, ``io`` a
 
 - :mod:`~otcollapse.experiments.config` — :class:`RunConfig`, the settings of ``otcollapse run``,
   and the data set they name;
-- :mod:`~otcollapse.experiments.run` — :func:`run_experiment`: train a ResNet and its plain twin,
-  capture, analyse every captured epoch, calibrate the MUFM, aggregate over seeds, report;
+- :mod:`~otcollapse.experiments.stages` — the main job as content-addressed stages (train →
+  capture → analyse → calibrate → seed), one Dask graph per seed of a cell;
+- :mod:`~otcollapse.experiments.run` — :func:`run_experiment`: the one-cell case, in the calling
+  thread: train a ResNet and its plain twin, capture, analyse every captured epoch, calibrate the
+  MUFM, aggregate over seeds, report;
+- :mod:`~otcollapse.experiments.sweep` — :func:`sweep` over a grid of settings on Dask
+  (``otcollapse sweep``), :func:`load_grid`;
+- :mod:`~otcollapse.experiments.store` — the results store (xarray / Zarr), :func:`load_sweep`;
 - :mod:`~otcollapse.experiments.analysis` — the analysis stage the jobs share (headline numbers,
   verdicts, aggregation over seeds, figures);
 - :mod:`~otcollapse.experiments.analyze` — :func:`analyze_trajectories` (``otcollapse analyze``)
@@ -38,6 +44,8 @@ from otcollapse.experiments.square_loss import (
     SquareLossRun,
     run_square_loss_experiment,
 )
+from otcollapse.experiments.store import load_sweep
+from otcollapse.experiments.sweep import Grid, load_grid, sweep
 
 __all__ = [
     "DEFAULT_DYNAMICS_METRICS",
@@ -46,6 +54,7 @@ __all__ = [
     "DynamicsRecord",
     "DynamicsRecorder",
     "DynamicsTrace",
+    "Grid",
     "MUFMReportSettings",
     "Prediction",
     "RunConfig",
@@ -55,8 +64,11 @@ __all__ = [
     "analyze_trajectories",
     "fit_mufm_report",
     "headline",
+    "load_grid",
+    "load_sweep",
     "package_versions",
     "reproduce",
     "run_experiment",
     "run_square_loss_experiment",
+    "sweep",
 ]

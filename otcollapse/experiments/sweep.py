@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from otcollapse._validation import check_int, check_real
+from otcollapse.exceptions import SweepError
 from otcollapse.experiments.analysis import Log, say
 from otcollapse.experiments.config import RunConfig
 from otcollapse.experiments.run import default_threads
@@ -292,7 +293,7 @@ def sweep(
         data set; all before any work.
     otcollapse.io.FolderInUseError
         Another sweep is writing into ``out``.
-    RuntimeError
+    otcollapse.exceptions.SweepError
         Some cells failed (after the retries); the others are in the store, and a rerun retries
         the failed ones. Their errors are in ``sweep.json``.
     """
@@ -360,10 +361,11 @@ def sweep(
     failed = [c for c in cells if c.error]
     log(f"sweep: {len(cells) - len(failed)} of {len(cells)} cells in {out / STORE}")
     if failed:
-        raise RuntimeError(
+        raise SweepError(
             f"{len(failed)} of {len(cells)} cells failed (first: {g.label(failed[0].index)}: "
             f"{failed[0].error}); the others are in the store. Their errors are in "
-            f"{out / 'sweep.json'}; rerun the sweep to retry them."
+            f"{out / 'sweep.json'}; rerun the sweep to retry them.",
+            [(g.label(c.index), str(c.error)) for c in failed],
         )
     return out
 
