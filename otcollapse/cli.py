@@ -209,7 +209,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     terminal phase (built-in digits by default, no download), capture their block trajectories
     during training, run the transport profile, geodesic tests and collapse metrics (beside the
     networks at initialisation and the split-half noise floor), fit and calibrate the MUFM, and
-    write RUN_DIR/report.html, figures, metrics.json, the trajectories and checkpoints."""
+    write RUN_DIR/report.html, figures, metrics.json and the trajectories; the stages' artefacts
+    (checkpoints included) are in RUN_DIR/stages, which --resume reads back."""
     from otcollapse.experiments import RunConfig, run_experiment
 
     special = ("quick", "mufm", "splits")  # flags and choices, turned into settings below
@@ -301,14 +302,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    """Reproductions: gai-zhang-mnist, resnet-vs-plain-wd, pfc-depth. Each needs the data set
-    on disk (--data: a .npz with X and y, or an image folder root/<class>/<image>)."""
+    """Reproductions: gai-zhang-mnist (one run), resnet-vs-plain-wd and pfc-depth (sweeps over
+    the shipped grid files, on Dask). --data: a built-in data set (digits, mnist1d) or one on
+    disk (a .npz with X and y, or an image folder root/<class>/<image>)."""
     from otcollapse.experiments import REPRODUCTIONS, reproduce
 
     if args.name not in REPRODUCTIONS:
         raise UserError(f"unknown reproduction {args.name!r}; choose from {sorted(REPRODUCTIONS)}.")
     out = Path(args.out) if args.out else Path("runs") / f"reproduce_{args.name}"
-    reproduce(args.name, args.data, out, quick=args.quick, seed=args.seed)
+    reproduce(args.name, args.data, out, quick=args.quick, seed=args.seed, scheduler=args.scheduler)
     return 0
 
 
@@ -403,7 +405,16 @@ def _sweep_options(s: argparse.ArgumentParser) -> None:
 
 def _reproduce_options(rr: argparse.ArgumentParser) -> None:
     rr.add_argument("name", help="gai-zhang-mnist, resnet-vs-plain-wd or pfc-depth")
-    rr.add_argument("--data", required=True, help="the data set on disk (.npz or image folder)")
+    rr.add_argument(
+        "--data",
+        required=True,
+        help="a built-in data set (digits, mnist1d, ...) or one on disk (.npz or image folder)",
+    )
+    rr.add_argument(
+        "--scheduler",
+        help="for the sweeps (resnet-vs-plain-wd, pfc-depth): 'serial', or a Dask scheduler's "
+        "address; default an embedded LocalCluster",
+    )
     rr.add_argument("--out", help="output folder (default runs/reproduce_NAME)")
     rr.add_argument("--quick", action="store_true", help="tiny settings, for checking the pipeline")
     rr.add_argument("--seed", type=int, default=0)

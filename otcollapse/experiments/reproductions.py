@@ -1,11 +1,17 @@
-"""Reproductions of published reference points, on data the user already has on disk.
+"""Reproductions of published reference points, on built-in data or data the user has on disk.
 
-``otcollapse reproduce NAME --data PATH`` reruns one experiment of the literature with the
-published numbers beside the measured ones (in ``metrics.json`` under ``published`` and in the
-report). Nothing is downloaded: ``PATH`` is a ``.npz`` file with arrays ``X`` and ``y`` or an image
-folder ``root/<class>/<image>`` (``otcollapse.data.from_folder``), e.g. MNIST exported once by the
-user. Our networks are small stand-ins for the papers' (a constant-width residual network and its
-plain twin), so agreement is expected in direction and rough size, not to the digit.
+``otcollapse reproduce NAME --data DATA`` reruns one experiment of the literature with the
+published numbers beside the measured ones (in ``published.json`` / ``metrics.json`` under
+``published``, and in the report). Nothing is downloaded: ``DATA`` is a built-in data set
+(``digits``, ``mnist1d``, ...), a ``.npz`` file with arrays ``X`` and ``y`` or an image folder
+``root/<class>/<image>`` (``otcollapse.data.from_folder``), e.g. MNIST exported once by the user.
+Our networks are small stand-ins for the papers' (a constant-width residual network and its plain
+twin), so agreement is expected in direction and rough size, not to the digit.
+
+``resnet-vs-plain-wd`` and ``pfc-depth`` are sweeps: their grids are shipped files
+(``otcollapse/experiments/grids/<name>.toml``, printed by :func:`grid_file`) run by
+:func:`otcollapse.experiments.sweep.sweep`, so they use every core (or a cluster) and resume when
+rerun; their folder is a sweep folder (``store.zarr``, ``report.html`` with the grid figures).
 
 =====================  ==========================================================================
 name                   what it reruns
@@ -26,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from otcollapse.data import dataset_names
 from otcollapse.experiments.config import RunConfig, read_data_file
 from otcollapse.experiments.run import run_experiment
 from otcollapse.io import locked_folder, save_json
@@ -36,16 +43,31 @@ _GZ = "K. Gai, S. Zhang, Deep residual networks learn the geodesic curve in the 
 _WGZ = "S. Wang, K. Gai, S. Zhang, Progressive feedforward collapse of ResNet training"
 
 
-def _config(data: str, quick: bool, seed: int, **kw: Any) -> RunConfig:
+def _data_settings(data: str) -> dict[str, Any]:
+    """``data`` and the model it takes: a built-in set keeps the grid's model; a file on disk
+    of images of at least 4x4 pixels gets the conv model, vectors the MLP."""
+    if data in dataset_names():
+        return {"data": data}
     shape = read_data_file(data).input_shape  # validates the path and tells images from vectors
     model = "conv" if len(shape) == 3 and min(shape[1:]) >= 4 else "mlp"
-    base: dict[str, Any] = {"data": str(data), "model": model, "seed": seed, "mufm": False}
-    if quick:
-        base.update(width=16, blocks=3, epochs=4, max_samples=200, capture_epochs=(0,))
-    else:
-        base.update(width=64, blocks=6, epochs=40)
+    return {"data": str(data), "model": model}
+
+
+def _config(data: str, quick: bool, seed: int, **kw: Any) -> RunConfig:
+    base: dict[str, Any] = {"model": "mlp", **_data_settings(data), "seed": seed, "mufm": False}
+    base.update(_QUICK if quick else {"width": 64, "blocks": 6, "epochs": 40})
     base.update(kw)
     return RunConfig(**base)
+
+
+#: the --quick settings: tiny, to check the pipeline (on a stand-in), not to reproduce anything
+_QUICK: dict[str, Any] = {
+    "width": 16,
+    "blocks": 3,
+    "epochs": 4,
+    "max_samples": 200,
+    "capture_epochs": (0,),
+}
 
 
 def _finish(out: Path, metrics: dict[str, Any], published: list[dict[str, Any]], ref: str) -> None:
@@ -68,91 +90,130 @@ def _gai_zhang(data: str, out: Path, quick: bool, seed: int) -> dict[str, Any]:
     return m
 
 
-def _resnet_vs_plain(data: str, out: Path, quick: bool, seed: int) -> dict[str, Any]:
-    wds = (0.0, 5e-4) if quick else (0.0, 1e-4, 5e-4, 1e-3)
-    rows = []
-    for wd in wds:
-        sub = out / f"weight_decay_{wd:g}"
-        m = run_experiment(_config(data, quick, seed, weight_decay=wd), sub, progress=not quick)
-        for model in ("resnet", "plain"):
-            h = m["headline"][model]
-            rows.append(
-                {
-                    "weight_decay": wd,
-                    "model": model,
-                    "ots": h.get("ots"),
-                    "lss_mean": h.get("lss_mean"),
-                    "train_accuracy": h.get("train_accuracy"),
-                }
-            )
-    pub = [
+def grid_file(name: str) -> Path:
+    """The shipped grid file of the sweep reproduction ``name``."""
+    return Path(__file__).parent / "grids" / f"{name}.toml"
+
+
+def _sweep_grid(name: str, data: str, quick: bool, seed: int) -> dict[str, Any]:
+    """The shipped grid of ``name`` on ``data``; ``quick``: tiny settings, the grid's ends."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    grid = tomllib.loads(grid_file(name).read_text(encoding="utf-8"))
+    base = grid["base"]
+    base.update(_data_settings(data), seed=seed)
+    if quick:
+        base.update({k: list(v) if isinstance(v, tuple) else v for k, v in _QUICK.items()})
+        base["seeds"] = 1
+        grid["grid"] = {k: [v[0], v[-1]] for k, v in grid["grid"].items()}
+    return grid
+
+
+def _means(ds: Any, var: str, net: str | None) -> list[tuple[Any, float]]:
+    """(cell label, mean over seeds at the last epoch) of ``var`` for ``net``."""
+    v = ds[var] if net is None else ds[var].sel(net=net)
+    v = v.isel(epoch=-1) if "epoch" in v.dims else v
+    m = v.mean("seed")
+    return [(c, float(m.sel(cell=c))) for c in ds.cell.values]
+
+
+def _span_of(ds: Any, var: str, net: str) -> str:
+    vals = [x for _, x in _means(ds, var, net) if x == x]
+    return "—" if not vals else f"{min(vals):.3g}–{max(vals):.3g}"
+
+
+def _by_setting(ds: Any, var: str, setting: str) -> str:
+    return ", ".join(
+        f"{setting}={ds[setting].sel(cell=c).item()}: {x:+.3f}"
+        for c, x in _means(ds, var, "resnet")
+    )
+
+
+def _published_resnet_vs_plain(ds: Any) -> list[dict[str, Any]]:
+    return [
         {
             "quantity": "ResNet LSS",
             "published": "1.3–1.8",
-            "measured": _span(rows, "resnet", "lss_mean"),
+            "measured": _span_of(ds, "lss_mean", "resnet"),
         },
         {
             "quantity": "ResNet OTS",
             "published": "0.85–1.0",
-            "measured": _span(rows, "resnet", "ots"),
+            "measured": _span_of(ds, "ots", "resnet"),
         },
         {
             "quantity": "plain LSS",
             "published": "3.5–4.6",
-            "measured": _span(rows, "plain", "lss_mean"),
+            "measured": _span_of(ds, "lss_mean", "plain"),
         },
-        {"quantity": "plain OTS", "published": "≤ 0.22", "measured": _span(rows, "plain", "ots")},
+        {"quantity": "plain OTS", "published": "≤ 0.22", "measured": _span_of(ds, "ots", "plain")},
     ]
-    metrics: dict[str, Any] = {
-        "kind": "reproduce",
-        "settings": {"data": str(data), "weight_decays": list(wds), "quick": quick, "seed": seed},
-        "sweep": rows,
-        "figures": [],
-    }
-    _finish(out, metrics, pub, _GZ + " (CIFAR-100; measured here on the data given)")
-    return metrics
 
 
-def _span(rows: list[dict[str, Any]], model: str, key: str) -> str:
-    vals = [r[key] for r in rows if r["model"] == model and r[key] is not None]
-    return "—" if not vals else f"{min(vals):.3g}–{max(vals):.3g}"
-
-
-def _pfc(data: str, out: Path, quick: bool, seed: int) -> dict[str, Any]:
-    cfg = _config(data, quick, seed, **({} if quick else {"blocks": 8}))
-    m = run_experiment(cfg, out, progress=not quick)
-    h = m["headline"]["resnet"]
-    pub = [
+def _published_pfc(ds: Any) -> list[dict[str, Any]]:
+    return [
         {
-            "quantity": "ResNet NC1 over depth (Kendall τ)",
+            "quantity": "ResNet NC1 over depth (Kendall τ, mean over seeds)",
             "published": "decreasing at the terminal phase (τ < 0)",
-            "measured": h.get("nc1_kendall_tau"),
+            "measured": _by_setting(ds, "nc1_kendall_tau", "blocks"),
         },
         {
             "quantity": "ResNet NC1: fraction of non-increasing steps",
             "published": "1 (monotone)",
-            "measured": h.get("nc1_frac_non_increasing"),
+            "measured": _by_setting(ds, "nc1_frac_non_increasing", "blocks"),
         },
     ]
-    _finish(out, m, pub, _WGZ + " (MNIST, CIFAR-10)")
-    return m
 
 
-REPRODUCTIONS: dict[str, Callable[[str, Path, bool, int], dict[str, Any]]] = {
-    "gai-zhang-mnist": _gai_zhang,
-    "resnet-vs-plain-wd": _resnet_vs_plain,
-    "pfc-depth": _pfc,
+_SWEEPS: dict[str, tuple[Callable[[Any], list[dict[str, Any]]], str]] = {
+    "resnet-vs-plain-wd": (
+        _published_resnet_vs_plain,
+        _GZ + " (CIFAR-100; measured here on the data given)",
+    ),
+    "pfc-depth": (_published_pfc, _WGZ + " (MNIST, CIFAR-10)"),
 }
 
 
-def reproduce(
-    name: str, data: str | Path, out: str | Path, *, quick: bool = False, seed: int = 0
+def _run_sweep(
+    name: str, data: str, out: Path, quick: bool, seed: int, scheduler: Any
 ) -> dict[str, Any]:
-    """Rerun the reproduction ``name`` on the data set at ``data``; write a report to ``out``.
+    from otcollapse.experiments.store import load_sweep
+    from otcollapse.experiments.sweep import sweep
+    from otcollapse.report import write_sweep_report
 
-    Returns the ``metrics.json`` contents, whose ``published`` rows hold the published and the
-    measured value of each reference point. ``quick=True`` uses tiny settings (to check the
-    pipeline, e.g. on a synthetic stand-in), not to reproduce anything.
+    sweep(_sweep_grid(name, data, quick, seed), out, scheduler=scheduler, progress=not quick)
+    ds = load_sweep(out)
+    published, ref = _SWEEPS[name]
+    metrics = {"kind": "reproduce", "name": name, "published": published(ds), "reference": ref}
+    save_json(out / "published.json", metrics)
+    print(f"report: {write_sweep_report(out, ds)}")
+    return metrics
+
+
+#: the reproductions: one run, or a sweep over a shipped grid file
+REPRODUCTIONS = ("gai-zhang-mnist", "resnet-vs-plain-wd", "pfc-depth")
+
+
+def reproduce(
+    name: str,
+    data: str | Path,
+    out: str | Path,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    scheduler: Any = None,
+) -> dict[str, Any]:
+    """Rerun the reproduction ``name`` on the data set ``data``; write a report to ``out``.
+
+    Returns a dict whose ``published`` rows hold the published and the measured value of each
+    reference point (``metrics.json`` of the run, or ``published.json`` of the sweep). The
+    sweeps run on ``scheduler`` (:func:`otcollapse.experiments.sweep.sweep`: an embedded
+    ``LocalCluster`` by default, ``"serial"``, or a scheduler's address). ``quick=True`` uses tiny
+    settings (and a sweep's end points only), to check the pipeline on a stand-in, not to
+    reproduce anything.
 
     The data set is read before ``out`` is made, and ``out`` is held
     (:func:`otcollapse.io.locked_folder`) for the whole reproduction: a second writer is refused.
@@ -160,5 +221,7 @@ def reproduce(
     if name not in REPRODUCTIONS:
         raise ValueError(f"unknown reproduction {name!r}; choose from {sorted(REPRODUCTIONS)}.")
     _config(str(data), quick, seed)  # the data set and the settings, before out is touched
+    if name in _SWEEPS:  # the sweep holds its own folder
+        return _run_sweep(name, str(data), Path(out), quick, seed, scheduler)
     with locked_folder(out, on_error="empty") as folder:
-        return REPRODUCTIONS[name](str(data), folder, quick, seed)
+        return _gai_zhang(str(data), folder, quick, seed)
