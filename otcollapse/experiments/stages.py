@@ -54,8 +54,8 @@ __all__ = [
     "StageName",
     "executions",
     "seed_graph",
-    "set_threads",
     "stage_key",
+    "torch_threads",
 ]
 
 #: the stages, in the order a cell runs them
@@ -96,13 +96,19 @@ class StageContext:
             self.log(msg)
 
 
-def set_threads(n: int) -> int:
-    """Set torch's intra-op threads to ``n`` (when it differs); returns ``n``."""
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[int]:
+    """torch's intra-op threads set to ``n`` inside the block, restored after it."""
     import torch
 
-    if torch.get_num_threads() != n:
+    before = torch.get_num_threads()
+    if before != n:
         torch.set_num_threads(n)
-    return n
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def stage_key(stage: str, settings: Mapping[str, Any], inputs: Sequence[str] = ()) -> str:
@@ -163,9 +169,9 @@ def _cached(ctx: StageContext, name: StageName, compute: Callable[[Path], Any]) 
     if not done.exists():
         with _stage_lock(folder):
             if not done.exists():  # another process may have finished it while we waited
-                set_threads(ctx.threads)
                 t0 = time.perf_counter()
-                value = compute(folder)
+                with torch_threads(ctx.threads):
+                    value = compute(folder)
                 with atomic_path(done) as tmp, open(tmp, "wb") as fh:
                     pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
                 line = json.dumps(
