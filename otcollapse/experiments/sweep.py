@@ -43,6 +43,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -466,7 +467,8 @@ def _run_distributed(
     futures = client.get(
         tasks, keys, sync=False, retries=retries, resources={"GPU": 1} if gpu else None
     )
-    with _bar(len(keys), progress) as bar:
+
+    def collect() -> None:  # each cell into the store as soon as its seeds are done
         for fut in as_completed(futures):
             cell, s = owner[fut.key]
             if fut.status == "finished":
@@ -474,9 +476,28 @@ def _run_distributed(
             elif cell.error is None:
                 err = fut.exception()
                 cell.error = f"{type(err).__name__}: {err}"
-            bar.update()
             if cell.error is None and len(cell.metrics) == len(cell.seeds):
                 try:
                     _finish(cell, out)
                 except Exception as err:
                     cell.error = f"{type(err).__name__}: {err}"
+
+    if not progress:
+        collect()
+        return
+    from distributed import progress as dask_progress
+
+    failure: list[BaseException] = []
+
+    def collect_or_record() -> None:
+        try:
+            collect()
+        except BaseException as exc:  # raised below, in the caller's thread
+            failure.append(exc)
+
+    collector = threading.Thread(target=collect_or_record, name="otcollapse-sweep-store")
+    collector.start()
+    dask_progress(futures)  # Dask's own progress bar over every task of the graph
+    collector.join()
+    if failure:
+        raise failure[0]
