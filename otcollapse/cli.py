@@ -224,7 +224,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     opts["splits"] = ("train", "test") if args.split == "both" else ("train",)
     config = RunConfig.quick_preset(**opts) if args.quick else RunConfig(**opts)
     out = Path(args.out) if args.out else Path("runs") / ("quick" if args.quick else "run")
-    run_experiment(config, out, resume=args.resume, progress=not args.no_progress)
+    run_experiment(
+        config, out, resume=args.resume, progress=not args.no_progress, threads=args.threads
+    )
     return 0
 
 
@@ -269,22 +271,27 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     machine by default, or an existing scheduler (--scheduler tcp://HOST:PORT). Finished cells go
     into SWEEP/store.zarr (read it with otcollapse.load_sweep); a rerun computes only what is
     missing. Then write SWEEP/report.html with the grid figures."""
-    from otcollapse.experiments import sweep
+    from otcollapse.experiments import load_sweep, sweep
     from otcollapse.report import write_sweep_report
 
     out = Path(args.out) if args.out else None
-    path = sweep(
-        args.grid,
-        out,
-        scheduler=args.scheduler,
-        workers=args.workers,
-        threads=args.threads,
-        retries=args.retries,
-        connect_timeout=args.connect_timeout,
-        progress=not args.no_progress,
-    )
+    try:
+        path = sweep(
+            args.grid,
+            out,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            threads=args.threads,
+            retries=args.retries,
+            connect_timeout=args.connect_timeout,
+            progress=not args.no_progress,
+        )
+    except SweepError as err:  # the report lists the failed cells beside the finished ones
+        if err.folder is not None and any((err.folder / "store.zarr").glob("cell-*")):
+            print(f"report: {write_sweep_report(err.folder, load_sweep(err.folder))}")
+        raise
     print(f"store: {path / 'store.zarr'} (otcollapse.load_sweep({str(path)!r}))")
-    print(f"report: {write_sweep_report(path)}")
+    print(f"report: {write_sweep_report(path, load_sweep(path))}")
     return 0
 
 
@@ -294,7 +301,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from otcollapse.report import write_report, write_sweep_report
 
     if (Path(args.run_dir) / "sweep.json").is_file():
-        path = write_sweep_report(args.run_dir)
+        from otcollapse.experiments import load_sweep
+
+        path = write_sweep_report(args.run_dir, load_sweep(args.run_dir))
     else:
         path = write_report(args.run_dir)
     print(f"report: {path}")
@@ -461,6 +470,11 @@ def _run_options(r: argparse.ArgumentParser) -> None:
         "--mufm-grid", type=_float_list, dest="mufm_grid", help="λ_OT grid, comma-separated"
     )
     r.add_argument("--device", help="torch device (default cpu)")
+    r.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="torch threads (default: the cores this process may use); recorded",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

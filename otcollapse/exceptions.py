@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["ConvergenceWarning", "DenseBudgetError", "SweepError"]
 
 
@@ -23,6 +25,8 @@ class SweepError(RuntimeError):
     records them too, and a rerun of the sweep retries them.
     """
 
-    def __init__(self, message: str, failed: list[tuple[str, str]]) -> None:
+    def __init__(self, message: str, failed: list[tuple[str, str]], folder: Any = None) -> None:
         super().__init__(message)
         self.failed = failed
+        #: the sweep folder (a ``pathlib.Path``)
+        self.folder = folder

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -22,6 +23,9 @@ from matplotlib.ticker import MaxNLocator
 from otcollapse.collapse import CollapseProfile
 from otcollapse.geodesic import GeodesicReport, TransportProfile
 from otcollapse.measures import Trajectory
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = [
     "METRIC_LABELS",
@@ -31,7 +35,10 @@ __all__ = [
     "plot_mccann_fit",
     "plot_mufm_calibration",
     "plot_ots_lss",
+    "plot_sweep",
     "plot_transport_steps",
+    "sweep_last_epochs",
+    "sweep_statistics",
 ]
 
 #: How each collapse metric is written on an axis.
@@ -429,4 +436,331 @@ def plot_mufm_calibration(
         right.set_ylabel("PC 2 (feature units)")
         right.set_title("Last-layer features: network (o) and MUFM (▲)")
         right.legend(fontsize="small")
+    return fig
+
+
+# ---------------------------------------------------------------------------- sweeps
+#: dimensions a metric plotted over a sweep may have (a per-layer or per-step metric: select one)
+_SWEEP_DIMS = frozenset({"cell", "seed", "net", "epoch"})
+
+
+def _sweep_metric(ds: Any, metric: str) -> Any:
+    """``ds[metric]``, checked to be a sweep variable over (cell, seed[, net][, epoch])."""
+    if "cell" not in ds.dims or "seed" not in ds.dims:
+        raise ValueError(
+            "expected the Dataset of a sweep (dimensions cell and seed), as "
+            "otcollapse.load_sweep returns it."
+        )
+    if metric not in ds.data_vars:
+        raise ValueError(
+            f"no variable {metric!r} in the sweep; it has: {', '.join(sorted(map(str, ds.data_vars)))}."
+        )
+    da = ds[metric]
+    extra = [d for d in da.dims if d not in _SWEEP_DIMS]
+    if extra or "seed" not in da.dims:
+        raise ValueError(
+            f"{metric!r} has dimensions {da.dims}; plot a variable over (seed, net, epoch), or "
+            f"select one entry first (e.g. ds.isel({extra[0] if extra else 'layer'}=-1))."
+        )
+    return da
+
+
+def sweep_last_epochs(ds: xr.Dataset) -> xr.DataArray:
+    """The last captured epoch of each cell: the largest epoch at which it has any value.
+
+    Cells of a sweep may capture different epochs (when ``epochs`` is swept); the store joins
+    them, so a cell is NaN at the epochs it did not capture. Returns an integer DataArray along
+    ``cell``.
+    """
+    import xarray as xr
+
+    epochs = np.asarray(ds["epoch"].values)
+    has = np.zeros((ds.sizes["cell"], epochs.size), dtype=bool)
+    for name in ds.data_vars:
+        da = ds[name]
+        if "epoch" in da.dims and "cell" in da.dims:
+            other = [d for d in da.dims if d not in ("cell", "epoch")]
+            has |= da.notnull().any(other).transpose("cell", "epoch").values
+    last = [int(epochs[row].max()) if row.any() else int(epochs.max()) for row in has]
+    return xr.DataArray(last, dims="cell", coords={"cell": ds["cell"].values}, name="epoch")
+
+
+def _seed_stats(a: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean, std, 95% Student-t half-width and count over the last axis (the seeds), NaN-aware.
+
+    The half-width is t_{0.975, n−1} · s / √n with s the sample standard deviation (ddof 1); with
+    fewer than two finite values it is NaN (no interval), as is the mean with none.
+    """
+    from scipy import stats
+
+    ok = np.isfinite(a)
+    n = ok.sum(-1)
+    m = np.maximum(n, 1)
+    mean = np.where(n > 0, np.where(ok, a, 0.0).sum(-1) / m, np.nan)
+    dev = np.where(ok, a - mean[..., None], 0.0)
+    var = np.where(n > 1, (dev**2).sum(-1) / np.maximum(n - 1, 1), np.nan)
+    std = np.sqrt(var)
+    half = np.where(n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * std / np.sqrt(m), np.nan)
+    return {"mean": mean, "std": std, "half": half, "n": n}
+
+
+def sweep_statistics(ds: xr.Dataset, metric: str, at: str = "last") -> xr.Dataset:
+    """Mean over seeds and its 95% Student-t interval of ``metric``, per cell (and net).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A sweep's results (:func:`otcollapse.load_sweep`).
+    metric : str
+        A variable over ``(cell, seed[, net][, epoch])``.
+    at : {"last", "init"}
+        ``"last"``: each cell's last captured epoch (:func:`sweep_last_epochs`); ``"init"``:
+        epoch 0, the networks at initialisation. A variable without an epoch dimension (the
+        test split, the MUFM's λ_OT) is taken as it is, and has no ``"init"``.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``mean``, ``std`` (ddof 1), ``half`` (half-width of the interval
+        ``mean ± t_{0.975, n−1} s/√n``; NaN with fewer than two seeds) and ``n`` (the seeds with a
+        finite value) over ``(cell[, net])``, with the epoch used as coordinate ``epoch`` along
+        ``cell`` (absent without an epoch dimension).
+
+    Raises
+    ------
+    ValueError
+        Not a sweep variable; ``at="init"`` for a variable without epochs or a sweep that did
+        not capture epoch 0; an unknown ``at``.
+    """
+    import xarray as xr
+
+    if at not in ("last", "init"):
+        raise ValueError(f"at must be 'last' or 'init'; got {at!r}.")
+    da = _sweep_metric(ds, metric)
+    if "epoch" in da.dims:
+        if at == "init" and 0 not in set(ds["epoch"].values.tolist()):
+            raise ValueError(f"the sweep did not capture epoch 0: no initialisation of {metric!r}.")
+        when = sweep_last_epochs(ds).values if at == "last" else np.zeros(ds.sizes["cell"], int)
+        da = da.sel(epoch=xr.DataArray(when, dims="cell"))
+    elif at == "init":
+        raise ValueError(f"{metric!r} has no epoch dimension: no initialisation to show.")
+    da = da.transpose("cell", ..., "seed")
+    template = da.isel(seed=0, drop=True)
+    out = {k: template.copy(data=v) for k, v in _seed_stats(np.asarray(da.values, float)).items()}
+    return xr.Dataset(out, attrs=dict(ds[metric].attrs))
+
+
+def _sweep_x(ds: Any, setting: str) -> tuple[np.ndarray, str, list[str]]:
+    """Positions of the cells along x, the axis kind and the category names (categorical only).
+
+    Numbers go on a numeric axis: logarithmic when all positive and spanning more than 10x,
+    symmetric-logarithmic when 0 is among otherwise positive values spanning more than 10x,
+    linear otherwise; texts, flags and mixed values are categories in the grid's order.
+    """
+    if setting not in ds.coords:
+        along = [str(c) for c in ds.coords if c not in ("seed", "net", "epoch", "layer", "step")]
+        raise ValueError(f"no setting {setting!r} in the sweep; its settings are: {along}.")
+    values = np.asarray(ds[setting].broadcast_like(ds["cell"]).values)
+    if values.dtype.kind in "iuf":
+        v = values.astype(float)
+        pos = v[v > 0]
+        wide = pos.size > 0 and pos.max() / pos.min() > 10
+        if np.all(v > 0) and wide:
+            return v, "log", []
+        if np.all(v >= 0) and wide:
+            return v, "symlog", []
+        return v, "linear", []
+    names = [str(x) for x in values.tolist()]
+    cats = list(dict.fromkeys(names))
+    return np.array([cats.index(n) for n in names], dtype=float), "categorical", cats
+
+
+def _along_cells(ds: Any, name: str) -> list[str]:
+    return [str(v) for v in np.asarray(ds[name].broadcast_like(ds["cell"]).values).tolist()]
+
+
+def _sweep_others(ds: Any, setting: str, by: Sequence[str] | None) -> list[str]:
+    """The other settings that split the lines: ``by``, or every other coordinate that varies
+    along ``cell`` and is not a function of ``setting`` (``capture_epochs`` when ``epochs`` is
+    swept: it would only cut the line into points)."""
+    if by is not None:
+        missing = [b for b in by if b not in ds.coords]
+        if missing:
+            raise ValueError(f"no setting {missing[0]!r} in the sweep.")
+        return [b for b in by if b != setting]
+    x = _along_cells(ds, setting)
+    out = []
+    for c in ds.coords:
+        if c in (setting, "cell") or ds[c].dims != ("cell",):
+            continue
+        v = _along_cells(ds, str(c))
+        if len(set(v)) > 1 and len(set(zip(x, v, strict=True))) > len(set(x)):
+            out.append(str(c))
+    return out
+
+
+def _sweep_groups(ds: Any, others: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+    """``(label, cell indices)`` per combination of the ``others`` settings, in grid order."""
+    if not others:
+        return [("", np.arange(ds.sizes["cell"]))]
+    cols = [_along_cells(ds, o) for o in others]
+    combos = [tuple(c[i] for c in cols) for i in range(ds.sizes["cell"])]
+    out = []
+    for combo in dict.fromkeys(combos):
+        label = ", ".join(f"{o}={v}" for o, v in zip(others, combo, strict=True))
+        out.append((label, np.array([i for i, c in enumerate(combos) if c == combo])))
+    return out
+
+
+def _sweep_ylabel(attrs: Mapping[str, Any], metric: str) -> str:
+    import textwrap
+
+    name = str(attrs.get("long_name", metric)).split(":")[0].split(";")[0]
+    units = str(attrs.get("units", ""))
+    units = "dimensionless" if units in ("1", "") else units
+    return textwrap.fill(f"{metric}: {name} ({units})", 48)
+
+
+def _sweep_xaxis(ax: Any, x: np.ndarray, kind: str, cats: Sequence[str], setting: str) -> None:
+    ticks = np.unique(x[np.isfinite(x)])
+    if kind == "categorical":
+        ax.set_xticks(range(len(cats)), cats, rotation=20 if len(cats) > 4 else 0)
+        ax.set_xlim(-0.5, len(cats) - 0.5)
+    elif kind in ("log", "symlog"):
+        if kind == "symlog":
+            ax.set_xscale("symlog", linthresh=float(ticks[ticks > 0].min()))
+        else:
+            ax.set_xscale("log")
+        if ticks.size <= 8:
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    elif ticks.size <= 8:
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    scale = {"log": " (log scale)", "symlog": " (symmetric log scale: linear near 0)"}
+    ax.set_xlabel(setting + scale.get(kind, ""))
+
+
+def _sweep_line(ax: Any, x: np.ndarray, st: Any, style: Mapping[str, Any], dx: float) -> None:
+    """One line of :func:`plot_sweep`: the means at ``x`` with their 95% intervals as bars, drawn
+    ``dx`` points to the side (so that the bars of several lines at one x stay apart)."""
+    from matplotlib.transforms import offset_copy
+
+    order = np.argsort(x, kind="stable")
+    bars = ax.errorbar(
+        x[order],
+        np.asarray(st["mean"].values, float)[order],
+        yerr=np.asarray(st["half"].values, float)[order],  # NaN (one seed): no bar
+        **style,
+    )
+    # shifted after drawing: the data limits are those of the data, not of the shift
+    shifted = offset_copy(ax.transData, fig=ax.figure, x=dx, y=0.0, units="points")
+    for artist in bars.get_children():
+        artist.set_transform(shifted)
+
+
+def _sweep_lines(
+    ds: Any, metric: str, setting: str, by: Sequence[str] | None, init: bool
+) -> list[tuple[np.ndarray, str, str, bool]]:
+    """``(cell indices, net or "", label, at init)`` of every line of :func:`plot_sweep`."""
+    nets = [str(n) for n in ds["net"].values] if "net" in ds[metric].dims else [""]
+    out = []
+    for label, cells in _sweep_groups(ds, _sweep_others(ds, setting, by)):
+        for net in nets:
+            name = ", ".join(t for t in (net, label) if t) or metric
+            out.append((cells, net, name, False))
+            if init:
+                out.append((cells, net, f"{name} at init", True))
+    return out
+
+
+def _sweep_title(
+    ds: Any, metric: str, setting: str, ns: np.ndarray, init: bool, epoch: bool
+) -> str:
+    n = ns[ns > 0]
+    if n.size == 0:
+        seeds = "no finite value"
+    elif n.max() < 2:
+        seeds = "one seed: no interval"
+    else:
+        span = f"{n.min()}" if n.min() == n.max() else f"{n.min()}–{n.max()}"
+        seeds = f"mean over {span} seeds ± 95% Student-t interval"
+    title = f"{metric} vs {setting}{' at the last epoch' if epoch else ''}\n{seeds}"
+    if init:
+        title += "; dashed: at init"
+    missing = int(ds.attrs.get("cells_missing", 0) or 0)
+    if missing:
+        title += f"\n{missing} cell(s) of the grid not in the store (not drawn)"
+    return title
+
+
+def plot_sweep(
+    ds: xr.Dataset,
+    metric: str,
+    setting: str,
+    *,
+    by: Sequence[str] | None = None,
+    ax: Any = None,
+) -> Figure:
+    """A metric of a sweep against one swept setting, mean over seeds with 95% intervals.
+
+    For each cell, the metric at its last captured epoch (the largest epoch where the cell has
+    data) is averaged over the seeds; solid lines join the cells along ``setting`` on x, with
+    error bars of the 95% Student-t interval ``mean ± t_{0.975, n−1} s/√n`` (none with one seed,
+    as the title says). Dashed lines are the same computation at epoch 0, the initialisation
+    (when captured). There is one line per network (``resnet``, ``plain``) and per combination
+    of the other swept settings; a variable over the seeds only (``mufm_lambda_ot``) has one line
+    per combination. The points of different lines at one x are drawn a few points apart, so
+    that their bars stay readable.
+
+    Numeric settings are drawn on a numeric axis (logarithmic when all positive and spanning
+    more than 10x, symmetric-logarithmic when 0 is among them), texts and flags as categories.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A sweep's results (:func:`otcollapse.load_sweep`).
+    metric : str
+        A variable over ``(cell, seed[, net][, epoch])``; for a per-layer or per-step variable
+        select one entry first (``ds.isel(layer=-1)``).
+    setting : str
+        A coordinate of ``ds`` (a swept setting along ``cell``, or ``"cell"``).
+    by : sequence of str, optional
+        The settings that split the lines (default: every other setting varying along ``cell``).
+    ax : matplotlib Axes, optional
+
+    Raises
+    ------
+    ValueError
+        An unknown metric or setting, or a metric with other dimensions.
+    """
+    last = sweep_statistics(ds, metric, "last")
+    da = ds[metric]
+    init = None
+    if "epoch" in da.dims and 0 in set(ds["epoch"].values.tolist()):
+        init = sweep_statistics(ds, metric, "init")
+    x, kind, cats = _sweep_x(ds, setting)
+    lines = _sweep_lines(ds, metric, setting, by, init is not None)
+    fig, ax = _axes(ax, width=7.0 if len(lines) <= 4 else 10.0)  # room for the legend beside
+    step = min(4.0, 24.0 / len(lines))
+    groups = sum(not at_init for *_, at_init in lines)
+    cmap = matplotlib.colormaps["tab20"]
+    palette = _COLOURS if groups <= len(_COLOURS) else [cmap(j % 20) for j in range(groups)]
+    colour = -1
+    for k, (cells, net, label, at_init) in enumerate(lines):
+        colour += 0 if at_init else 1
+        style = {"fmt": "o-", "capsize": 4, "label": label}
+        if at_init:
+            style |= {"fmt": "s--", "alpha": 0.6, "mfc": "none", "capsize": 2}
+        style["color"] = palette[colour % len(palette)]
+        st = (init if at_init else last).isel(cell=cells).sel({"net": net} if net else {})
+        _sweep_line(ax, x[cells], st, style, (k - (len(lines) - 1) / 2) * step)
+    ax.margins(x=0.08)  # the shifted end points stay inside
+    _sweep_xaxis(ax, x, kind, cats, setting)
+    ax.set_ylabel(_sweep_ylabel(da.attrs, metric))
+    ns = np.asarray(last["n"].values)
+    ax.set_title(_sweep_title(ds, metric, setting, ns, init is not None, "epoch" in da.dims))
+    if len(lines) > 4:  # beside the axes: a long legend would hide the points
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize="small")
+    ax.grid(True, which="both", alpha=0.3)
     return fig

@@ -2,7 +2,9 @@
 
 :func:`write_report` reads ``metrics.json`` and the PNGs in ``figures/`` and writes
 ``report.html`` beside them; it never recomputes anything, so ``otcollapse report RUN_DIR``
-rebuilds a report from saved results in a second.
+rebuilds a report from saved results in a second. :func:`write_sweep_report` does the same for a
+sweep folder from its ``sweep.json`` and its results Dataset (the caller loads the store, with
+``otcollapse.load_sweep``: this module sits below ``experiments``), drawing the grid figures.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from otcollapse._utils import atomic_write_text
 from otcollapse.io import load_json, locked_folder
 
-__all__ = ["GLOSSARY", "write_report"]
+if TYPE_CHECKING:
+    import xarray as xr
+
+__all__ = ["GLOSSARY", "SWEEP_HEADLINE", "write_report", "write_sweep_report"]
 
 #: What each reported number means (shown at the end of every report).
 GLOSSARY: tuple[tuple[str, str], ...] = (
@@ -460,3 +465,249 @@ def _details_section(m: Mapping[str, Any]) -> list[str]:
         _model_details(f"{name} (test split)", res) for name, res in (m.get("test") or {}).items()
     )
     return parts
+
+
+# ---------------------------------------------------------------------------- sweeps
+#: the headline numbers of a sweep's report (and ``mufm_lambda_ot`` where the MUFM was fitted)
+SWEEP_HEADLINE = ("ots", "lss_mean", "path_ratio", "nc1_kendall_tau")
+
+
+def write_sweep_report(sweep_dir: str | Path, ds: xr.Dataset) -> Path:
+    """Write ``sweep_dir/report.html`` and the grid figures ``sweep_dir/figures/sweep_*.png``.
+
+    For each headline number (:data:`SWEEP_HEADLINE`, and ``mufm_lambda_ot`` when the sweep
+    fitted the MUFM) and each swept setting of ``sweep.json`` (the cells, by label, when none
+    is), a figure of :func:`otcollapse.plots.plot_sweep`: the mean over seeds at each cell's last
+    captured epoch with its 95% Student-t interval, the initialisation dashed. The page (figures
+    inline) lists every cell of the grid, those missing from the store (failed, or not run)
+    included, and tables of each headline number per cell and network, at the last epoch and at
+    initialisation.
+
+    Parameters
+    ----------
+    sweep_dir : str or path
+        A sweep folder (``otcollapse sweep``; it holds ``sweep.json``).
+    ds : xarray.Dataset
+        Its results, ``otcollapse.load_sweep(sweep_dir)`` (this module does not read the store).
+
+    Raises
+    ------
+    ValueError
+        ``sweep_dir`` has no ``sweep.json``, or a damaged one.
+    otcollapse.io.FolderInUseError
+        Another process (a sweep) is writing into ``sweep_dir``.
+    """
+    folder = Path(sweep_dir)
+    mpath = folder / "sweep.json"
+    if not mpath.is_file():
+        raise ValueError(
+            f"{str(folder)!r} has no sweep.json: not a sweep folder (made by `otcollapse sweep`)."
+        )
+    with locked_folder(folder):
+        return _write_sweep_report(folder, load_json(mpath), ds)
+
+
+def _sweep_metrics(ds: Any) -> list[str]:
+    out = [m for m in SWEEP_HEADLINE if m in ds.data_vars]
+    if "mufm_lambda_ot" in ds.data_vars and bool(ds["mufm_lambda_ot"].notnull().any()):
+        out.append("mufm_lambda_ot")
+    return out
+
+
+def _sweep_axes(ds: Any, manifest: Mapping[str, Any]) -> tuple[Any, list[str]]:
+    """The Dataset to draw and the settings on x: the swept ones that are coordinates, or the
+    cells by label (``"cell"``) when none is."""
+    swept: list[str] = []
+    for s in manifest.get("swept", []):
+        if s in ds.coords and s not in ds.dims and not any(_same(ds, s, t) for t in swept):
+            swept.append(s)
+    if swept:
+        return ds, swept
+    labels = {c["cell"]: c["label"] for c in manifest.get("cells", [])}
+    return ds.assign_coords(cell=[labels.get(c, c) for c in ds["cell"].values.tolist()]), ["cell"]
+
+
+def _same(ds: Any, a: str, b: str) -> bool:
+    """Whether settings ``a`` and ``b`` label the cells alike (``capture_epochs`` follows
+    ``epochs``): one figure against either says it all."""
+    va, vb = ([str(v) for v in ds[n].broadcast_like(ds["cell"]).values.tolist()] for n in (a, b))
+    pairs = set(zip(va, vb, strict=True))
+    return len(pairs) == len(set(va)) == len(set(vb))
+
+
+def _sweep_figures(folder: Path, ds: Any, manifest: Mapping[str, Any]) -> list[str]:
+    """Draw and write (atomically) every headline number against every swept setting."""
+    from otcollapse import plots
+    from otcollapse._utils import atomic_path
+
+    drawn, settings = _sweep_axes(ds, manifest)
+    names = []
+    for metric in _sweep_metrics(ds):
+        for setting in settings:
+            fig = plots.plot_sweep(drawn, metric, setting)
+            name = f"sweep_{metric}_vs_{setting}.png"
+            with atomic_path(folder / "figures" / name, suffix=".png") as tmp:
+                fig.savefig(tmp, dpi=110, format="png")
+            names.append(name)
+    return names
+
+
+def _sweep_caption(name: str) -> str:
+    metric, setting = name[len("sweep_") : -len(".png")].split("_vs_")
+    x = "the cells" if setting == "cell" else setting
+    return (
+        f"{metric} against {x} at each cell's last captured epoch (solid): mean over the seeds "
+        "with its 95% Student-t interval; dashed: the same networks at initialisation (epoch 0)."
+    )
+
+
+def _sweep_figures_html(folder: Path, names: Sequence[str]) -> str:
+    parts = []
+    for name in names:
+        data = base64.b64encode((folder / "figures" / name).read_bytes()).decode("ascii")
+        parts.append(
+            f"<figure><img alt='{_e(name)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{_e(_sweep_caption(name))}</figcaption></figure>"
+        )
+    return "<h2>Figures</h2>" + "".join(parts) if parts else ""
+
+
+def _sweep_cells(manifest: Mapping[str, Any], in_store: set[str]) -> list[str]:
+    """The table of the grid's cells, and a warning naming those not in the store."""
+    rows, missing = [], []
+    for c in manifest.get("cells", []):
+        done = bool(c.get("done")) and c["cell"] in in_store
+        rows.append(
+            {
+                "cell": c["label"],
+                "id": c["cell"],
+                "seeds": ", ".join(map(str, c.get("seeds", []))),
+                "done": done,
+                "error": c.get("error") or "",
+            }
+        )
+        if not done:
+            why = c.get("error") or "not run yet (rerun the sweep)"
+            missing.append(f"{c['label']} ({why})")
+    parts = ["<h2>Cells</h2>", _table(rows)]
+    if missing:
+        parts.append(
+            f"<p class='no'>{len(missing)} of {len(rows)} cells are not in the store and so in no "
+            f"figure or table: {_e('; '.join(missing))}.</p>"
+        )
+    return parts
+
+
+def _stat_columns(st: Any, i: int, net: str | None, prefix: str) -> dict[str, Any]:
+    """Mean, 95% half-width and seed count of cell ``i`` (and ``net``) in ``sweep_statistics``."""
+    if st is None:
+        return {}
+    pick = st.isel(cell=i)
+    if net is not None:
+        pick = pick.sel(net=net)
+    half = float(pick["half"])
+    return {
+        f"{prefix}mean": float(pick["mean"]),
+        f"{prefix}± 95%": half if math.isfinite(half) else None,
+        f"{prefix}n": int(pick["n"]),
+    }
+
+
+def _sweep_stats_table(ds: Any, metric: str, labels: Mapping[str, str]) -> str:
+    from otcollapse.plots import sweep_statistics
+
+    da = ds[metric]
+    last = sweep_statistics(ds, metric, "last")
+    init = None
+    if "epoch" in da.dims and 0 in set(ds["epoch"].values.tolist()):
+        init = sweep_statistics(ds, metric, "init")
+    nets = [str(n) for n in ds["net"].values] if "net" in da.dims else [None]
+    rows = []
+    for i, cid in enumerate(ds["cell"].values.tolist()):
+        for net in nets:
+            row: dict[str, Any] = {"cell": labels.get(cid, cid)}
+            if net is not None:
+                row["net"] = net
+            if "epoch" in last.coords:
+                row["epoch"] = int(last["epoch"][i])
+            row.update(_stat_columns(last, i, net, ""))
+            row.update(_stat_columns(init, i, net, "init "))
+            rows.append(row)
+    head = f"<h3>{_e(metric)}</h3><p class='muted'>{_e(da.attrs.get('long_name', ''))}</p>"
+    return head + _table(rows)
+
+
+def _units(attrs: Mapping[str, Any]) -> str:
+    units = str(attrs.get("units", ""))
+    return "dimensionless" if units in ("", "1") else f"in {units}"
+
+
+def _sweep_glossary(ds: Any, metrics: Sequence[str]) -> str:
+    rows = [(m, f"{ds[m].attrs.get('long_name', m)} ({_units(ds[m].attrs)})") for m in metrics]
+    rows += [
+        ("epoch", "the cell's last captured epoch, where the numbers are taken (0 = init)"),
+        ("mean", "mean over the seeds with a finite value"),
+        (
+            "± 95%",
+            "half-width of the 95% Student-t interval mean ± t_{0.975, n−1}·s/√n, s the sample "
+            "standard deviation (ddof 1); — with one seed (no interval)",
+        ),
+        ("n", "the seeds with a finite value"),
+        ("init …", "the same computation at epoch 0: the same networks at initialisation"),
+    ]
+    body = "".join(
+        f"<tr><td class='l'><b>{_e(k)}</b></td><td class='l'>{_e(v)}</td></tr>" for k, v in rows
+    )
+    return f"<h2>What each number means</h2><table>{body}</table>"
+
+
+def _sweep_header(folder: Path, manifest: Mapping[str, Any], ds: Any) -> list[str]:
+    cells = manifest.get("cells", [])
+    title = f"otcollapse sweep: {len(cells)} cells"
+    facts = [
+        f"Sweep folder <code>{_e(folder.resolve())}</code>",
+        f"grid {_e(manifest.get('source', '?'))}",
+        f"swept: {_e(', '.join(manifest.get('swept', [])) or 'nothing (one cell)')}",
+        f"status {_e(manifest.get('status', '?'))}",
+        f"Dask scheduler: {_e(manifest.get('scheduler', '?'))}",
+        f"torch threads per stage: {_e(manifest.get('torch_threads', '?'))}",
+        f"{ds.sizes['cell']} of {len(cells)} cells in the store",
+    ]
+    if "computed" in manifest:
+        facts.append(f"{_e(manifest['computed'])} stages computed in the last run")
+    if "seconds" in manifest:
+        facts.append(f"{float(manifest['seconds']):.0f} s")
+    return [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        "<p class='muted'>" + " · ".join(facts) + "</p>",
+    ]
+
+
+def _write_sweep_report(folder: Path, manifest: Mapping[str, Any], ds: Any) -> Path:
+    labels = {c["cell"]: c["label"] for c in manifest.get("cells", [])}
+    metrics = _sweep_metrics(ds)
+    figures = _sweep_figures(folder, ds, manifest)
+    parts = _sweep_header(folder, manifest, ds)
+    published = folder / "published.json"
+    if published.is_file():
+        parts += _published_section(load_json(published))
+    parts += _sweep_cells(manifest, set(ds["cell"].values.tolist()))
+    parts.append(
+        "<h2>Headline numbers</h2><p>Per cell and network: the mean over the seeds at the cell's "
+        "last captured epoch, the half-width of its 95% Student-t interval and the number of "
+        "seeds; <code>init</code>: the same at initialisation. Definitions below.</p>"
+    )
+    parts += [_sweep_stats_table(ds, m, labels) for m in metrics]
+    parts.append(_sweep_figures_html(folder, figures))
+    parts.append(_sweep_glossary(ds, metrics))
+    cells = manifest.get("cells", [])
+    if cells:
+        swept = set(manifest.get("swept", []))
+        const = {k: v for k, v in cells[0].get("settings", {}).items() if k not in swept}
+        parts.append(f"<h2>Settings of every cell</h2><pre>{_e(json.dumps(const, indent=2))}</pre>")
+    parts.append("</body></html>")
+    out = folder / "report.html"
+    atomic_write_text(out, "\n".join(parts))
+    return out

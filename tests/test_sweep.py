@@ -276,3 +276,41 @@ def test_stage_keys_name_what_is_computed_not_where():
     # another λ_OT grid shares the training, captures and analyses
     other = set(seed_graph(replace(cfg, mufm=True, mufm_grid=(1e-2,)), 0, ctx).tasks)
     assert {k for k in other if not k.startswith(("calibrate-", "seed-"))} <= base
+
+
+def test_a_failed_cell_is_reported_and_retried_by_a_rerun(serial, tmp_path, monkeypatch, capsys):
+    """One cell fails in its last stage: exit status 1 with one line, the other cell is in the
+    store and the report lists the failure; a rerun computes only the failed stage."""
+    import otcollapse.experiments.analysis as analysis
+
+    real = analysis.seed_metrics
+
+    def flaky(config, seed, parts):
+        if config.weight_decay > 0:
+            raise RuntimeError("a disk that filled up")
+        return real(config, seed, parts)
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        "[base]\n"
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in BASE.items())
+        + "[grid]\nweight_decay = [0.0, 5e-4]\n"
+    )
+    out = tmp_path / "sw"
+    argv = ["sweep", str(grid), "--out", str(out), "--scheduler", "serial", "--threads", "1"]
+    monkeypatch.setattr(analysis, "seed_metrics", flaky)
+    assert main([*argv, "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "1 of 2 cells failed" in err and "a disk that filled up" in err
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert [c["done"] for c in manifest["cells"]] == [True, False]
+    assert "a disk that filled up" in manifest["cells"][1]["error"]
+    assert "a disk that filled up" in (out / "report.html").read_text()
+    n = len(executions(out / "stages"))
+    monkeypatch.setattr(analysis, "seed_metrics", real)
+    assert main([*argv, "--no-progress"]) == 0
+    keys = [e["key"] for e in executions(out / "stages")]
+    assert len(keys) == len(set(keys))  # nothing finished before is computed again
+    # its two seeds' last stages (the serial path stopped that cell at its first failure)
+    assert sum(k.startswith("seed-") for k in keys[n:]) == 2
+    xr.testing.assert_identical(_strip(load_sweep(out)), _strip(load_sweep(serial)))

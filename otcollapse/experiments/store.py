@@ -55,7 +55,7 @@ VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
         ("seed", "net", "epoch"),
         "1",
         "sum of successive W2 over W2(first, last) of the longest segment (1 = on a geodesic); "
-        "computed at the first and last epochs",
+        "computed where the full geodesic test ran: epoch 0 (initialisation) and the last epoch",
     ),
     "speed_cv": (
         ("seed", "net", "epoch"),

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from otcollapse._validation import check_int, check_real
+from otcollapse.data import dataset_names
 from otcollapse.exceptions import SweepError
 from otcollapse.experiments.analysis import Log, say
 from otcollapse.experiments.config import RunConfig
@@ -88,8 +89,8 @@ class Grid:
 
     def label(self, i: int) -> str:
         """The swept settings of cell ``i``, as ``name=value`` pairs."""
-        c = self.cells[i]
-        return ", ".join(f"{k}={getattr(c, k)}" for k in self.swept) or "the one cell"
+        d = self.cells[i].to_dict()  # as recorded (capture_epochs as captured)
+        return ", ".join(f"{k}={d[k]}" for k in self.swept) or "the one cell"
 
 
 def _cell_id(config: RunConfig) -> str:
@@ -180,6 +181,9 @@ def _from_mapping(d: Mapping[str, Any], source: str) -> Grid:
 
 def _config(settings: Mapping[str, Any], own: Mapping[str, Any], where: str) -> RunConfig:
     kw = {k: tuple(v) if k in _TUPLES and isinstance(v, list) else v for k, v in settings.items()}
+    data = kw.get("data")
+    if isinstance(data, str) and data not in dataset_names() and not Path(data).is_absolute():
+        kw["data"] = str(Path(data).resolve())  # workers elsewhere do not share our cwd
     quick = kw.pop("quick", False)
     if not isinstance(quick, bool):
         raise ValueError(f"quick in {where} must be true or false; got {quick!r}.")
@@ -220,7 +224,9 @@ def _client(
         dashboard = True
     except ImportError:
         dashboard = False
-    n = workers or default_threads()
+    # with CUDA cells: one worker (one task on the GPU at a time) unless told otherwise; several
+    # GPUs want dask-cuda's LocalCUDACluster, which gives each worker its own (docs/sweeps.md)
+    n = workers or (1 if gpu else default_threads())
     with (
         LocalCluster(
             n_workers=n,
@@ -305,8 +311,14 @@ def sweep(
     check_real(connect_timeout, "connect_timeout", minimum=0.0, open_min=True)
     if workers is not None:
         workers = check_int(workers, "workers", minimum=1)
-    for c in {c.data: c for c in g.cells}.values():  # each data set read once, before any work
-        check_model(c, load_splits(c, c.seed)[0])
+        if scheduler is not None:
+            raise ValueError(
+                "workers sets the size of the embedded cluster; with scheduler="
+                f"{scheduler!r} the workers are that cluster's (or this thread)."
+            )
+    data = {d: load_splits(c, c.seed)[0] for d, c in {c.data: c for c in g.cells}.items()}
+    for c in g.cells:  # every cell's model against its data, before any work
+        check_model(c, data[c.data])
     serial = scheduler == "serial"
     if threads is None:
         if serial:
@@ -346,7 +358,7 @@ def sweep(
             f"{sum(len(c.seeds) for c in todo)} (cell, seed) pairs to run; stages in {root}"
         )
         run = _run_serial if serial else _run_distributed
-        run(client, todo, ctx, out, retries, gpu, progress)
+        run(client, todo, ctx, out, retries, progress)
         seconds = time.perf_counter() - t0
         computed = executions(root)[before:]
         _manifest(
@@ -367,6 +379,7 @@ def sweep(
             f"{failed[0].error}); the others are in the store. Their errors are in "
             f"{out / 'sweep.json'}; rerun the sweep to retry them.",
             [(g.label(c.index), str(c.error)) for c in failed],
+            out,
         )
     return out
 
@@ -426,7 +439,6 @@ def _run_serial(
     ctx: StageContext,
     out: Path,
     _retries: int,
-    _gpu: bool,
     progress: bool,
 ) -> None:
     import dask
@@ -443,30 +455,43 @@ def _run_serial(
                 cell.error = f"{type(err).__name__}: {err}"
 
 
+def _submit(
+    client: Any, cells: Sequence[_Cell], ctx: StageContext, retries: int
+) -> tuple[list[Any], dict[str, tuple[_Cell, int]]]:
+    """Submit every (cell, seed) graph; returns the futures of the seeds' metrics and their
+    owners. Two submissions: the tasks of CUDA cells ask for a GPU (worker resources)."""
+    tasks: dict[bool, dict[str, Any]] = {False: {}, True: {}}
+    owner: dict[str, tuple[_Cell, int]] = {}
+    for cell in cells:
+        on_gpu = str(cell.config.device).startswith("cuda")
+        for s in cell.seeds:
+            graph = seed_graph(cell.config, s, ctx)
+            tasks[on_gpu].update(graph.tasks)
+            owner[graph.metrics] = (cell, s)
+    futures: list[Any] = []
+    for on_gpu, graph_tasks in tasks.items():
+        keys = [k for k in owner if k in graph_tasks]
+        if keys:
+            resources = {"GPU": 1} if on_gpu else None
+            futures += client.get(
+                graph_tasks, keys, sync=False, retries=retries, resources=resources
+            )
+    return futures, owner
+
+
 def _run_distributed(
     client: Any,
     cells: Sequence[_Cell],
     ctx: StageContext,
     out: Path,
     retries: int,
-    gpu: bool,
     progress: bool,
 ) -> None:
     from distributed import as_completed
 
-    tasks: dict[str, Any] = {}
-    owner: dict[str, tuple[_Cell, int]] = {}
-    for cell in cells:
-        for s in cell.seeds:
-            graph = seed_graph(cell.config, s, ctx)
-            tasks.update(graph.tasks)
-            owner[graph.metrics] = (cell, s)
-    if not owner:
+    futures, owner = _submit(client, cells, ctx, retries)
+    if not futures:
         return
-    keys = list(owner)
-    futures = client.get(
-        tasks, keys, sync=False, retries=retries, resources={"GPU": 1} if gpu else None
-    )
 
     def collect() -> None:  # each cell into the store as soon as its seeds are done
         for fut in as_completed(futures):
