@@ -14,6 +14,9 @@ geodesic — straight, at constant speed, by an optimal map? This package measur
   layer;
 - the scores on their own: :func:`ots`, :func:`lss` (``scores``), :func:`mccann_interpolate`
   (``mccann``), :func:`split_half_floor` (``profile``);
+- :func:`align_trajectory` (``gauge``) — successive layers in one basis (orthogonal Procrustes,
+  or whitening then Procrustes) before they are compared: every analysis above takes
+  ``gauge="none" | "orthogonal" | "affine"``;
 - the result types (``results``).
 
 Every W2 goes through one :class:`otcollapse.transport.TransportSpec` per call, checked once;
@@ -28,6 +31,7 @@ McCann, "A convexity principle for interacting gases", Adv. Math. 128 (1997).
 """
 
 from otcollapse.geodesic.compare import compare_trajectories
+from otcollapse.geodesic.gauge import GAUGES, GaugeAlignment, align_trajectory, procrustes
 from otcollapse.geodesic.mccann import mccann_interpolate
 from otcollapse.geodesic.profile import split_half_floor, transport_profile
 from otcollapse.geodesic.results import (
@@ -44,6 +48,8 @@ from otcollapse.geodesic.scores import lss, ots
 from otcollapse.geodesic.straightness import geodesic_test
 
 __all__ = [
+    "GAUGES",
+    "GaugeAlignment",
     "GeodesicReport",
     "LSSResult",
     "LayerComparison",
@@ -52,11 +58,13 @@ __all__ = [
     "TrajectoryComparison",
     "TransportPair",
     "TransportProfile",
+    "align_trajectory",
     "compare_trajectories",
     "geodesic_test",
     "lss",
     "mccann_interpolate",
     "ots",
+    "procrustes",
     "split_half_floor",
     "transport_profile",
 ]

@@ -14,6 +14,7 @@ import torch
 
 from otcollapse import _resampling
 from otcollapse.geodesic._common import bar, f64, solve
+from otcollapse.geodesic.gauge import align_trajectory, check_gauge
 from otcollapse.geodesic.profile import floor_value, transport_profile
 from otcollapse.geodesic.results import (
     GeodesicReport,
@@ -36,6 +37,7 @@ def compare_trajectories(
     noise_floor: bool = True,
     geodesic: bool = False,
     seed: int = 0,
+    gauge: str = "none",
     progress: bool = False,
     **options: Any,
 ) -> TrajectoryComparison:
@@ -62,6 +64,11 @@ def compare_trajectories(
     geodesic : bool
         Also run :func:`geodesic_test` on both (``seed`` and ``transport`` passed on).
     seed : int
+    gauge : {"none", "orthogonal", "affine"}
+        Align first (:mod:`otcollapse.geodesic.gauge`): each trajectory's successive layers
+        (for its profile and geodesic report), and each layer of ``b`` onto the same layer of
+        ``a`` (for the layer-by-layer rows), so that a change of basis between the two
+        networks' features does not count as a difference.
     progress : bool
     **options
         The options of the method named by ``transport`` (checked once).
@@ -72,12 +79,16 @@ def compare_trajectories(
     """
     spec = TransportSpec.coerce(transport, **options)
     _check_same_samples(a, b)
+    b_rows = b
+    if check_gauge(gauge) != "none":
+        a, b = align_trajectory(a, gauge)[0], align_trajectory(b, gauge)[0]
+        b_rows = b.replace(layers=tuple(_onto(a, b, l, gauge) for l in range(len(b))), shortcuts={})
     halves = (
         _resampling.split_halves((a if a.labels is not None else b).labels, a.n_samples, seed)
         if noise_floor
         else None
     )
-    rows, not_compared = _layer_comparisons(a, b, halves, spec, progress)
+    rows, not_compared = _layer_comparisons(a, b_rows, halves, spec, progress)
     prof_a = transport_profile(a, transport=spec, cross="skip", noise_floor=False, seed=seed)
     prof_b = transport_profile(b, transport=spec, cross="skip", noise_floor=False, seed=seed)
     geo_a = geo_b = None
@@ -94,6 +105,15 @@ def compare_trajectories(
         geodesic_b=geo_b,
         geodesic_differences=_geodesic_differences(geo_a, geo_b),
     )
+
+
+def _onto(a: Trajectory, b: Trajectory, l: int, gauge: str) -> Any:
+    """Layer ``l`` of ``b`` rotated onto layer ``l`` of ``a`` (when ``a`` has it, in one
+    dimension); else as it is."""
+    if l >= len(a) or a.dims[l] != b.dims[l]:
+        return b.layers[l]
+    pair = Trajectory.from_arrays([a.layers[l], b.layers[l]], weights=a.weights)
+    return align_trajectory(pair, "orthogonal" if gauge == "affine" else gauge)[0].layers[1]
 
 
 def _check_same_samples(a: Any, b: Any) -> None:

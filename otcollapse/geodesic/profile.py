@@ -29,6 +29,7 @@ from otcollapse.geodesic._common import (
     sub_weights,
     take_rows,
 )
+from otcollapse.geodesic.gauge import align_trajectory
 from otcollapse.geodesic.results import TransportPair, TransportProfile
 from otcollapse.measures import Trajectory
 from otcollapse.transport import TransportSpec
@@ -227,6 +228,7 @@ def transport_profile(
     boot_fraction: float = 0.5,
     ci_level: float = 0.95,
     seed: int = 0,
+    gauge: str = "none",
     progress: bool = False,
     **options: Any,
 ) -> TransportProfile:
@@ -276,6 +278,11 @@ def transport_profile(
         Coverage of the percentile intervals.
     seed : int
         Seed of the split halves and of the subsamples.
+    gauge : {"none", "orthogonal", "affine"}
+        Align successive layers first (:func:`~otcollapse.geodesic.gauge.align_trajectory`:
+        orthogonal Procrustes, or whitening then Procrustes), removing the change of basis a
+        block's output can undergo without changing the network; the alignment is recorded in
+        ``metadata["gauge"]``. ``"none"``: the raw layers.
     progress : bool
         A progress bar (tqdm) on a terminal.
     **options
@@ -313,6 +320,7 @@ def transport_profile(
     """
     spec = TransportSpec.coerce(transport, **options)
     check_trajectory(traj, "transport_profile")
+    traj, alignment = align_trajectory(traj, gauge)
     kind, pair_list = _resolve_pairs(traj, pairs)
     if cross not in ("error", "skip"):
         raise ValueError(f"cross must be 'error' or 'skip'; got {cross!r}.")
@@ -335,6 +343,8 @@ def transport_profile(
         ]
     _warn_unconverged(rows)
     meta = {k: traj.metadata[k] for k in ("subsample", "projection") if k in traj.metadata}
+    if alignment.gauge != "none":
+        meta["gauge"] = alignment.to_dict()
     return TransportProfile(
         rows=tuple(rows),
         pairs=kind,

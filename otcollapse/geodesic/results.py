@@ -350,6 +350,9 @@ class GeodesicReport(Result):
     ci_level : float
     seed : int
     notes : tuple of str
+    gauge : GaugeAlignment or None
+        The alignment of successive layers the statistics were computed after (``gauge=``), or
+        None for the raw layers.
     """
 
     segments: tuple[SegmentReport, ...]
@@ -363,6 +366,7 @@ class GeodesicReport(Result):
     ci_level: float
     seed: int
     notes: tuple[str, ...] = ()
+    gauge: Any = None
 
     def table(self) -> list[dict[str, Any]]:
         """One JSON-safe dict per segment: R, speed CV, McCann fit, OTS and LSS summaries."""

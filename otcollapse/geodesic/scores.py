@@ -18,6 +18,7 @@ import torch
 from otcollapse._utils import ArrayLike, to_numpy
 from otcollapse._validation import check_real
 from otcollapse.geodesic._common import coupling_spec, exact_coupling, f64
+from otcollapse.geodesic.gauge import align_trajectory, check_gauge
 from otcollapse.geodesic.results import LSSResult
 from otcollapse.measures import Trajectory
 from otcollapse.transport import TransportResult, TransportSpec
@@ -91,6 +92,7 @@ def ots(
     *,
     weights: ArrayLike | None = None,
     transport: str | TransportSpec = "auto",
+    gauge: str = "none",
     **options: Any,
 ) -> float:
     r"""Optimal transport score: the fraction of samples sent to their own output.
@@ -135,6 +137,10 @@ def ots(
         network simplex for weights), ``"assignment"``, ``"exact"``, or a
         :class:`~otcollapse.transport.TransportSpec` of one of them (another method's spec
         passes on only its memory budget).
+    gauge : {"none", "orthogonal", "affine"}
+        Rotate ``x_out`` onto ``x_in`` first (orthogonal Procrustes; ``"affine"``: whiten both,
+        then rotate): OTS of the map up to the change of basis the next layer can absorb
+        (:mod:`otcollapse.geodesic.gauge`).
     **options
         The options of that solver (e.g. ``cost_dtype="float64"`` for the assignment,
         ``max_dense_bytes``), checked once.
@@ -163,6 +169,9 @@ def ots(
         )
     w = None if weights is None else to_numpy(weights, dtype=np.float64, what="weights").reshape(-1)
     fit = coupling_spec(w, TransportSpec.coerce(transport, **options))
+    if check_gauge(gauge) != "none":
+        pair = Trajectory.from_arrays([x_in, x_out], weights=w)
+        x_in, x_out = align_trajectory(pair, gauge)[0].layers
     res = exact_coupling(x_in, x_out, w, fit, "ots", validate=True)
     return _ots_from_coupling(res, x_in, x_out, w)
 
@@ -199,6 +208,7 @@ def lss(
     *,
     weights: ArrayLike | None = None,
     rtol: float = 1e-12,
+    gauge: str = "none",
 ) -> LSSResult:
     r"""Line-shape score of every sample's track through the layers (Gai & Zhang).
 
@@ -221,6 +231,8 @@ def lss(
         Sample masses for the summaries (a Trajectory's own weights by default).
     rtol : float
         Relative threshold of a zero step.
+    gauge : {"none", "orthogonal", "affine"}
+        Align successive layers first (:func:`~otcollapse.geodesic.gauge.align_trajectory`).
 
     Returns
     -------
@@ -238,6 +250,11 @@ def lss(
     Gai & Zhang, "Deep Residual Networks Learn the Geodesic Curve in the Wasserstein Space".
     """
     rtol = check_real(rtol, "rtol (the relative threshold of a zero step)", minimum=0.0)
+    if check_gauge(gauge) != "none":
+        if not isinstance(tracks, Trajectory):
+            w0 = None if weights is None else to_numpy(weights, np.float64, what="weights")
+            tracks = Trajectory.from_arrays(list(_track_layers(tracks)), weights=w0)
+        tracks = align_trajectory(tracks, gauge)[0]
     layers = _track_layers(tracks)
     if len(layers) < 2:
         raise ValueError(

@@ -28,6 +28,7 @@ from otcollapse.geodesic._common import (
     replicates,
     solve,
 )
+from otcollapse.geodesic.gauge import align_trajectory
 from otcollapse.geodesic.mccann import fit_discrete, fit_gaussian
 from otcollapse.geodesic.profile import transport_profile
 from otcollapse.geodesic.results import (
@@ -62,6 +63,7 @@ def geodesic_test(
     ci_level: float = 0.95,
     mccann_grid: int = 0,
     profile: TransportProfile | None = None,
+    gauge: str = "none",
     progress: bool = False,
     **options: Any,
 ) -> GeodesicReport:
@@ -117,7 +119,13 @@ def geodesic_test(
         from the network's coupling only, 1: also from ``t = 0``).
     profile : TransportProfile, optional
         A successive-step profile of the same analysed samples and method (e.g. from
-        :func:`transport_profile`) whose step values are reused instead of recomputed.
+        :func:`transport_profile`) whose step values are reused instead of recomputed (computed
+        with the same ``gauge``).
+    gauge : {"none", "orthogonal", "affine"}
+        Align successive layers of the analysed samples first
+        (:func:`~otcollapse.geodesic.gauge.align_trajectory`): every statistic is then that of
+        the aligned trajectory, and :attr:`GeodesicReport.gauge` records the alignment.
+        ``"none"``: the raw layers (Gai & Zhang's convention).
     progress : bool
         Progress bars (tqdm) on a terminal.
     **options
@@ -171,6 +179,12 @@ def geodesic_test(
         check_int(max_samples, "max_samples (or None for all samples)", minimum=2)
     mccann_grid = check_int(mccann_grid, "mccann_grid (extra starts of the McCann fit)", minimum=0)
     work, subsample, notes = _analysed_samples(traj, max_samples, seed)
+    work, alignment = align_trajectory(work, gauge)
+    if profile is not None and profile.metadata.get("gauge", {}).get("gauge", "none") != gauge:
+        raise ValueError(
+            f"the profile given was computed with another gauge than gauge={gauge!r}; pass "
+            "transport_profile(..., gauge=gauge) of the same samples, or no profile."
+        )
     segments = _segments(work, notes)
     solvers = _Solvers(spec, coupling_spec(work.weights, spec))
     check_dense_budget(work.n_samples, solvers.fit)
@@ -200,6 +214,7 @@ def geodesic_test(
         ci_level=float(ci_level),
         seed=int(seed),
         notes=tuple(notes),
+        gauge=None if alignment.gauge == "none" else alignment,
     )
 
 
