@@ -106,3 +106,25 @@ def test_ots_lss_and_compare_take_the_gauge():
 def test_an_unknown_gauge_is_refused(bad):
     with pytest.raises(ValueError, match="unknown gauge"):
         geodesic_test(_rotated_geodesic(3), gauge=bad)
+
+
+def test_end_to_end_efficiency_is_optimal_over_paired_cost_with_an_interval():
+    """OTS's continuous companion: W2^2(first, last) / paired cost, checked against an
+    independent assignment; 1 for the translation, below 1 for the rotated layers, and its
+    subsampling interval brackets it."""
+    from scipy.optimize import linear_sum_assignment
+
+    traj = _rotated_geodesic(4)
+    first, last = traj.layers[0], traj.layers[-1]
+    cost = ((first[:, None, :] - last[None, :, :]) ** 2).sum(-1)
+    r, c = linear_sum_assignment(cost)
+    expected = cost[r, c].mean() / ((last - first) ** 2).sum(1).mean()
+    rep = geodesic_test(traj, n_boot=20, seed=1)
+    seg = rep.segments[0]
+    assert seg.efficiency == pytest.approx(expected, rel=1e-9) and seg.efficiency < 0.99
+    assert seg.ots < 0.5  # OTS near 0 while the map costs only a few % more than the optimum
+    lo, hi = seg.ci["efficiency"]
+    assert 0 < lo <= hi <= 1
+    aligned = geodesic_test(traj, gauge="orthogonal").segments[0]
+    assert aligned.efficiency == pytest.approx(1.0, rel=1e-9)
+    assert rep.to_dict()["segments"][0]["efficiency"] == seg.efficiency

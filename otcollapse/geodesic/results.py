@@ -5,6 +5,7 @@ their own ``table`` and markdown ``format_table``)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -307,10 +308,16 @@ class SegmentReport(Result):
     lss : LSSResult
     ci : dict str -> (low, high)
         Subsampling intervals (``n_boot > 0``) of ``path_ratio``, ``speed_cv``, ``ots``,
-        ``lss_mean``, ``lss_median``.
+        ``efficiency``, ``lss_mean``, ``lss_median``.
     methods : dict str -> str
         The solver behind each statistic.
     notes : tuple of str
+    efficiency : float
+        The end-to-end transport efficiency, OTS's continuous companion,
+        $$E = W_2^2(\mu_0, \mu_L) \,/\, \sum_i a_i \|h_L(x_i) - h_0(x_i)\|^2 \in [0, 1],$$
+        1 when the network's own map from the first to the last layer is optimal (OTS = 1),
+        and close to 1 when it costs little more than the optimal one even where OTS is 0;
+        NaN when the paired cost is 0.
     """
 
     layers: tuple[int, ...]
@@ -326,6 +333,9 @@ class SegmentReport(Result):
     ci: dict[str, tuple[float, float]]
     methods: dict[str, str]
     notes: tuple[str, ...] = ()
+    #: W2^2(first, last) / paired cost(first, last): OTS's continuous companion (1: the
+    #: network's end-to-end map is optimal; NaN when the paired cost is 0)
+    efficiency: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)

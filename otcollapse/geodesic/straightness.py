@@ -25,6 +25,7 @@ from otcollapse.geodesic._common import (
     coupling_spec,
     exact_coupling,
     f64,
+    paired_cost,
     replicates,
     solve,
 )
@@ -285,6 +286,7 @@ class _SegmentStats(NamedTuple):
     path_ratio: float
     speed_cv: float
     ots: float
+    efficiency: float
     lss: LSSResult
     notes: list[str]
 
@@ -294,6 +296,7 @@ class _SegmentStats(NamedTuple):
             "path_ratio": self.path_ratio,
             "speed_cv": self.speed_cv,
             "ots": self.ots,
+            "efficiency": self.efficiency,
             "lss_mean": math.nan if self.lss.mean is None else self.lss.mean,
             "lss_median": math.nan if self.lss.median is None else self.lss.median,
         }
@@ -313,6 +316,7 @@ def _segment_stats(
         D = solve(first, last, w, w, solvers.spec).distance
     R, cv, notes = _path_stats(steps, D)
     layers = [f64(work.layers[l]) for l in seg]
+    paired = paired_cost(first, last, w)
     return _SegmentStats(
         layers=layers,
         end=end,
@@ -320,6 +324,7 @@ def _segment_stats(
         path_ratio=R,
         speed_cv=cv,
         ots=_ots_from_coupling(end, first, last, w),
+        efficiency=end.cost / paired if paired > 0 else math.nan,
         lss=lss(layers, weights=w),
         notes=notes,
     )
@@ -406,6 +411,7 @@ def _segment_report(
         ots=st.ots,
         lss=st.lss,
         ci={},
+        efficiency=st.efficiency,
         methods={
             "steps": first_step.method,
             "steps_quantity": first_step.quantity,
