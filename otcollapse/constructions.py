@@ -11,7 +11,14 @@ import numpy as np
 from otcollapse._utils import ArrayLike, rng, to_numpy
 from otcollapse.measures import Trajectory
 
-__all__ = ["discrete_geodesic", "etf_clusters", "simplex_etf", "transparent_model"]
+__all__ = [
+    "NULL_KINDS",
+    "discrete_geodesic",
+    "etf_clusters",
+    "null_trajectory",
+    "simplex_etf",
+    "transparent_model",
+]
 
 
 def simplex_etf(K: int, d: int | None = None, seed: int | None = 0) -> np.ndarray:
@@ -160,3 +167,50 @@ def discrete_geodesic(
     return Trajectory.from_arrays(
         layers, labels=labels, metadata={"construction": "discrete_geodesic"}
     )
+
+
+#: the null trajectories of :func:`null_trajectory`
+NULL_KINDS = ("random_walk", "unrelated")
+
+
+def null_trajectory(
+    kind: str, n: int, d: int, n_layers: int, seed: int = 0, labels: ArrayLike | None = None
+) -> Trajectory:
+    r"""A trajectory with no geodesic structure: the baseline a network's scores are read against.
+
+    ``kind="random_walk"``: ``h_0 ~ N(0, I_d)`` and ``h_l = h_{l-1} + \xi_l`` with independent
+    ``\xi_l ~ N(0, I_d)``: every track is a random walk. Its unit steps are independent, so
+    ``|\sum_l u_l|^2 \approx L`` and the line-shape score is about ``\sqrt{L}``.
+
+    ``kind="unrelated"``: every layer an independent ``N(0, I_d)`` sample: the layers share no
+    basis and no pairing. Successive unit steps share a point, ``\cos(u_l, u_{l+1}) \approx
+    -1/2``, so ``|\sum_l u_l|^2 \approx 1`` and the line-shape score is about ``L``.
+
+    (Both for large ``d``; at small ``d`` the measured values differ, which is why the report
+    measures them at the network's ``n``, ``d`` and ``L`` rather than quoting the limits.)
+
+    Parameters
+    ----------
+    kind : {"random_walk", "unrelated"}
+    n, d : int
+        Samples and dimension.
+    n_layers : int
+        Layers ``L + 1`` (at least 2).
+    seed : int
+    labels : array-like of int, shape (n,), optional
+        Carried along (the scores do not use them).
+
+    Examples
+    --------
+    >>> from otcollapse.geodesic import lss
+    >>> round(lss(null_trajectory("random_walk", 2000, 512, 5)).mean, 1)   # sqrt(4) = 2
+    2.0
+    """
+    if kind not in NULL_KINDS:
+        raise ValueError(f"unknown null trajectory {kind!r}; use one of {list(NULL_KINDS)}.")
+    g = rng(seed)
+    if n_layers < 2:
+        raise ValueError(f"a null trajectory needs at least 2 layers; got {n_layers}.")
+    steps = g.normal(size=(n_layers, n, d))
+    layers = np.cumsum(steps, axis=0) if kind == "random_walk" else steps
+    return Trajectory.from_arrays(list(layers), labels=labels, names=None)

@@ -39,7 +39,29 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
     ),
     (
         "efficiency",
-        "W2² / paired cost ∈ [0, 1]: 1 when the block moves the mass optimally.",
+        "W2² / paired cost ∈ [0, 1]: 1 when the block (per step) or the network from the first "
+        "to the last layer (end to end, OTS's continuous companion) moves the mass optimally; "
+        "close to 1 when its map costs little more than the optimal one, even where OTS is 0.",
+    ),
+    (
+        "gauge, aligned",
+        "gauge none: the raw layers. orthogonal: each layer rotated onto the previous one by "
+        "orthogonal Procrustes on the paired samples before any distance is taken (a change of "
+        "basis the next linear layer can absorb leaves the network unchanged). *_aligned: a "
+        "score after that alignment.",
+    ),
+    (
+        "null: random walk, null: unrelated",
+        "The scores of trajectories with no geodesic structure at the same n, d and L: "
+        "Gaussian random-walk tracks (LSS ≈ √L for large d) and independent Gaussian layers "
+        "(LSS ≈ L).",
+    ),
+    (
+        "*_ci",
+        "A percentile interval over subsamples without replacement (n_boot replicates of half "
+        "the analysed samples): the spread of the statistic at half the sample size. OTS, W2 "
+        "and the path ratio depend on the sample size, so the full-sample value can lie outside "
+        "it; compare intervals with intervals.",
     ),
     (
         "noise floor",
@@ -372,6 +394,7 @@ def _write_report(folder: Path, m: Mapping[str, Any]) -> Path:
         parts.append("<h2>Sweep</h2>" + _table(m["sweep"]))
     parts.append(_verdicts(m.get("verdicts", [])))
     parts += _headline_section(m)
+    parts += _geometry_section(m)
     if m.get("aggregate"):
         parts.append(_aggregate(m["aggregate"], m.get("seeds", [])))
     parts += _figures_section(folder, m)
@@ -393,6 +416,33 @@ def _write_report(folder: Path, m: Mapping[str, Any]) -> Path:
     parts.append("</body></html>")
     out = folder / "report.html"
     atomic_write_text(out, "\n".join(parts))
+    return out
+
+
+def _geometry_section(m: Mapping[str, Any]) -> list[str]:
+    """Raw and gauge-aligned scores with their intervals, beside the null baselines."""
+    rows = m.get("geometry")
+    if not rows:
+        return []
+    out = ["<h2>Change of basis: raw and aligned scores, against null baselines</h2>"]
+    spaces = m.get("feature_space") or {}
+    if spaces:
+        out.append(
+            "<p>Feature space: "
+            + "; ".join(f"{_e(k)}: {_e(v)}" for k, v in spaces.items())
+            + ".</p>"
+        )
+    out.append(
+        "<p>Each model's longest segment, on its raw layers (gauge <code>none</code>) and after "
+        "aligning successive layers by orthogonal Procrustes (gauge <code>orthogonal</code>: the "
+        "change of basis a block's output can undergo without changing the network is removed). "
+        "Intervals: percentile intervals over subsamples. The null rows are a random walk and "
+        "unrelated layers at the same number of samples, dimension and depth: scores near "
+        "them say no geodesic structure.</p>"
+    )
+    cols = ["model", "gauge", "ots", "ots_ci", "efficiency", "efficiency_ci", "lss_mean"]
+    cols += ["lss_mean_ci", "path_ratio", "path_ratio_ci"]
+    out.append(_table(rows, cols))
     return out
 
 

@@ -56,6 +56,17 @@ def test_run_quick_writes_a_complete_run_folder(quick_run):
         h = m["headline"][name]
         assert 0.0 <= h["ots"] <= 1.0 and h["lss_mean"] >= 1.0 and h["path_ratio"] >= 1.0
         assert h["train_accuracy"] > 0.9
+    # raw and aligned scores with intervals, the null baselines and the feature space (#21)
+    geo = {(r["model"], r["gauge"]): r for r in m["geometry"]}
+    for name in ("resnet", "plain", "resnet_init", "plain_init"):
+        for gauge in ("none", "orthogonal"):
+            r = geo[(name, gauge)]
+            lo, hi = r["efficiency_ci"]
+            assert 0 <= lo <= hi <= 1 and 0 <= r["efficiency"] <= 1
+        assert geo[(name, "none")]["ots"] == m["headline"][name]["ots"]
+        assert geo[(name, "orthogonal")]["ots"] == m["headline"][name]["ots_aligned"]
+    assert {"null: random walk", "null: unrelated"} <= {r["model"] for r in m["geometry"]}
+    assert "residual stream" in m["feature_space"]["resnet"]
     # noise floor beside every W2 of the profile
     rows = m["results"]["resnet"]["geodesic"]["profile"]["rows"]
     assert all(r["noise_floor"] is not None and r["noise_floor"] > 0 for r in rows)
@@ -75,6 +86,7 @@ def test_run_quick_writes_a_complete_run_folder(quick_run):
     assert len(imgs) == len(m["figures"]) >= 8
     assert all(b.startswith(b"\x89PNG") for b in imgs)
     assert "What each number means" in html and "Package versions" in html
+    assert "Change of basis: raw and aligned scores" in html and "null: unrelated" in html
 
 
 def test_run_quick_agrees_with_the_library_on_its_saved_trajectory(quick_run):

@@ -54,3 +54,15 @@ def test_discrete_geodesic_layers_and_validation():
     assert np.allclose(traj.layers[1], (2 * x0 + x1[s]) / 3)
     with pytest.raises(ValueError, match="permutation"):
         discrete_geodesic(x0, x1, [0, 0, 1, 2, 3, 4], 2)
+
+
+@pytest.mark.parametrize(("kind", "expected"), [("random_walk", np.sqrt(6)), ("unrelated", 6.0)])
+def test_null_trajectories_have_the_line_shape_scores_of_no_structure(kind, expected):
+    """Random-walk tracks: LSS -> sqrt(L); unrelated layers: LSS -> L (large d, L = 6)."""
+    from otcollapse.constructions import null_trajectory
+    from otcollapse.geodesic import lss
+
+    traj = null_trajectory(kind, 400, 1024, 7, seed=3)
+    assert lss(traj).mean == pytest.approx(expected, rel=0.02)
+    with pytest.raises(ValueError, match="unknown null"):
+        null_trajectory("walk", 10, 2, 3)

@@ -25,8 +25,11 @@ __all__ = [
     "Log",
     "aggregate_seeds",
     "analyse",
+    "describe_space",
     "epoch_scores",
+    "geometry_rows",
     "headline",
+    "null_baselines",
     "package_versions",
     "record_results",
     "say",
@@ -58,14 +61,94 @@ def package_versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------- analyses
+#: the gauge of the aligned geodesic test beside the raw one (:mod:`otcollapse.geodesic.gauge`)
+ALIGNED_GAUGE = "orthogonal"
+
+
 def analyse(
-    traj: Trajectory, *, seed: int, geodesic: bool = True, progress: bool = False
+    traj: Trajectory,
+    *,
+    seed: int,
+    geodesic: bool = True,
+    progress: bool = False,
+    n_boot: int = 0,
 ) -> dict[str, Any]:
-    """The three analyses of one trajectory (``geodesic_test`` includes the transport profile)."""
+    """The analyses of one trajectory: the collapse profile and, with ``geodesic``, the geodesic
+    test (which includes the transport profile) of the raw layers and of the layers aligned by
+    orthogonal Procrustes (``geodesic_aligned``), each with ``n_boot`` subsampling intervals."""
     out: dict[str, Any] = {"collapse": collapse_profile(traj)}
     if geodesic:
-        out["geodesic"] = geodesic_test(traj, seed=seed, progress=progress)
+        out["geodesic"] = geodesic_test(traj, seed=seed, n_boot=n_boot, progress=progress)
+        out["geodesic_aligned"] = geodesic_test(
+            traj, seed=seed, n_boot=n_boot, gauge=ALIGNED_GAUGE, progress=progress
+        )
     return out
+
+
+def describe_space(traj: Trajectory) -> str:
+    """In words, the feature space a captured trajectory's layers live in (from its metadata)."""
+    meta = traj.metadata
+    dims = "–".join(str(d) for d in sorted(set(traj.dims)))
+    pool = meta.get("pool")
+    if meta.get("model") == "ResidualMLP" or pool is None:
+        where = "the residual stream (vectors)"
+    elif pool == "avg":
+        where = "global-average-pooled channels of the residual stream"
+    elif pool == "flatten":
+        where = "the residual stream, flattened (channels × height × width)"
+    else:
+        where = f"a seeded Gaussian projection of the flattened residual stream ({pool})"
+    return f"{where}, d = {dims}"
+
+
+def null_baselines(rep: GeodesicReport, seed: int) -> list[dict[str, Any]]:
+    """The scores of the two null trajectories (:func:`otcollapse.constructions.null_trajectory`:
+    a random walk, unrelated layers) at the ``n``, ``d`` and ``L`` of ``rep``'s longest segment,
+    each raw and aligned: what "no geodesic structure" scores at the same size."""
+    from otcollapse.constructions import NULL_KINDS, null_trajectory
+
+    s = max(rep.segments, key=lambda seg: len(seg.layers))
+    rows = []
+    for kind in NULL_KINDS:
+        traj = null_trajectory(kind, rep.n_samples, s.dim, len(s.layers), seed=seed)
+        for gauge in ("none", ALIGNED_GAUGE):
+            seg = geodesic_test(traj, seed=seed, gauge=gauge).segments[0]
+            rows.append(
+                {
+                    "model": f"null: {kind.replace('_', ' ')}",
+                    "gauge": gauge,
+                    "ots": seg.ots,
+                    "efficiency": seg.efficiency,
+                    "lss_mean": seg.lss.mean,
+                    "path_ratio": seg.path_ratio,
+                    "n": rep.n_samples,
+                    "d": s.dim,
+                    "L": len(s.layers) - 1,
+                }
+            )
+    return json_safe(rows)
+
+
+def geometry_rows(final: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per model with a geodesic test, its longest segment's scores raw and aligned, each with
+    its subsampling interval (``*_ci``, None without replicates)."""
+    rows = []
+    for name, res in final.items():
+        for key, gauge in (("geodesic", "none"), ("geodesic_aligned", ALIGNED_GAUGE)):
+            if key not in res:
+                continue
+            s = max(res[key].segments, key=lambda seg: len(seg.layers))
+            row: dict[str, Any] = {"model": name, "gauge": gauge}
+            for stat, value in (
+                ("ots", s.ots),
+                ("efficiency", s.efficiency),
+                ("lss_mean", s.lss.mean),
+                ("path_ratio", s.path_ratio),
+            ):
+                row[stat] = value
+                row[f"{stat}_ci"] = s.ci.get(stat)
+            rows.append(row)
+    return json_safe(rows)
 
 
 def epoch_scores(traj: Trajectory) -> dict[str, Any]:
@@ -90,6 +173,7 @@ def _segment_summary(rep: GeodesicReport) -> dict[str, Any]:
         "path_ratio": s.path_ratio,
         "speed_cv": s.speed_cv,
         "mccann_max_residual": s.mccann.max_residual,
+        "efficiency": s.efficiency,
     }
 
 
@@ -109,6 +193,10 @@ def headline(results: Mapping[str, Any]) -> dict[str, Any]:
         }
         if "geodesic" in res:
             row.update(_segment_summary(res["geodesic"]))
+        if "geodesic_aligned" in res:
+            aligned = _segment_summary(res["geodesic_aligned"])
+            for key in ("ots", "efficiency", "lss_mean", "path_ratio"):
+                row[f"{key}_aligned"] = aligned[key]
         if "history" in res:
             h: TrainHistory = res["history"]
             row["train_accuracy"] = h.final_accuracy
@@ -176,6 +264,7 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
     tests: dict[str, Any] = {}
     rows: dict[str, list[dict[str, Any]]] = {}
     profiles: dict[str, dict[str, Any]] = {}
+    spaces: dict[str, Any] = {}
     provenance = None
     for net in ("resnet", "plain"):
         history = TrainHistory.from_dict(parts[f"train:{net}"]["history"])
@@ -183,6 +272,7 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
         for e in config.epochs_captured():
             res = dict(parts[f"analyse:{net}:{e}"])
             provenance = res.pop("provenance", provenance)
+            spaces[net] = res.pop("feature_space", spaces.get(net))
             row = {"epoch": e, **headline({net: res})[net], **res.pop("scores", {})}
             if 0 < e <= len(history.accuracy):
                 row["train_accuracy"] = history.accuracy[e - 1]
@@ -195,11 +285,15 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
         if f"analyse:{net}:test" in parts:
             res_t = dict(parts[f"analyse:{net}:test"])
             res_t.pop("provenance", None)
+            res_t.pop("feature_space", None)
             final[net]["test_accuracy"] = res_t.get("test_accuracy")
             tests[net] = res_t
     head = headline(final)
     if tests:
         head.update(headline({f"{k}_test": v for k, v in tests.items()}))
+    geometry = geometry_rows({**final, **{f"{k}_test": v for k, v in tests.items()}})
+    if "geodesic" in final.get("resnet", {}):
+        geometry += null_baselines(final["resnet"]["geodesic"], seed)
     cal = parts.get("calibrate")
     mufm = None
     if cal is not None:
@@ -215,6 +309,8 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
             "provenance": provenance,
             "headline": head,
             "verdicts": verdicts(head),
+            "geometry": geometry,
+            "feature_space": spaces,
             "epochs": rows,
             "profiles": profiles,
             "results": {k: record_results(v) for k, v in final.items()},

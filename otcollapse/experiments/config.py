@@ -18,6 +18,7 @@ from otcollapse.io import open_npz
 
 __all__ = [
     "MODELS",
+    "SPACES",
     "TWINS",
     "RunConfig",
     "check_model",
@@ -27,10 +28,21 @@ __all__ = [
 ]
 
 MODELS = ("mlp", "conv")
+#: the feature space a conv model's layers are captured in (an MLP's are vectors in every case):
+#: RunConfig.space -> otcollapse.nets.capture's pool
+SPACES = {"pooled": "avg", "stream": "flatten", "projected": "project"}
 #: The two networks every run trains: the residual network and its plain twin.
 TWINS = (("resnet", False), ("plain", True))
 
-_POSITIVE_INTS = ("width", "blocks", "epochs", "batch_size", "seeds", "mufm_samples")
+_POSITIVE_INTS = (
+    "width",
+    "blocks",
+    "epochs",
+    "batch_size",
+    "seeds",
+    "mufm_samples",
+    "project_dim",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +81,16 @@ class RunConfig:
         λ_OT grid of the calibration (refined by a 1-D search around the best point).
     device : str
         Torch device for training and capture.
+    space : {"pooled", "stream", "projected"}
+        The feature space of a conv model's layers: global-average-pooled channels, the
+        residual stream flattened (C·H·W), or a seeded Gaussian projection of the flattened
+        stream to ``project_dim`` dimensions (``otcollapse.nets.capture``'s ``pool``). An MLP's
+        layers are vectors in every space. Recorded with every result.
+    project_dim : int
+        Dimension of the ``"projected"`` space.
+    n_boot : int
+        Subsampling replicates of the geodesic tests (intervals of OTS, efficiency, LSS and the
+        path ratio; 0 for none).
     quick : bool
         Whether these are the ``--quick`` settings (recorded only).
 
@@ -77,8 +99,9 @@ class RunConfig:
     TypeError
         A size that is not an integer, a rate that is not a real number.
     ValueError
-        An unknown model, a size below 1, a negative or non-finite rate, bad splits, capture
-        epochs outside ``0..epochs``, an empty λ_OT grid, a device that does not exist here.
+        An unknown model or space, a size below 1, a negative ``n_boot``, a negative or
+        non-finite rate, bad splits, capture epochs outside ``0..epochs``, an empty λ_OT grid, a
+        device that does not exist here.
     """
 
     data: str = "digits"
@@ -98,6 +121,9 @@ class RunConfig:
     mufm_samples: int = 300
     mufm_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
     device: str = "cpu"
+    space: str = "pooled"
+    project_dim: int = 256
+    n_boot: int = 20
     quick: bool = False
 
     @classmethod
@@ -130,6 +156,9 @@ class RunConfig:
         if any(not 0 <= e <= self.epochs for e in self.epochs_captured()):
             raise ValueError(f"capture_epochs must lie in 0..{self.epochs}.")
         check_device(self.device)
+        if self.space not in SPACES:
+            raise ValueError(f"unknown space {self.space!r}; use one of {list(SPACES)}.")
+        check_int(self.n_boot, "n_boot", minimum=0)
         if not self.mufm_grid:
             raise ValueError("mufm_grid must hold positive λ_OT values.")
         for g in self.mufm_grid:

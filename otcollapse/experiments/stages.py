@@ -63,6 +63,8 @@ STAGES = ("train", "capture", "analyse", "calibrate", "seed")
 #: changes when an artefact's format or meaning changes: every key changes with it
 FORMAT = 1
 RESULT = "result.pkl"
+#: what the analyse stage computes beyond its settings (a new analysis changes this, and the key)
+ANALYSES = ("collapse", "geodesic", "geodesic:orthogonal", "efficiency")
 EXECUTIONS = "executions.jsonl"
 
 # the RunConfig fields each stage's result depends on (beyond the keys of its inputs)
@@ -282,7 +284,7 @@ def capture_stage(
     def compute(folder: Path) -> str:
         import torch
 
-        from otcollapse.experiments.config import load_run_data
+        from otcollapse.experiments.config import SPACES, load_run_data
         from otcollapse.io import save_trajectory
         from otcollapse.nets import capture
 
@@ -291,11 +293,15 @@ def capture_stage(
         state = torch.load(_state_path(Path(trained["folder"]), epoch), weights_only=True)
         model.load_state_dict(state)
         model.to(config.device)
-        traj = capture(model, data, device=config.device, seed=seed)
+        pool: Any = SPACES[config.space]
+        if pool == "project":
+            pool = ("project", config.project_dim)
+        traj = capture(model, data, device=config.device, seed=seed, pool=pool)
         if config.max_samples is not None and traj.n_samples > config.max_samples:
             traj = traj.subsample(config.max_samples, seed=seed)
         meta = dict(traj.metadata)
         meta.update({"epoch": int(epoch), "seed": int(seed), "provenance": data.provenance})
+        meta["space"] = config.space
         if split == "test":
             meta["accuracy"] = _accuracy(model, data, config.device)
         path = folder / "trajectory.npz"
@@ -317,23 +323,30 @@ def _accuracy(model: Any, data: Any, device: str) -> float:
 
 
 def analyse_stage(
-    ctx: StageContext, key: StageName, seed: int, full: bool, label: str, traj_path: str
+    ctx: StageContext,
+    key: StageName,
+    seed: int,
+    full: bool,
+    n_boot: int,
+    label: str,
+    traj_path: str,
 ) -> dict[str, Any]:
     """Collapse profile and, when ``full``, the geodesic test of one captured trajectory (else
     OTS and LSS only: the McCann fit would dominate the run time at every epoch)."""
 
     def compute(_folder: Path) -> dict[str, Any]:
-        from otcollapse.experiments.analysis import analyse, epoch_scores
+        from otcollapse.experiments.analysis import analyse, describe_space, epoch_scores
         from otcollapse.io import load_trajectory
 
         traj = load_trajectory(traj_path)
         ctx.say(f"[seed {seed}] analysing {label}")
-        res = analyse(traj, seed=seed, geodesic=full, progress=ctx.progress and full)
+        res = analyse(traj, seed=seed, geodesic=full, progress=ctx.progress and full, n_boot=n_boot)
         if not full:
             res["scores"] = epoch_scores(traj)
         if "accuracy" in traj.metadata:
             res["test_accuracy"] = traj.metadata["accuracy"]
         res["provenance"] = traj.metadata.get("provenance")
+        res["feature_space"] = describe_space(traj)
         return res
 
     return _cached(ctx, key, compute)
@@ -430,21 +443,31 @@ def seed_graph(config: Any, seed: int, ctx: StageContext) -> SeedGraph:
         if "test" in config.splits:
             captures.append(("test", last))
         for split, e in captures:
+            space = {"space": config.space}
+            if config.space == "projected":
+                space["project_dim"] = config.project_dim
             ck = stage_key(
                 "capture",
-                {"split": split, "epoch": e, "max_samples": config.max_samples, "seed": seed},
+                {"split": split, "epoch": e, "max_samples": config.max_samples, "seed": seed}
+                | space,
                 [tk],
             )
             tasks[ck] = (capture_stage, ctx, StageName(ck), config, seed, split, e, tk)
             full = split == "test" or e in (0, last)
             label = f"{net}:{e}" if split == "train" else f"{net}:test"
-            ak = stage_key("analyse", {"seed": seed, "full": full}, [ck])
+            n_boot = config.n_boot if full else 0
+            ak = stage_key(
+                "analyse",
+                {"seed": seed, "full": full, "n_boot": n_boot, "analyses": ANALYSES},
+                [ck],
+            )
             tasks[ak] = (
                 analyse_stage,
                 ctx,
                 StageName(ak),
                 seed,
                 full,
+                n_boot,
                 f"{net} ({split}, epoch {e})",
                 ck,
             )
