@@ -210,11 +210,9 @@ def _verdicts(verdicts: Sequence[Mapping[str, Any]]) -> str:
         return ""
     rows = []
     for v in verdicts:
-        mark = (
-            "<span class='ok'>holds</span>"
-            if v["holds"]
-            else "<span class='no'>does not hold</span>"
-        )
+        word = v.get("verdict", "holds" if v["holds"] else "does not hold")
+        cls = {True: "ok", False: "no"}.get(v["holds"], "muted")
+        mark = f"<span class='{cls}'>{_e(word)}</span>"
         rows.append(
             f"<tr><td class='l'>{_e(v['claim'])}</td><td class='l'>{_e(v['measured'])}</td>"
             f"<td class='l'>{mark}</td></tr>"

@@ -145,8 +145,38 @@ def test_seeds_are_aggregated_with_intervals(tmp_path):
     assert ots["values"] == pytest.approx(vals) and ots["mean"] == pytest.approx(np.mean(vals))
     lo, hi = ots["ci95"]
     assert lo <= ots["mean"] <= hi
+    # the verdicts are tested over both seeds, as effects with intervals
+    v = next(x for x in m["verdicts"] if x["claim"].startswith("OTS"))
+    diffs = [m["per_seed"][s]["resnet"]["ots"] - m["per_seed"][s]["plain"]["ots"] for s in "01"]
+    assert v["effect"]["values"] == pytest.approx(diffs) and v["effect"]["n"] == 2
+    assert v["verdict"] in ("holds", "fails", "not resolved")
     assert (tmp_path / "s" / "seed_1" / "report.html").exists()
     assert "Over 2 seeds" in (tmp_path / "s" / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("ots", "verdict"),
+    [
+        ([(1.0, 0.0), (0.9, 0.1), (1.0, 0.05)], "holds"),
+        ([(0.0, 1.0), (0.1, 0.9), (0.05, 1.0)], "fails"),
+        ([(1.0, 1.0), (1.0, 1.0), (1.0, 1.0)], "not resolved"),  # saturated at both ends
+        ([(1.0, 0.0), (0.0, 1.0), (0.5, 0.4)], "not resolved"),  # the interval crosses 0
+        ([(1.0, 0.0)], "not resolved"),  # one seed: no interval
+    ],
+)
+def test_verdicts_over_seeds_are_effects_with_intervals(ots, verdict):
+    from otcollapse.experiments.analysis import verdicts_over_seeds
+
+    per_seed = [
+        {"headline": {"resnet": {"ots": r, "nc1_kendall_tau": -1.0}, "plain": {"ots": p}}}
+        for r, p in ots
+    ]
+    v = {x["claim"][:3]: x for x in verdicts_over_seeds(per_seed)}
+    assert v["OTS"]["verdict"] == verdict
+    assert v["OTS"]["holds"] == {"holds": True, "fails": False}.get(verdict)
+    assert v["OTS"]["n_holds"] == sum(r > p for r, p in ots)
+    assert v["Res"]["verdict"] == ("holds" if len(ots) > 1 else "not resolved")
+    assert "LSS" not in v  # no LSS in these headlines: no verdict, not a made-up one
 
 
 def test_aggregation_over_seeds_counts_zeros_as_values():

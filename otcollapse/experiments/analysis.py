@@ -35,6 +35,7 @@ __all__ = [
     "say",
     "seed_metrics",
     "verdicts",
+    "verdicts_over_seeds",
     "write_figures",
 ]
 
@@ -337,6 +338,71 @@ def _profile_arrays(res: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- seeds
+#: the predictions tested over seeds: claim, what is measured, the effect that is > 0 when the
+#: prediction holds (from one seed's headline; None where undefined)
+_EFFECTS: tuple[tuple[str, str, Callable[[Mapping[str, Any]], Any]], ...] = (
+    (
+        "ResNet: NC1 decreases over depth (progressive feedforward collapse)",
+        "−Kendall τ of the ResNet's NC1 over depth",
+        lambda h: (
+            None if h["resnet"].get("nc1_kendall_tau") is None else -h["resnet"]["nc1_kendall_tau"]
+        ),
+    ),
+    (
+        "OTS of the ResNet above the plain twin's (Gai & Zhang)",
+        "OTS(ResNet) − OTS(plain)",
+        lambda h: _diff(h, "ots", "resnet", "plain"),
+    ),
+    (
+        "LSS of the ResNet below the plain twin's (straighter tracks)",
+        "LSS(plain) − LSS(ResNet)",
+        lambda h: _diff(h, "lss_mean", "plain", "resnet"),
+    ),
+)
+
+
+def _diff(h: Mapping[str, Any], key: str, a: str, b: str) -> float | None:
+    x, y = h.get(a, {}).get(key), h.get(b, {}).get(key)
+    return None if x is None or y is None else float(x) - float(y)
+
+
+def verdicts_over_seeds(per_seed: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each prediction tested as an effect over all seeds, with a 95% Student-t interval.
+
+    The effect is positive when the prediction holds (:data:`_EFFECTS`). Verdict: ``"holds"``
+    when the interval lies above 0, ``"fails"`` when it lies below, ``"not resolved"`` when it
+    contains 0 (or with one seed, or when every seed gives exactly 0: a saturated score).
+    ``holds`` is True, False or None accordingly; ``n_holds`` counts the seeds with a positive
+    effect.
+    """
+    out = []
+    for claim, what, effect in _EFFECTS:
+        vals = np.array([_number(effect(p["headline"])) for p in per_seed], dtype=float)
+        vals = vals[np.isfinite(vals)]
+        if not vals.size:
+            continue
+        iv = _interval(vals)
+        lo, hi = iv["ci95"]
+        if vals.size > 1 and lo > 0:
+            verdict = "holds"
+        elif vals.size > 1 and hi < 0:
+            verdict = "fails"
+        else:
+            verdict = "not resolved"
+        out.append(
+            {
+                "claim": claim,
+                "measured": f"{what}: {iv['mean']:+.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}] "
+                f"over {vals.size} seed(s); positive in {int((vals > 0).sum())}",
+                "holds": {"holds": True, "fails": False}.get(verdict),
+                "verdict": verdict,
+                "effect": iv,
+                "n_holds": int((vals > 0).sum()),
+            }
+        )
+    return json_safe(out)
+
+
 def _number(v: Any) -> float:
     """A headline value as a float; NaN where it is missing (None: a NaN in JSON) or not a number
     (a flag, a text, ``"inf"``: how JSON records an infinity).

@@ -26,7 +26,13 @@ from typing import Any
 
 from otcollapse._utils import json_safe
 from otcollapse._validation import check_int
-from otcollapse.experiments.analysis import Log, aggregate_seeds, say, write_figures
+from otcollapse.experiments.analysis import (
+    Log,
+    aggregate_seeds,
+    say,
+    verdicts_over_seeds,
+    write_figures,
+)
 from otcollapse.experiments.config import TWINS, RunConfig, check_model, load_splits
 from otcollapse.experiments.stages import SeedGraph, StageContext, seed_graph
 from otcollapse.io import LOCK_FILE, load_trajectory, locked_folder, save_json
@@ -191,8 +197,10 @@ def _over_seeds(out: Path, seeds: list[int], per_seed: list[dict[str, Any]]) -> 
             "seeds": seeds,
             "aggregate": aggregate_seeds(per_seed),
             "per_seed": {str(s): p["headline"] for s, p in zip(seeds, per_seed, strict=True)},
-            "note": f"figures, verdicts and detailed results are those of seed {seeds[0]}; "
-            "every seed's own report is in seed_<s>/.",
+            "verdicts": verdicts_over_seeds(per_seed),
+            "note": f"the verdicts are tested over all {len(seeds)} seeds; the figures and "
+            f"detailed results are those of seed {seeds[0]}; every seed's own report is in "
+            "seed_<s>/.",
         }
     )
     save_json(out / "metrics.json", metrics)
