@@ -67,6 +67,32 @@ VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
         "1",
         "largest relative W2 between a layer and McCann's interpolation at its arc-length time",
     ),
+    "efficiency": (
+        ("seed", "net", "epoch"),
+        "1",
+        "end-to-end transport efficiency of the longest segment: W2²(first, last) over the paired "
+        "cost (1 = the network's map is optimal; OTS's continuous companion)",
+    ),
+    "ots_aligned": (
+        ("seed", "net", "epoch"),
+        "1",
+        "OTS after aligning successive layers by orthogonal Procrustes (gauge 'orthogonal')",
+    ),
+    "efficiency_aligned": (
+        ("seed", "net", "epoch"),
+        "1",
+        "end-to-end efficiency after orthogonal alignment of successive layers",
+    ),
+    "lss_mean_aligned": (
+        ("seed", "net", "epoch"),
+        "1",
+        "LSS (mean) after orthogonal alignment of successive layers",
+    ),
+    "path_ratio_aligned": (
+        ("seed", "net", "epoch"),
+        "1",
+        "path ratio after orthogonal alignment of successive layers",
+    ),
     "nc1_first": (("seed", "net", "epoch"), "1", "NC1 = tr(Σ_W Σ_B^+)/K at the first layer"),
     "nc1_last": (("seed", "net", "epoch"), "1", "NC1 = tr(Σ_W Σ_B^+)/K at the last layer"),
     "nc1_kendall_tau": (
