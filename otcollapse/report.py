@@ -69,6 +69,11 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
         "indistinguishable from sampling noise.",
     ),
     (
+        "≤ floor, steps_below_floor",
+        "A step whose W2 is at or below its noise floor (flagged yes in the transport table), "
+        "and how many of a segment's steps are (counted in the verdict table).",
+    ),
+    (
         "path ratio R",
         "Σ_l W2(μ_l, μ_{l+1}) / W2(μ_0, μ_L) ≥ 1; 1 when the layers lie in order on one "
         "Wasserstein geodesic (Gai & Zhang).",
@@ -282,6 +287,9 @@ def _model_details(name: str, res: Mapping[str, Any]) -> str:
                     "paired": r["paired"],
                     "efficiency": r["efficiency"],
                     "noise floor": r["noise_floor"],
+                    "≤ floor": None
+                    if r["noise_floor"] is None
+                    else r["distance"] <= r["noise_floor"],
                     "method": r["method"],
                     "converged": r["converged"],
                 }

@@ -71,8 +71,14 @@ def test_run_quick_writes_a_complete_run_folder(quick_run):
     rows = m["results"]["resnet"]["geodesic"]["profile"]["rows"]
     assert all(r["noise_floor"] is not None and r["noise_floor"] > 0 for r in rows)
     # the verdict table is computed from the numbers, not asserted
-    v = {x["claim"][:25]: x["holds"] for x in m["verdicts"]}
+    v = {x["claim"][:25]: x["holds"] for x in m["verdicts"] if x.get("verdict") != "count"}
     assert len(v) == 3
+    # steps at or below the noise floor: flagged per step, counted beside the verdicts
+    rows = m["results"]["resnet"]["geodesic"]["profile"]["rows"]
+    below = sum(r["distance"] <= r["noise_floor"] for r in rows)
+    assert m["headline"]["resnet"]["steps_below_floor"] == below
+    (count,) = [x for x in m["verdicts"] if x.get("verdict") == "count"]
+    assert f"ResNet: {below} of {len(rows)} steps at or below the floor" in count["measured"]
     res, pl = m["headline"]["resnet"], m["headline"]["plain"]
     assert any(x["holds"] == (res["ots"] > pl["ots"]) for x in m["verdicts"] if "OTS" in x["claim"])
     # MUFM calibrated: its NC1 matches the network's within the grid's reach
@@ -87,6 +93,7 @@ def test_run_quick_writes_a_complete_run_folder(quick_run):
     assert all(b.startswith(b"\x89PNG") for b in imgs)
     assert "What each number means" in html and "Package versions" in html
     assert "Change of basis: raw and aligned scores" in html and "null: unrelated" in html
+    assert "≤ floor" in html
 
 
 def test_run_quick_agrees_with_the_library_on_its_saved_trajectory(quick_run):

@@ -175,7 +175,18 @@ def _segment_summary(rep: GeodesicReport) -> dict[str, Any]:
         "speed_cv": s.speed_cv,
         "mccann_max_residual": s.mccann.max_residual,
         "efficiency": s.efficiency,
+        "steps": len(s.layers) - 1,
+        "steps_below_floor": _below_floor(rep, s.layers),
     }
+
+
+def _below_floor(rep: GeodesicReport, layers: Sequence[int]) -> int | None:
+    """How many successive steps of ``layers`` have W2 at or below their split-half noise floor
+    (None when the profile has no floors)."""
+    rows = [rep.profile.row(l, l + 1) for l in layers[:-1]]
+    if any(r.noise_floor is None for r in rows):
+        return None
+    return sum(r.distance <= r.noise_floor for r in rows)
 
 
 def headline(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -228,6 +239,22 @@ def verdicts(head: Mapping[str, Any]) -> list[dict[str, Any]]:
                     else "undefined"
                 ),
                 "holds": bool(tau is not None and tau < 0),
+            }
+        )
+    floors = [
+        f"{m}: {h['steps_below_floor']} of {h['steps']} steps at or below the floor"
+        for m, h in (("ResNet", res), ("plain", pl))
+        if h is not None and h.get("steps_below_floor") is not None
+    ]
+    if floors:
+        out.append(
+            {
+                "claim": "Context, not a prediction: steps the geodesic scores can resolve (W2 above "
+                "the split-half noise floor; a step at or below it is indistinguishable from "
+                "sampling noise)",
+                "measured": "; ".join(floors),
+                "holds": None,
+                "verdict": "count",
             }
         )
     if res is None or pl is None or "ots" not in res or "ots" not in pl:
@@ -332,7 +359,7 @@ def _profile_arrays(res: Mapping[str, Any]) -> dict[str, Any]:
             "w2": prof.distances.tolist(),
             "w2_sq": prof.costs.tolist(),
             "noise_floor": [_number(r.noise_floor) for r in prof.rows],
-            "efficiency": [_number(r.efficiency) for r in prof.rows],
+            "step_efficiency": [_number(r.efficiency) for r in prof.rows],
         }
     return out
 

@@ -117,7 +117,7 @@ VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
         "feature units",
         "split-half noise floor of the step's W2: the W2 between two halves of one layer",
     ),
-    "efficiency": (
+    "step_efficiency": (
         ("seed", "net", "epoch", "step"),
         "1",
         "W2² over the paired cost of the step (1 = the block moves mass optimally)",
