@@ -92,6 +92,10 @@ def test_a_grid_expands_as_a_product_plus_hand_picked_cells(tmp_path):
         ("[[cells]]\nblocks = 2\n[[cells]]\nblocks = 2\n", "same settings"),
         ("[base\nx = 1\n", "not valid TOML"),
         ("[grid]\nweight_decay = [0.0, -1.0]\n", "weight_decay=-1.0"),
+        ("base = 5\n", "[base]"),
+        ("[[cells]]\nx = 1\n[base]\nepochs = 2\n", "unknown setting 'x'"),
+        ("[base]\ndata = 5\n", "data in the grid"),
+        ("[grid]\ndevice = ['cpu', 'cuda']\n", "one sweep per device"),
     ],
 )
 def test_a_bad_grid_file_is_one_line_and_exit_status_2(tmp_path, capsys, text, words):
@@ -193,18 +197,20 @@ def test_a_worker_killed_mid_sweep_loses_and_duplicates_no_cell(serial, tmp_path
 
         t = threading.Thread(target=run)
         t.start()
-        pids = client.run(os.getpid)
-        victim = None
-        deadline = time.monotonic() + 60
-        while victim is None and time.monotonic() < deadline:
-            for addr, keys in client.processing().items():
-                if any(str(k).startswith("train-") for k in keys):
-                    victim = addr
-                    break
-            time.sleep(0.01)
-        assert victim is not None, "no worker was seen training"
-        os.kill(pids[victim], signal.SIGKILL)
-        t.join(180)
+        try:
+            pids = client.run(os.getpid)
+            victim = None
+            deadline = time.monotonic() + 60
+            while victim is None and time.monotonic() < deadline:
+                for addr, keys in client.processing().items():
+                    if any(str(k).startswith("train-") for k in keys):
+                        victim = addr
+                        break
+                time.sleep(0.01)
+            assert victim is not None, "no worker was seen training"
+            os.kill(pids[victim], signal.SIGKILL)
+        finally:
+            t.join(180)
         assert not t.is_alive(), "the sweep did not finish within 3 minutes"
     assert "error" not in result, result.get("error")
     assert sorted(p.name for p in (out / STORE).iterdir() if not p.name.startswith(".")) == sorted(
@@ -314,3 +320,25 @@ def test_a_failed_cell_is_reported_and_retried_by_a_rerun(serial, tmp_path, monk
     # its two seeds' last stages (the serial path stopped that cell at its first failure)
     assert sum(k.startswith("seed-") for k in keys[n:]) == 2
     xr.testing.assert_identical(_strip(load_sweep(out)), _strip(load_sweep(serial)))
+
+
+def test_a_moved_run_folder_resumes_from_its_stages(tmp_path):
+    """Stage results name their files relative to the stage root: a run folder that moved (or a
+    worker that mounts it elsewhere) is read back, nothing recomputed."""
+    cfg = RunConfig(**{**BASE, "seeds": 1, "capture_epochs": (0,)})
+    first = run_experiment(cfg, tmp_path / "A", **QUIET)
+    n = len(executions(tmp_path / "A" / "stages"))
+    (tmp_path / "A").rename(tmp_path / "B")
+    again = run_experiment(cfg, tmp_path / "B", resume=True, **QUIET)
+    assert len(executions(tmp_path / "B" / "stages")) == n
+    assert again["headline"] == first["headline"]
+
+
+def test_a_folder_that_holds_something_else_is_not_a_sweep_folder(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    f = tmp_path / "g.toml"
+    f.write_text("[base]\nepochs = 2\n")
+    assert main(["sweep", str(f), "--out", str(tmp_path / "x"), "--scheduler", "serial"]) == 2
+    assert "holds no sweep" in capsys.readouterr().err
+    assert (tmp_path / "x" / "notes.txt").read_text() == "mine"

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from otcollapse._utils import json_safe
-from otcollapse._validation import check_real
+from otcollapse._utils import check_device, json_safe
+from otcollapse._validation import check_int, check_labels, check_real
 from otcollapse.data import Dataset
 from otcollapse.experiments import analysis as stage
 from otcollapse.experiments.analysis import Log, say
@@ -36,15 +36,22 @@ def analyze_trajectories(
     kind: str = "analyze",
     extra: Mapping[str, Any] | None = None,
     log: Log = say,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run the analyses on trajectories a user saved and write the same run folder.
 
     Each trajectory gets ``collapse_profile`` and, when it has a segment of at least two
     layers, ``geodesic_test`` (per segment of equal dimension); figures compare them side by
-    side. ``max_samples`` analyses a stratified subsample. ``out`` is held with
-    :func:`otcollapse.io.locked_folder` while it is written; a folder this call made is removed
-    again when the analysis fails.
+    side. ``max_samples`` analyses a stratified subsample. The analyses run on ``device`` (the
+    trajectories are moved there with :meth:`~otcollapse.Trajectory.to`; the saved ones stay as
+    given). ``out`` is held with :func:`otcollapse.io.locked_folder` while it is written; a
+    folder this call made is removed again when the analysis fails. The settings are checked
+    before ``out`` is made.
     """
+    seed = check_int(seed, "seed")
+    if max_samples is not None:
+        max_samples = check_int(max_samples, "max_samples", minimum=1)
+    dev = check_device(device)
     if not trajectories:
         raise ValueError("no trajectories to analyse.")
     for name, traj in trajectories.items():
@@ -59,8 +66,9 @@ def analyze_trajectories(
             if max_samples is not None and traj.n_samples > max_samples:
                 traj = traj.subsample(max_samples, seed=seed)
             log(f"analysing {name}: {traj}")
+            on_device = traj if dev.type == "cpu" else traj.to(dev)
             try:
-                results[name] = stage.analyse(traj, seed=seed, geodesic=len(traj) >= 2)
+                results[name] = stage.analyse(on_device, seed=seed, geodesic=len(traj) >= 2)
             except ValueError as err:  # say which of the trajectories (for analyze: which file)
                 raise ValueError(f"trajectory {name!r}: {err}") from err
             kept[name] = traj
@@ -69,7 +77,7 @@ def analyze_trajectories(
         pca = {k: t for k, t in kept.items() if len(set(t.dims)) == 1}
         metrics = {
             "kind": kind,
-            "settings": {"seed": seed, "max_samples": max_samples},
+            "settings": {"seed": seed, "max_samples": max_samples, "device": str(device)},
             "versions": stage.package_versions(),
             "provenance": json_safe(dict(source or {})),
             "headline": head,
@@ -90,7 +98,9 @@ class MUFMReportSettings:
     """The settings of :func:`fit_mufm_report` (recorded in ``metrics.json``), checked at once.
 
     ``lambda_ot`` holds one λ_OT per fit; the others are :func:`otcollapse.fit_mufm`'s options,
-    ``samples`` the size of the stratified subsample fitted on (all samples when None).
+    ``samples`` the size of the stratified subsample fitted on (all samples when None),
+    ``device`` the torch device the fits and the analyses run on. Every setting is checked here,
+    before any fit: a bad one is a ValueError (TypeError for a value of the wrong type) naming it.
     """
 
     n_layers: int = 4
@@ -103,8 +113,17 @@ class MUFMReportSettings:
     samples: int | None = 300
     dim: int | None = None
     seed: int = 0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        from otcollapse.surrogates.mufm import _COUPLINGS
+        from otcollapse.surrogates.ufm import _LOSSES
+
+        check_int(self.n_layers, "n_layers (transport steps)", minimum=1)
+        if isinstance(self.lambda_ot, (str, bytes)) or not hasattr(self.lambda_ot, "__iter__"):
+            raise TypeError(
+                f"lambda_ot must be a sequence of numbers (one fit each); got {self.lambda_ot!r}."
+            )
         object.__setattr__(self, "lambda_ot", tuple(self.lambda_ot))
         if not self.lambda_ot:
             raise ValueError("lambda_ot must hold at least one value.")
@@ -112,13 +131,23 @@ class MUFMReportSettings:
             check_real(lam, "each lambda_ot value", minimum=0.0)
         for name in ("lambda_w", "lambda_h", "lambda_b"):
             check_real(getattr(self, name), name, minimum=0.0)
+        if self.loss not in _LOSSES:
+            raise ValueError(f"loss must be one of {list(_LOSSES)}; got {self.loss!r}.")
+        if self.coupling not in _COUPLINGS:
+            raise ValueError(f"coupling must be one of {list(_COUPLINGS)}; got {self.coupling!r}.")
+        if self.samples is not None:
+            check_int(self.samples, "samples", minimum=2)
+        if self.dim is not None:
+            check_int(self.dim, "dim (the feature dimension)", minimum=1)
+        check_int(self.seed, "seed")
+        check_device(self.device)
 
     def fit_options(self, lambda_ot: float, n_features: int) -> dict[str, Any]:
         """The keyword arguments of ``fit_mufm`` for one λ_OT on inputs of ``n_features``
         (reduced to ``dim`` by PCA when ``dim`` is smaller, else padded)."""
         embed = "pca" if self.dim is not None and self.dim < n_features else "pad"
         opts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        del opts["samples"]
+        del opts["samples"], opts["device"]  # the device is where X lives (_fit_mufm_report)
         return {**opts, "lambda_ot": float(lambda_ot), "embed": embed}
 
 
@@ -136,6 +165,7 @@ def fit_mufm_report(
     samples: int | None = 300,
     dim: int | None = None,
     seed: int = 0,
+    device: str = "cpu",
     log: Log = say,
 ) -> dict[str, Any]:
     """Fit the MUFM for each ``lambda_ot`` on a data set and analyse each fitted trajectory.
@@ -144,17 +174,47 @@ def fit_mufm_report(
     ``y``; the inputs are flattened (and reduced to ``dim`` by PCA when given: ``embed="pca"``),
     then ``fit_mufm`` runs for every λ_OT and its trajectory ``H_0 = X, ..., H_L`` goes through
     :func:`analyze_trajectories`. ``metrics.json`` records every solution (objective and its
-    terms, gradient norm, iterations, converged). The settings and the data are checked before
-    ``out`` is made (:class:`MUFMReportSettings`), and ``out`` is held
-    (:func:`otcollapse.io.locked_folder`) from the first fit to the report.
+    terms, gradient norm, iterations, converged). The fits and the analyses run on ``device``.
+    Every setting (:class:`MUFMReportSettings`) is checked first, then the data (the subsample
+    must keep every class), all before the first fit and before ``out`` is made; ``out`` is
+    held (:func:`otcollapse.io.locked_folder`) from the first fit to the report.
     """
     opts = MUFMReportSettings(
-        n_layers, tuple(lambda_ot), lambda_w, lambda_h, lambda_b, loss, coupling, samples, dim, seed
+        n_layers=n_layers,
+        lambda_ot=lambda_ot,
+        lambda_w=lambda_w,
+        lambda_h=lambda_h,
+        lambda_b=lambda_b,
+        loss=loss,
+        coupling=coupling,
+        samples=samples,
+        dim=dim,
+        seed=seed,
+        device=device,
     )
     config = RunConfig(data=data, mufm=False)  # validates nothing MUFM-specific; reuses the loader
-    ds = load_run_data(config, "train", seed)
+    ds = _mufm_data(load_run_data(config, "train", seed), data, opts)
     with locked_folder(out, on_error="remove"):
         return _fit_mufm_report(ds, data, out, opts, log)
+
+
+def _mufm_data(ds: Dataset, data: str, opts: MUFMReportSettings) -> Dataset:
+    """The subsample fitted on, checked: every class keeps a sample (the MUFM needs K >= 2
+    classes labelled ``0..K-1``)."""
+    n_classes = len(set(ds.y.tolist()))
+    if opts.samples is not None and opts.samples < n_classes:
+        raise ValueError(
+            f"samples = {opts.samples} is fewer than the {n_classes} classes of {data!r}; the "
+            f"MUFM needs a sample of every class: fit on at least {n_classes} samples (a few per "
+            "class), e.g. --samples 300."
+        )
+    if opts.samples is not None:
+        ds = ds.subsample(opts.samples, seed=opts.seed)
+    try:
+        check_labels(ds.y.numpy(), len(ds), min_classes=2)
+    except ValueError as err:
+        raise ValueError(f"data set {data!r}: {err}") from None
+    return ds
 
 
 def _fit_mufm_report(
@@ -162,9 +222,8 @@ def _fit_mufm_report(
 ) -> dict[str, Any]:
     from otcollapse.surrogates import fit_mufm
 
-    if opts.samples is not None:
-        ds = ds.subsample(opts.samples, seed=opts.seed)
-    X = ds.X.reshape(len(ds), -1).double().numpy()
+    # fit_mufm computes in float64 on the device of X
+    X = ds.X.reshape(len(ds), -1).double().to(check_device(opts.device))
     y = ds.y.numpy()
     trajs: dict[str, Trajectory] = {}
     sols = {}
@@ -181,4 +240,6 @@ def _fit_mufm_report(
         "provenance": ds.provenance,
         "solution": sols,
     }
-    return analyze_trajectories(trajs, out, seed=opts.seed, kind="mufm", extra=extra, log=log)
+    return analyze_trajectories(
+        trajs, out, seed=opts.seed, kind="mufm", extra=extra, log=log, device=opts.device
+    )

@@ -34,7 +34,7 @@ from otcollapse.experiments.analysis import (
     write_figures,
 )
 from otcollapse.experiments.config import TWINS, RunConfig, check_model, load_splits
-from otcollapse.experiments.stages import SeedGraph, StageContext, seed_graph
+from otcollapse.experiments.stages import TRAJECTORY, SeedGraph, StageContext, seed_graph
 from otcollapse.io import LOCK_FILE, load_trajectory, locked_folder, save_json
 
 __all__ = ["default_threads", "run_experiment"]
@@ -98,9 +98,8 @@ def run_experiment(
                 "continue the run there, or choose another folder."
             )
         log(f"data: {data!r}")
-        return _run_seeds(
-            config, seeds, out, StageContext(str(out / "stages"), threads, progress, log)
-        )
+        ctx = StageContext(str((out / "stages").resolve()), threads, progress, log)
+        return _run_seeds(config, seeds, out, ctx)
 
 
 def _run_seeds(config: RunConfig, seeds: list[int], out: Path, ctx: StageContext) -> dict[str, Any]:
@@ -146,13 +145,13 @@ def _finish_seed(
     for net, _plain in TWINS:
         final[net] = part[f"analyse:{net}:{last}"]
         epochs[net] = {e: part[f"analyse:{net}:{e}"]["collapse"] for e in config.epochs_captured()}
-        trajs[net] = load_trajectory(part[f"capture:{net}:{last}"])
+        trajs[net] = load_trajectory(Path(ctx.root) / part[f"capture:{net}:{last}"])
     cal = part.get("calibrate")
     metrics = dict(got[g.metrics])
     metrics["execution"] = {
         "scheduler": "serial (the calling thread)",
         "torch_threads": ctx.threads,
-        "stages": str(Path(ctx.root).resolve()),
+        "stages": str(Path(ctx.root)),
     }
     metrics["figures"] = write_figures(
         {k: v for k, v in final.items() if k in ("resnet", "plain")},
@@ -176,7 +175,7 @@ def _link_trajectories(g: SeedGraph, folder: Path, last: int) -> None:
         _, net, which = label.split(":")
         split, epoch = ("test", last) if which == "test" else ("train", int(which))
         name = f"{net}_{split}_epoch{epoch:04d}.npz"
-        src = Path(g.tasks[key][1].root) / key / "trajectory.npz"
+        src = Path(g.tasks[key][1].root) / key / TRAJECTORY
         dst = folder / "trajectories" / name
         dst.unlink(missing_ok=True)
         try:

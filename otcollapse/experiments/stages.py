@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import pickle
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -60,9 +62,11 @@ __all__ = [
 
 #: the stages, in the order a cell runs them
 STAGES = ("train", "capture", "analyse", "calibrate", "seed")
-#: changes when an artefact's format or meaning changes: every key changes with it
-FORMAT = 1
+#: bumped whenever what a stage computes or stores changes (a fix of an analysis included):
+#: every key changes with it, so no result of the old code is read back as the new one's
+FORMAT = 2
 RESULT = "result.pkl"
+TRAJECTORY = "trajectory.npz"
 #: what the analyse stage computes beyond its settings (a new analysis changes this, and the key)
 ANALYSES = ("collapse", "geodesic", "geodesic:orthogonal", "efficiency")
 EXECUTIONS = "executions.jsonl"
@@ -139,6 +143,12 @@ def _data_identity(data: str) -> dict[str, Any]:
     if data in dataset_names():
         return {"builtin": data}
     p = Path(data).resolve()
+    if p.is_dir():  # an image folder: every file's path, size and mtime
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            st = f.stat()
+            h.update(f"{f.relative_to(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return {"path": str(p), "listing": h.hexdigest()}
     st = p.stat()
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -150,7 +160,11 @@ def _stage_lock(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:  # a file system without flock (Lustre mounted noflock, ...):
+            if err.errno not in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
+                raise  # the atomic rename still keeps results whole; only work may be doubled
         yield
     finally:
         os.close(fd)  # closing releases the flock
@@ -161,6 +175,10 @@ class StageName:
     """A stage's own key inside its task: Dask would read a bare key string as a dependency."""
 
     key: str
+
+
+#: held while a stage seeds torch's global generator and draws a model's initial weights
+_SEEDING = threading.Lock()
 
 
 def _cached(ctx: StageContext, name: StageName, compute: Callable[[Path], Any]) -> Any:
@@ -195,7 +213,13 @@ def executions(root: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(root) / EXECUTIONS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a file system without atomic appends
+            continue
+    return out
 
 
 # ---------------------------------------------------------------------------- stages
@@ -233,8 +257,9 @@ def train_stage(
         from otcollapse.nets import train
 
         data = load_run_data(config, "train", seed)
-        torch.manual_seed(seed)
-        model = _model(config, data, plain=net == "plain")
+        with _SEEDING:  # torch's global generator: one stage at a time in a threaded worker
+            torch.manual_seed(seed)
+            model = _model(config, data, plain=net == "plain")
 
         def keep(epoch: int, m: torch.nn.Module, _h: Any) -> None:
             with atomic_path(_state_path(folder, epoch), suffix=".pt") as tmp:
@@ -263,7 +288,9 @@ def train_stage(
             f"[seed {seed}] {net}: train accuracy {history.final_accuracy:.4f}, "
             f"loss {history.loss[-1]:.4g}"
         )
-        return {"history": history.to_dict(), "folder": str(folder), "net": net}
+        # paths relative to the stage root: a moved folder (or a worker that mounts it
+        # elsewhere) still finds them
+        return {"history": history.to_dict(), "folder": folder.name, "net": net}
 
     return _cached(ctx, key, compute)
 
@@ -277,7 +304,8 @@ def capture_stage(
     epoch: int,
     trained: Mapping[str, Any],
 ) -> str:
-    """The trajectory of a trained twin at ``epoch`` on ``split`` (``.npz``); returns its path.
+    """The trajectory of a trained twin at ``epoch`` on ``split`` (``.npz``); returns its path
+    relative to the stage root.
 
     On the test split the metadata also holds the network's accuracy there."""
 
@@ -290,7 +318,8 @@ def capture_stage(
 
         data = load_run_data(config, split, seed)
         model = _model(config, data, plain=trained["net"] == "plain")
-        state = torch.load(_state_path(Path(trained["folder"]), epoch), weights_only=True)
+        state_file = _state_path(Path(ctx.root) / trained["folder"], epoch)
+        state = torch.load(state_file, weights_only=True)
         model.load_state_dict(state)
         model.to(config.device)
         pool: Any = SPACES[config.space]
@@ -304,9 +333,8 @@ def capture_stage(
         meta["space"] = config.space
         if split == "test":
             meta["accuracy"] = _accuracy(model, data, config.device)
-        path = folder / "trajectory.npz"
-        save_trajectory(path, traj.replace(metadata=json_safe(meta)))
-        return str(path)
+        save_trajectory(folder / TRAJECTORY, traj.replace(metadata=json_safe(meta)))
+        return f"{folder.name}/{TRAJECTORY}"  # relative to the stage root
 
     return _cached(ctx, key, compute)
 
@@ -338,7 +366,7 @@ def analyse_stage(
         from otcollapse.experiments.analysis import analyse, describe_space, epoch_scores
         from otcollapse.io import load_trajectory
 
-        traj = load_trajectory(traj_path)
+        traj = load_trajectory(Path(ctx.root) / traj_path)
         ctx.say(f"[seed {seed}] analysing {label}")
         res = analyse(traj, seed=seed, geodesic=full, progress=ctx.progress and full, n_boot=n_boot)
         if not full:
@@ -363,7 +391,7 @@ def calibrate_stage(
         from otcollapse.io import load_trajectory
         from otcollapse.surrogates import calibrate_mufm
 
-        traj = load_trajectory(traj_path)
+        traj = load_trajectory(Path(ctx.root) / traj_path)
         sub = traj.subsample(min(config.mufm_samples, traj.n_samples), seed=seed)
         ctx.say(
             f"[seed {seed}] fitting the MUFM to the ResNet ({sub.n_samples} samples, λ_OT grid "

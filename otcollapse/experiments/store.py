@@ -209,6 +209,9 @@ def cell_dataset(settings: Mapping[str, Any], per_seed: Sequence[Mapping[str, An
     coords.update({k: ((), _coord(v)) for k, v in settings.items() if k not in ("seed", "seeds")})
     ds = xr.Dataset(data_vars, coords=coords)
     ds.attrs["settings"] = json.dumps(dict(settings))
+    # what produced the numbers: package versions and the data's provenance (seed 0's)
+    ds.attrs["versions"] = json.dumps(per_seed[0].get("versions"))
+    ds.attrs["provenance"] = json.dumps(per_seed[0].get("provenance"), default=str)
     return ds
 
 
@@ -256,16 +259,24 @@ def write_cell(sweep_dir: str | os.PathLike, cell: str, ds: Any) -> Path:
     final = root / cell
     if final.exists():
         return final
-    zarr.open_group(str(root), mode="a", zarr_format=2)
+    fmt = _format_2()
+    zarr.open_group(str(root), mode="a", **fmt)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{cell}.", suffix=".tmp"))
     try:
         # Zarr format 2: its text arrays have a specification every Zarr reader follows
-        ds.to_zarr(str(tmp), mode="w", consolidated=False, zarr_format=2)
+        ds.to_zarr(str(tmp), mode="w", consolidated=False, **fmt)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return final
+
+
+def _format_2() -> dict[str, Any]:
+    """The keyword that asks zarr-python 3 for format 2 (zarr-python 2 writes nothing else)."""
+    import zarr
+
+    return {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
 
 
 def clean_store(sweep_dir: str | os.PathLike) -> list[Path]:

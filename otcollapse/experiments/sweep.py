@@ -57,7 +57,7 @@ from otcollapse.experiments.config import RunConfig
 from otcollapse.experiments.run import default_threads
 from otcollapse.experiments.stages import StageContext, executions, seed_graph
 from otcollapse.experiments.store import STORE, cell_dataset, clean_store, write_cell
-from otcollapse.io import locked_folder, save_json
+from otcollapse.io import LOCK_FILE, locked_folder, save_json
 
 __all__ = ["Grid", "load_grid", "sweep"]
 
@@ -94,7 +94,12 @@ class Grid:
 
 
 def _cell_id(config: RunConfig) -> str:
-    blob = json.dumps(config.to_dict(), sort_keys=True)
+    from otcollapse import __version__
+    from otcollapse.experiments.stages import FORMAT
+
+    # the version and format too: an upgraded package never adds its cells beside old ones
+    record = {"settings": config.to_dict(), "version": __version__, "format": FORMAT}
+    blob = json.dumps(record, sort_keys=True)
     return "cell-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -138,18 +143,38 @@ def _check_names(table: Mapping[str, Any], where: str) -> None:
             )
 
 
-def _from_mapping(d: Mapping[str, Any], source: str) -> Grid:
-    where = f"the grid {source}" if source != "<dict>" else "the grid"
+def _tables(d: Mapping[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    """``[base]``, ``[grid]`` and ``[[cells]]`` of a grid, each checked for its shape."""
     extra = sorted(set(d) - {"base", "grid", "cells"})
     if extra:
         raise ValueError(
             f"unknown table {extra[0]!r} in {where}; a grid has [base], [grid] and [[cells]]."
         )
-    base = dict(d.get("base", {}))
-    product = dict(d.get("grid", {}))
-    picked = list(d.get("cells", []))
+    base, product = d.get("base", {}), d.get("grid", {})
+    picked = d.get("cells", [])
+    for name, table in (("[base]", base), ("[grid]", product)):
+        if not isinstance(table, Mapping):
+            raise ValueError(f"{name} in {where} must be a table of settings; got {table!r}.")
+    if not isinstance(picked, list):
+        raise ValueError(f"[[cells]] in {where} must be a list of tables; got {picked!r}.")
+    for i, c in enumerate(picked):
+        if not isinstance(c, Mapping):
+            raise ValueError(f"[[cells]] entry {i + 1} in {where} must be a table.")
+        _check_names(c, f"[[cells]] entry {i + 1} of {where}")
+    if "device" in product or any("device" in c for c in picked):
+        raise ValueError(
+            f"device in [grid] or [[cells]] of {where}: the device says where a cell runs, not "
+            "what it computes, so cells on two devices would share their results; run one "
+            "sweep per device into its own folder."
+        )
     _check_names(base, f"[base] of {where}")
     _check_names(product, f"[grid] of {where}")
+    return dict(base), dict(product), picked
+
+
+def _from_mapping(d: Mapping[str, Any], source: str) -> Grid:
+    where = f"the grid {source}" if source != "<dict>" else "the grid"
+    base, product, picked = _tables(d, where)
     for k, v in product.items():
         if k in ("seed", "seeds"):
             raise ValueError(
@@ -160,10 +185,6 @@ def _from_mapping(d: Mapping[str, Any], source: str) -> Grid:
             raise ValueError(f"[grid] {k} in {where} must be a list of values; got {v!r}.")
         if not v:
             raise ValueError(f"[grid] {k} = [] in {where}: an empty product, no cells to run.")
-    for i, c in enumerate(picked):
-        if not isinstance(c, Mapping):
-            raise ValueError(f"[[cells]] entry {i + 1} in {where} must be a table.")
-        _check_names(c, f"[[cells]] entry {i + 1} of {where}")
     names = list(product)
     combos = [dict(zip(names, vals, strict=True)) for vals in itertools.product(*product.values())]
     settings = (combos if product else []) + [dict(c) for c in picked]
@@ -182,6 +203,10 @@ def _from_mapping(d: Mapping[str, Any], source: str) -> Grid:
 def _config(settings: Mapping[str, Any], own: Mapping[str, Any], where: str) -> RunConfig:
     kw = {k: tuple(v) if k in _TUPLES and isinstance(v, list) else v for k, v in settings.items()}
     data = kw.get("data")
+    if data is not None and not isinstance(data, str):
+        raise ValueError(
+            f"data in {where} must be a text (a data set name or a path); got {data!r}."
+        )
     if isinstance(data, str) and data not in dataset_names() and not Path(data).is_absolute():
         kw["data"] = str(Path(data).resolve())  # workers elsewhere do not share our cwd
     quick = kw.pop("quick", False)
@@ -209,7 +234,7 @@ def _client(
     if scheduler is not None:
         try:
             client = Client(scheduler, timeout=timeout)
-        except (OSError, TimeoutError) as err:
+        except (OSError, TimeoutError, TypeError, ValueError) as err:
             reason = " ".join(str(err).split()) or type(err).__name__
             raise ValueError(
                 f"cannot reach the Dask scheduler at {scheduler!r} within {timeout:g} s "
@@ -224,9 +249,7 @@ def _client(
         dashboard = True
     except ImportError:
         dashboard = False
-    # with CUDA cells: one worker (one task on the GPU at a time) unless told otherwise; several
-    # GPUs want dask-cuda's LocalCUDACluster, which gives each worker its own (docs/sweeps.md)
-    n = workers or (1 if gpu else default_threads())
+    n = _embedded_workers(workers, gpu)
     with (
         LocalCluster(
             n_workers=n,
@@ -242,6 +265,12 @@ def _client(
         if dashboard:
             log(f"Dask dashboard: {client.dashboard_link}")
         yield client
+
+
+def _embedded_workers(workers: int | None, gpu: bool) -> int:
+    """Worker processes of the embedded cluster: as asked, else one per core, or one with CUDA
+    cells (one task on the GPU at a time; several GPUs want dask-cuda, see docs/sweeps.md)."""
+    return workers or (1 if gpu else default_threads())
 
 
 @dataclasses.dataclass
@@ -320,11 +349,12 @@ def sweep(
     for c in g.cells:  # every cell's model against its data, before any work
         check_model(c, data[c.data])
     serial = scheduler == "serial"
+    gpu = any(str(c.device).startswith("cuda") for c in g.cells)
     if threads is None:
         if serial:
             threads = default_threads()
         elif scheduler is None:
-            threads = max(1, default_threads() // (workers or default_threads()))
+            threads = max(1, default_threads() // _embedded_workers(workers, gpu))
         else:
             threads = 1
     threads = check_int(threads, "threads", minimum=1)
@@ -336,15 +366,26 @@ def sweep(
         _Cell(i, cid, c, [c.seed + k for k in range(c.seeds)])
         for i, (cid, c) in enumerate(zip(g.ids, g.cells, strict=True))
     ]
-    gpu = any(str(c.device).startswith("cuda") for c in g.cells)
     with contextlib.ExitStack() as stack:
         stack.enter_context(locked_folder(out, on_error="empty"))
+        if not (out / "sweep.json").exists() and any(e.name != LOCK_FILE for e in out.iterdir()):
+            raise ValueError(
+                f"the folder {str(out)!r} is not empty and holds no sweep; choose another --out "
+                "(a sweep folder is reused: a rerun there computes only what is missing)."
+            )
         clean_store(out)
         todo = [c for c in cells if not (out / STORE / c.id).is_dir()]
         # a cluster only when there is work: a finished sweep reruns in a moment
         client = None
         if todo and not serial:
             client = stack.enter_context(_client(scheduler, workers, connect_timeout, log, gpu))
+            threaded = {a: n for a, n in client.nthreads().items() if n > 1}
+            if threaded:
+                log(
+                    f"sweep: warning: {len(threaded)} worker(s) run several threads; torch's "
+                    "thread count is per process, so stages sharing a worker share it. For "
+                    "reproducible numbers start workers with one thread (--nthreads 1)."
+                )
         root = (out / "stages").resolve()
         root.mkdir(parents=True, exist_ok=True)
         ctx = StageContext(str(root), threads)
@@ -492,9 +533,12 @@ def _run_distributed(
     futures, owner = _submit(client, cells, ctx, retries)
     if not futures:
         return
+    stop = threading.Event()
 
     def collect() -> None:  # each cell into the store as soon as its seeds are done
         for fut in as_completed(futures):
+            if stop.is_set():
+                return
             cell, s = owner[fut.key]
             if fut.status == "finished":
                 cell.metrics[s] = fut.result()
@@ -507,11 +551,6 @@ def _run_distributed(
                 except Exception as err:
                     cell.error = f"{type(err).__name__}: {err}"
 
-    if not progress:
-        collect()
-        return
-    from distributed import progress as dask_progress
-
     failure: list[BaseException] = []
 
     def collect_or_record() -> None:
@@ -520,9 +559,21 @@ def _run_distributed(
         except BaseException as exc:  # raised below, in the caller's thread
             failure.append(exc)
 
-    collector = threading.Thread(target=collect_or_record, name="otcollapse-sweep-store")
-    collector.start()
-    dask_progress(futures)  # Dask's own progress bar over every task of the graph
-    collector.join()
+    try:
+        if not progress:
+            collect()
+            return
+        from distributed import progress as dask_progress
+
+        collector = threading.Thread(
+            target=collect_or_record, name="otcollapse-sweep-store", daemon=True
+        )
+        collector.start()
+        dask_progress(futures)  # Dask's own progress bar over every task of the graph
+        collector.join()
+    except BaseException:  # interrupted: nothing keeps running on a cluster the caller owns
+        stop.set()
+        client.cancel(futures)
+        raise
     if failure:
         raise failure[0]
