@@ -216,7 +216,10 @@ def reproduce(
     reproduce anything.
 
     The data set is read before ``out`` is made, and ``out`` is held
-    (:func:`otcollapse.io.locked_folder`) for the whole reproduction: a second writer is refused.
+    (:func:`otcollapse.io.locked_folder`) while the run or the sweep writes into it: a second
+    writer is refused. A sweep's ``published.json`` and report are written after it (atomically);
+    a sweep whose cells failed raises :class:`~otcollapse.exceptions.SweepError` before them
+    (``otcollapse report OUT`` then draws what finished).
     """
     if name not in REPRODUCTIONS:
         raise ValueError(f"unknown reproduction {name!r}; choose from {sorted(REPRODUCTIONS)}.")
