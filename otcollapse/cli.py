@@ -235,8 +235,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     Formats: .npz with arrays layer_0, layer_1, ... and labels (or a file written by
     otcollapse.save_trajectory), read with allow_pickle=False; .pt/.pth with a dict
     {'layers': [...], 'labels': ...}, read with torch.load(weights_only=True)."""
+    from otcollapse._utils import check_device
     from otcollapse.experiments import analyze_trajectories
 
+    if args.device is not None:  # before reading the files
+        check_device(args.device)
     trajs = {}
     for f in args.features:
         name = Path(f).stem
@@ -244,11 +247,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             raise UserError(f"two files are named {name!r}; rename one.")
         trajs[name] = load_features(f)
     out = Path(args.out) if args.out else Path("runs") / "analyze"
+    opts = {k: getattr(args, k) for k in ("seed", "max_samples", "device")}
     analyze_trajectories(
         trajs,
         out,
-        seed=args.seed,
-        max_samples=args.max_samples,
+        **{k: v for k, v in opts.items() if v is not None},  # None: analyze_trajectories' default
         source={"files": [str(Path(f).resolve()) for f in args.features]},
     )
     return 0
@@ -260,7 +263,11 @@ def _cmd_mufm(args: argparse.Namespace) -> int:
     from otcollapse.experiments import MUFMReportSettings, fit_mufm_report
 
     out = Path(args.out) if args.out else Path("runs") / "mufm"
-    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(MUFMReportSettings)}
+    settings = {  # an option not given (None) takes MUFMReportSettings' default
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(MUFMReportSettings)
+        if getattr(args, f.name, None) is not None
+    }
     fit_mufm_report(args.data, out, **settings)
     return 0
 
@@ -284,7 +291,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             threads=args.threads,
             retries=args.retries,
             connect_timeout=args.connect_timeout,
-            progress=not args.no_progress,
+            progress=not args.no_progress and sys.stdout.isatty(),
         )
     except SweepError as err:  # the report lists the failed cells beside the finished ones
         if err.folder is not None and any((err.folder / "store.zarr").glob("cell-*")):
@@ -324,6 +331,64 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+#: A help text names a setting's default as ``{run:NAME}``, ``{mufm:NAME}`` or
+#: ``{analyze:NAME}`` (``{run:NAME|words}``: the words when the default is None). The help
+#: formatter fills it in when the help is shown, from where the default lives: RunConfig (and
+#: its --quick preset), MUFMReportSettings, analyze_trajectories. So the help cannot drift from
+#: the settings, and building the parser imports none of them.
+_DEFAULT_TOKEN = re.compile(r"\{(run|mufm|analyze):(\w+)(?:\|([^}]*))?\}")
+
+
+def _format_default(value: Any) -> str:
+    """A default as the user would type it: numbers ``%g``, sequences comma-separated."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(_format_default(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _library_defaults(owner: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The defaults of the settings of ``owner`` (and, for ``run``, those of --quick)."""
+    if owner == "run":
+        from otcollapse.experiments import RunConfig
+
+        base = {f.name: getattr(RunConfig(), f.name) for f in dataclasses.fields(RunConfig)}
+        quick = RunConfig.quick_preset()
+        return base, {k: getattr(quick, k) for k in base}
+    if owner == "mufm":
+        from otcollapse.experiments import MUFMReportSettings
+
+        fields = dataclasses.fields(MUFMReportSettings)
+        return {f.name: f.default for f in fields}, {}
+    from otcollapse.experiments import analyze_trajectories
+
+    params = inspect.signature(analyze_trajectories).parameters.values()
+    return {q.name: q.default for q in params if q.default is not q.empty}, {}
+
+
+def _fill_defaults(text: str) -> str:
+    """``text`` with every ``{owner:NAME}`` replaced by ``default VALUE`` (see above)."""
+
+    def fill(m: re.Match[str]) -> str:
+        base, quick = _library_defaults(m.group(1))
+        name, words = m.group(2), m.group(3)
+        value = base[name]  # a KeyError here is a typo in a help text (tests/test_cli_help.py)
+        out = f"default {words}" if value is None and words else f"default {_format_default(value)}"
+        if quick and quick[name] != value:
+            out += f"; {_format_default(quick[name])} with --quick"
+        return out
+
+    return _DEFAULT_TOKEN.sub(fill, text)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, filling in the library's defaults (:func:`_fill_defaults`)."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return _fill_defaults(super()._expand_help(action))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``otcollapse`` (one sub-command per job)."""
     p = argparse.ArgumentParser(
@@ -371,7 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     for name, func, options, help in commands:  # a command's docstring is its description
-        cmd = sub.add_parser(name, help=help, description=inspect.cleandoc(func.__doc__ or ""))
+        cmd = sub.add_parser(
+            name,
+            help=help,
+            description=inspect.cleandoc(func.__doc__ or ""),
+            formatter_class=_HelpFormatter,
+        )
         cmd.set_defaults(func=func)
         options(cmd)
     return p
@@ -400,14 +470,14 @@ def _sweep_options(s: argparse.ArgumentParser) -> None:
         help="torch threads in each task (default: cores / workers; 1 on an existing cluster)",
     )
     s.add_argument(
-        "--retries", type=int, default=2, help="retries of a task that failed (default 2)"
+        "--retries", type=int, default=2, help="retries of a task that failed (default %(default)s)"
     )
     s.add_argument(
         "--connect-timeout",
         type=float,
         default=10.0,
         dest="connect_timeout",
-        help="seconds to reach --scheduler (default 10)",
+        help="seconds to reach --scheduler (default %(default)g)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -426,50 +496,114 @@ def _reproduce_options(rr: argparse.ArgumentParser) -> None:
     )
     rr.add_argument("--out", help="output folder (default runs/reproduce_NAME)")
     rr.add_argument("--quick", action="store_true", help="tiny settings, for checking the pipeline")
-    rr.add_argument("--seed", type=int, default=0)
+    rr.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the runs (the first seed of a sweep) (default %(default)s)",
+    )
 
 
 def _run_options(r: argparse.ArgumentParser) -> None:
-    r.add_argument("--quick", action="store_true", help="small preset, about a minute on 2 cores")
+    r.add_argument("--quick", action="store_true", help="a small preset, about a minute on 2 cores")
     r.add_argument("--out", help="output folder (default runs/run, or runs/quick)")
     r.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     r.add_argument(
         "--data",
-        help="built-in data set (digits, gaussian_mixture, mnist1d) or a .npz/image folder on disk",
+        help="a built-in data set (digits, gaussian_mixture, mnist1d) or a .npz file / image "
+        "folder on disk ({run:data})",
     )
-    r.add_argument("--model", choices=("mlp", "conv"), help="residual MLP (default) or conv ResNet")
-    r.add_argument("--width", type=_positive_int)
-    r.add_argument("--blocks", type=_positive_int, help="residual blocks")
-    r.add_argument("--epochs", type=_positive_int)
-    r.add_argument("--lr", type=float)
-    r.add_argument("--weight-decay", type=float, dest="weight_decay")
-    r.add_argument("--batch-size", type=_positive_int, dest="batch_size")
-    r.add_argument("--seed", type=int)
-    r.add_argument("--seeds", type=_positive_int, help="run N seeds and aggregate with intervals")
+    r.add_argument(
+        "--model",
+        choices=("mlp", "conv"),
+        help="residual MLP or convolutional ResNet ({run:model})",
+    )
+    r.add_argument(
+        "--width",
+        type=_positive_int,
+        help="width of every block: features (mlp) or channels (conv) ({run:width})",
+    )
+    r.add_argument("--blocks", type=_positive_int, help="residual blocks ({run:blocks})")
+    r.add_argument("--epochs", type=_positive_int, help="training epochs ({run:epochs})")
+    r.add_argument(
+        "--lr",
+        type=float,
+        help="initial learning rate (SGD, momentum 0.9, cosine schedule) ({run:lr})",
+    )
+    r.add_argument(
+        "--weight-decay",
+        type=float,
+        dest="weight_decay",
+        help="weight decay ({run:weight_decay})",
+    )
+    r.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        dest="batch_size",
+        help="training batch size ({run:batch_size})",
+    )
+    r.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the data split, the initialisation and the batch order ({run:seed})",
+    )
+    r.add_argument(
+        "--seeds",
+        type=_positive_int,
+        help="run N seeds (--seed, --seed + 1, ...) and aggregate with intervals ({run:seeds})",
+    )
     r.add_argument(
         "--capture-epochs",
         type=_int_list,
         dest="capture_epochs",
-        help="comma-separated epochs to capture (0 = initialisation)",
+        help="comma-separated epochs to capture, 0 = initialisation "
+        "({run:capture_epochs|0,E/4,E/2,3E/4,E})",
     )
     r.add_argument(
         "--split",
         choices=("train", "both"),
         default="train",
-        help="captured split: train (default) or both train and test",
+        help="captured split: train, or both train and test (default %(default)s)",
     )
     r.add_argument(
         "--max-samples",
         type=_positive_int,
         dest="max_samples",
-        help="analyse a stratified subsample of this size",
+        help="analyse a stratified subsample of this size ({run:max_samples|all samples})",
     )
     r.add_argument("--no-mufm", action="store_true", help="skip the MUFM calibration")
-    r.add_argument("--mufm-samples", type=_positive_int, dest="mufm_samples")
     r.add_argument(
-        "--mufm-grid", type=_float_list, dest="mufm_grid", help="λ_OT grid, comma-separated"
+        "--mufm-samples",
+        type=_positive_int,
+        dest="mufm_samples",
+        help="samples (a stratified subsample) the MUFM is fitted on ({run:mufm_samples})",
     )
-    r.add_argument("--device", help="torch device (default cpu)")
+    r.add_argument(
+        "--mufm-grid",
+        type=_float_list,
+        dest="mufm_grid",
+        help="λ_OT grid of the MUFM calibration, comma-separated ({run:mufm_grid})",
+    )
+    r.add_argument("--device", help="torch device: cpu, cuda, cuda:1, mps ({run:device})")
+    r.add_argument(
+        "--space",
+        choices=("pooled", "stream", "projected"),
+        help="feature space of a conv model's layers: global-average-pooled channels, the "
+        "flattened residual stream, or its seeded Gaussian projection to --project-dim "
+        "({run:space}); recorded with every number",
+    )
+    r.add_argument(
+        "--project-dim",
+        type=_positive_int,
+        dest="project_dim",
+        help="dimension of --space projected ({run:project_dim})",
+    )
+    r.add_argument(
+        "--n-boot",
+        type=int,
+        dest="n_boot",
+        help="subsampling replicates of the geodesic tests' intervals, 0 for none ({run:n_boot})",
+    )
     r.add_argument(
         "--threads",
         type=_positive_int,
@@ -481,39 +615,83 @@ def _run_options(r: argparse.ArgumentParser) -> None:
 def _analyze_options(a: argparse.ArgumentParser) -> None:
     a.add_argument("features", nargs="+", help="one or more trajectory files")
     a.add_argument("--out", help="output folder (default runs/analyze)")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--max-samples", type=_positive_int, dest="max_samples")
+    a.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the subsampling and the geodesic tests' null baselines ({analyze:seed})",
+    )
+    a.add_argument(
+        "--max-samples",
+        type=_positive_int,
+        dest="max_samples",
+        help="analyse a stratified subsample of this size ({analyze:max_samples|all samples})",
+    )
+    a.add_argument(
+        "--device",
+        help="torch device the analyses run on: cpu, cuda, cuda:1, mps ({analyze:device})",
+    )
 
 
 def _mufm_options(m: argparse.ArgumentParser) -> None:
-    m.add_argument("--data", default="digits", help="built-in data set or a .npz file with X and y")
+    m.add_argument(
+        "--data",
+        default="digits",
+        help="a built-in data set or a .npz file with X and y (default %(default)s)",
+    )
     m.add_argument(
         "--lambda-ot",
         type=_float_list,
         dest="lambda_ot",
-        default=(0.0, 1e-3, 1e-2),
-        help="comma-separated λ_OT values (default 0,0.001,0.01)",
+        help="comma-separated λ_OT values, one fit each ({mufm:lambda_ot})",
     )
-    m.add_argument("--lambda-w", type=float, dest="lambda_w", default=5e-4)
-    m.add_argument("--lambda-h", type=float, dest="lambda_h", default=5e-4)
-    m.add_argument("--lambda-b", type=float, dest="lambda_b", default=0.0)
+    m.add_argument(
+        "--lambda-w",
+        type=float,
+        dest="lambda_w",
+        help="weight decay λ_W of the classifier ({mufm:lambda_w})",
+    )
+    m.add_argument(
+        "--lambda-h",
+        type=float,
+        dest="lambda_h",
+        help="feature decay λ_H of the last layer H_L ({mufm:lambda_h})",
+    )
+    m.add_argument(
+        "--lambda-b",
+        type=float,
+        dest="lambda_b",
+        help="decay λ_b of the classifier's bias ({mufm:lambda_b})",
+    )
     m.add_argument(
         "--n-layers",
         type=_positive_int,
         dest="n_layers",
-        default=4,
-        help="L transport steps (L + 1 measures)",
+        help="L transport steps, L + 1 measures ({mufm:n_layers})",
     )
-    m.add_argument("--loss", choices=("ce", "mse"), default="ce")
-    m.add_argument("--coupling", choices=("paired", "wasserstein"), default="paired")
+    m.add_argument(
+        "--loss", choices=("ce", "mse"), help="cross-entropy or square loss ({mufm:loss})"
+    )
+    m.add_argument(
+        "--coupling",
+        choices=("paired", "wasserstein"),
+        help="transport cost between layers: paired rows or W2 ({mufm:coupling})",
+    )
     m.add_argument(
         "--samples",
         type=_positive_int,
-        default=300,
-        help="stratified subsample of the data to fit on",
+        help="stratified subsample of the data to fit on ({mufm:samples|all samples})",
     )
-    m.add_argument("--dim", type=_positive_int, help="feature dimension (PCA of the inputs)")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument(
+        "--dim",
+        type=_positive_int,
+        help="feature dimension: a PCA of the inputs when smaller, zero padding when larger "
+        "({mufm:dim|the input dimension})",
+    )
+    m.add_argument("--seed", type=int, help="seed of the subsample and the fits ({mufm:seed})")
+    m.add_argument(
+        "--device",
+        help="torch device the fits and analyses run on: cpu, cuda, cuda:1, mps ({mufm:device})",
+    )
     m.add_argument("--out", help="output folder (default runs/mufm)")
 
 

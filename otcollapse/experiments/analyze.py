@@ -205,8 +205,8 @@ def _mufm_data(ds: Dataset, data: str, opts: MUFMReportSettings) -> Dataset:
     if opts.samples is not None and opts.samples < n_classes:
         raise ValueError(
             f"samples = {opts.samples} is fewer than the {n_classes} classes of {data!r}; the "
-            f"MUFM needs a sample of every class: fit on at least {n_classes} samples (a few per "
-            "class), e.g. --samples 300."
+            f"MUFM needs a sample of every class: fit on at least {n_classes} samples, better a "
+            "few per class (samples, or --samples on the command line)."
         )
     if opts.samples is not None:
         ds = ds.subsample(opts.samples, seed=opts.seed)
