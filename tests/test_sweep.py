@@ -19,23 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from sweep_grids import BASE, GRID, grid_file
 
 from otcollapse.cli import main
 from otcollapse.experiments import RunConfig, load_grid, load_sweep, run_experiment, sweep
 from otcollapse.experiments.stages import StageContext, executions, seed_graph
 from otcollapse.experiments.store import STORE
 
-BASE = {
-    "width": 8,
-    "blocks": 2,
-    "epochs": 2,
-    "max_samples": 80,
-    "mufm": False,
-    "capture_epochs": [0],
-    "seeds": 2,
-}
-#: two weight decays x (ResNet, plain twin): every cell trains both twins
-GRID = {"base": BASE, "grid": {"weight_decay": [0.0, 5e-4]}}
 QUIET = {"progress": False, "log": lambda s: None, "threads": 1}
 
 
@@ -224,12 +214,7 @@ def test_a_worker_killed_mid_sweep_loses_and_duplicates_no_cell(serial, tmp_path
 def test_a_killed_sweep_resumes_where_it_stopped(serial, tmp_path):
     """``otcollapse sweep`` killed (SIGKILL to its whole process group, cluster included) after
     its first stages, then run again: only the missing stages run, the store is complete."""
-    grid = tmp_path / "grid.toml"
-    grid.write_text(
-        "[base]\n"
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in BASE.items())
-        + "[grid]\nweight_decay = [0.0, 5e-4]\n"
-    )
+    grid = grid_file(tmp_path)
     out = tmp_path / "sw"
     cmd = [sys.executable, "-m", "otcollapse.cli", "sweep", str(grid), "--out", str(out)]
     cmd += ["--workers", "2", "--threads", "1", "--no-progress"]
@@ -296,12 +281,7 @@ def test_a_failed_cell_is_reported_and_retried_by_a_rerun(serial, tmp_path, monk
             raise RuntimeError("a disk that filled up")
         return real(config, seed, parts)
 
-    grid = tmp_path / "grid.toml"
-    grid.write_text(
-        "[base]\n"
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in BASE.items())
-        + "[grid]\nweight_decay = [0.0, 5e-4]\n"
-    )
+    grid = grid_file(tmp_path)
     out = tmp_path / "sw"
     argv = ["sweep", str(grid), "--out", str(out), "--scheduler", "serial", "--threads", "1"]
     monkeypatch.setattr(analysis, "seed_metrics", flaky)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from scipy import stats
+from sweep_grids import GRID
 
 from otcollapse.cli import main
 from otcollapse.experiments import load_sweep, sweep
@@ -20,16 +21,6 @@ from otcollapse.experiments.store import STORE
 from otcollapse.plots import plot_sweep, sweep_statistics
 from otcollapse.report import SWEEP_HEADLINE, write_sweep_report
 
-BASE = {
-    "width": 8,
-    "blocks": 2,
-    "epochs": 2,
-    "max_samples": 80,
-    "mufm": False,
-    "capture_epochs": [0],
-    "seeds": 2,
-}
-GRID = {"base": BASE, "grid": {"weight_decay": [0.0, 5e-4]}}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
