@@ -33,7 +33,7 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
         "Σ π_ij ‖x_i − y_j‖² (full squared Euclidean cost), and its square root.",
     ),
     (
-        "paired cost",
+        "paired cost, paired",
         "(1/n) Σ_i ‖h_{l+1}(x_i) − h_l(x_i)‖²: the cost of the network's own coupling (sample i to "
         "sample i). Never below W2².",
     ),
@@ -74,42 +74,42 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
         "and how many of a segment's steps are (counted in the verdict table).",
     ),
     (
-        "path ratio R",
+        "path ratio R, R, path_ratio",
         "Σ_l W2(μ_l, μ_{l+1}) / W2(μ_0, μ_L) ≥ 1; 1 when the layers lie in order on one "
         "Wasserstein geodesic (Gai & Zhang).",
     ),
     (
-        "speed CV",
+        "speed CV, speed_cv",
         "Coefficient of variation of the step lengths W2(μ_l, μ_{l+1}); 0 for constant speed.",
     ),
     (
-        "McCann fit",
+        "McCann fit, McCann t_l, mccann_max_residual",
         "For each layer, the time t_l of the nearest point of the displacement interpolation "
         "μ_t = ((1−t)Id + tT)_#μ_0 between the ends, and the residual W2(μ_l, μ_{t_l}) / "
         "W2(μ_0, μ_L); on a constant-speed geodesic t_l = l/L and the residual is 0.",
     ),
     (
-        "OTS",
+        "OTS, ots",
         "Optimal-transport score: fraction of samples that the optimal assignment between the "
         "inputs h_0 and outputs h_L sends to their own output (Gai & Zhang). 1 for an optimal map.",
     ),
     (
-        "LSS",
+        "LSS, LSS mean, LSS median, lss_mean, lss_median",
         "Line-shape score per sample: L / ‖x̃_L − x̃_0‖ with x̃ the track made of unit steps; 1 "
         "for a straight track (Gai & Zhang). Published: MNIST ResNet with L2, LSS 1.12, OTS 0.96.",
     ),
     (
-        "NC1",
+        "NC1, nc1, nc1_first, nc1_last",
         "(1/K) Tr(Σ_W Σ_B^†), within-class over between-class scatter (Papyan, Han & Donoho); "
         "0 at neural collapse. He–Su's D = K·NC1.",
     ),
     (
-        "Tr Σ_W",
+        "Tr Σ_W, tr_sigma_w",
         "Total within-class variance (1/N) Σ_i ‖h_i − m_{y_i}‖², in squared feature units; an "
         "upper bound on W2² to the class means.",
     ),
     (
-        "Kendall τ (PFC)",
+        "Kendall τ (PFC), kendall_tau, nc1_kendall_tau",
         "Rank correlation of a collapse metric with depth: −1 when it decreases at every layer, "
         "as the progressive feedforward collapse conjecture predicts (Wang, Gai & Zhang).",
     ),
@@ -118,6 +118,56 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
         "Transport weight of the multilayer unconstrained feature model whose optimum best "
         "matches the network's last-layer NC1 (λ_OT = 0: the UFM, full collapse; λ_OT → ∞: the "
         "features stay at the input).",
+    ),
+    (
+        "frac_non_increasing, monotone, p_value",
+        "Over depth: the fraction of successive layers at which the metric does not increase, "
+        "whether it never increases (within a relative tolerance), and the p-value of Kendall's "
+        "test of no trend.",
+    ),
+    (
+        "nc1_tilde",
+        "ÑC1 = Tr Σ_W / Tr Σ_B, the scatter ratio without the pseudo-inverse (Tirer et al.).",
+    ),
+    (
+        "cdnv",
+        "Class-distance normalised variance, the mean over class pairs of "
+        "(V_k + V_k') / (2‖m_k − m_k'‖²) (Galanti et al.); 0 at collapse.",
+    ),
+    (
+        "nc2_etf_distance",
+        "Distance of the normalised Gram matrix of the centred class means to the simplex "
+        "ETF's (Papyan et al.); 0 at NC2.",
+    ),
+    (
+        "nc3",
+        "Self-duality: distance between the normalised classifier rows and the normalised "
+        "centred class means (Papyan et al.); 0 at NC3, undefined without a classifier.",
+    ),
+    (
+        "nc4_ncc_error",
+        "Error rate of the nearest-class-centre rule against the labels (NC4).",
+    ),
+    (
+        "train_accuracy, test_accuracy",
+        "Fraction of the training (test) samples the network classifies correctly.",
+    ),
+    (
+        "discrepancy, value",
+        "What the MUFM calibration minimises over λ_OT: the NC1 gap |log NC1_MUFM − log "
+        "NC1_network| (discrepancy 'nc1'), or W2 between the last layers ('w2'); value is its "
+        "value at the fitted λ_OT.",
+    ),
+    (
+        "w2, w2_relative, w2_network_input_output",
+        "W2 between the MUFM's last-layer features and the network's; the network's own W2 from "
+        "its first to its last layer; their ratio (below 1: the MUFM is closer to the network's "
+        "output than the network's input is).",
+    ),
+    (
+        "nc1_network, nc1_mufm, log_nc1_gap",
+        "NC1 of the network's last layer and of the fitted MUFM's, and |log NC1_MUFM − log "
+        "NC1_network|.",
     ),
 )
 

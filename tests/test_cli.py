@@ -429,3 +429,22 @@ def test_the_feature_space_of_a_conv_model_is_chosen_and_recorded(tmp_path):
     assert stream["settings"]["space"] == "stream"
     with pytest.raises(ValueError, match="unknown space"):
         RunConfig(space="pixels")
+
+
+def test_every_number_in_the_report_has_a_glossary_entry(quick_run):
+    """Walk the report's tables: every column of numbers (and every MUFM match quantity) is named
+    in "What each number means"; the structural columns (names, labels) are not numbers."""
+    import html as html_lib
+
+    from otcollapse.report import GLOSSARY
+
+    page = (quick_run / "report.html").read_text()
+    terms = {t for key, _ in GLOSSARY for t in key.split(", ")}
+    structure = {"model", "layer", "epoch", "pair", "segment", "metric", "method", "converged"}
+    structure |= {"gauge", "measured", "prediction", "quantity", "verdict", "published"}
+    headers = {html_lib.unescape(h) for h in re.findall(r"<th[^>]*>(.*?)</th>", page)}
+    numbers = {h for h in headers - structure if not h.endswith("_ci")}
+    assert numbers and numbers <= terms, sorted(numbers - terms)
+    m = json.loads((quick_run / "metrics.json").read_text())
+    assert set(m["mufm"]["match"]) <= terms, sorted(set(m["mufm"]["match"]) - terms)
+    assert any(h.endswith("_ci") for h in headers) and "*_ci" in terms
