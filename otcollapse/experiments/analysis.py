@@ -102,13 +102,19 @@ def describe_space(traj: Trajectory) -> str:
     return f"{where}, d = {dims}"
 
 
+def _longest(rep: GeodesicReport) -> Any:
+    """The longest segment of a geodesic report (the first on a tie): the one the headline,
+    the geometry table and the null baselines read."""
+    return max(rep.segments, key=lambda seg: len(seg.layers))
+
+
 def null_baselines(rep: GeodesicReport, seed: int) -> list[dict[str, Any]]:
     """The scores of the two null trajectories (:func:`otcollapse.constructions.null_trajectory`:
     a random walk, unrelated layers) at the ``n``, ``d`` and ``L`` of ``rep``'s longest segment,
     each raw and aligned: what "no geodesic structure" scores at the same size."""
     from otcollapse.constructions import NULL_KINDS, null_trajectory
 
-    s = max(rep.segments, key=lambda seg: len(seg.layers))
+    s = _longest(rep)
     rows = []
     for kind in NULL_KINDS:
         traj = null_trajectory(kind, rep.n_samples, s.dim, len(s.layers), seed=seed)
@@ -138,7 +144,7 @@ def geometry_rows(final: Mapping[str, Any]) -> list[dict[str, Any]]:
         for key, gauge in (("geodesic", "none"), ("geodesic_aligned", ALIGNED_GAUGE)):
             if key not in res:
                 continue
-            s = max(res[key].segments, key=lambda seg: len(seg.layers))
+            s = _longest(res[key])
             row: dict[str, Any] = {"model": name, "gauge": gauge}
             for stat, value in (
                 ("ots", s.ots),
@@ -165,7 +171,7 @@ def epoch_scores(traj: Trajectory) -> dict[str, Any]:
 
 
 def _segment_summary(rep: GeodesicReport) -> dict[str, Any]:
-    s = max(rep.segments, key=lambda seg: len(seg.layers))  # the longest (first on a tie)
+    s = _longest(rep)
     return {
         "segment": f"{s.names[0]} … {s.names[-1]}",
         "ots": s.ots,

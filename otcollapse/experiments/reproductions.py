@@ -97,12 +97,9 @@ def grid_file(name: str) -> Path:
 
 def _sweep_grid(name: str, data: str, quick: bool, seed: int) -> dict[str, Any]:
     """The shipped grid of ``name`` on ``data``; ``quick``: tiny settings, the grid's ends."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    from otcollapse.experiments.sweep import read_grid_file
 
-    grid = tomllib.loads(grid_file(name).read_text(encoding="utf-8"))
+    grid = read_grid_file(grid_file(name))
     base = grid["base"]
     base.update(_data_settings(data), seed=seed)
     if quick:

@@ -59,7 +59,7 @@ from otcollapse.experiments.stages import StageContext, executions, seed_graph
 from otcollapse.experiments.store import STORE, cell_dataset, clean_store, write_cell
 from otcollapse.io import LOCK_FILE, locked_folder, save_json
 
-__all__ = ["Grid", "load_grid", "sweep"]
+__all__ = ["Grid", "load_grid", "read_grid_file", "sweep"]
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 _TUPLES = ("capture_epochs", "splits", "mufm_grid")
@@ -120,19 +120,23 @@ def load_grid(grid: Grid | Mapping[str, Any] | str | Path) -> Grid:
         return grid
     if isinstance(grid, Mapping):
         return _from_mapping(grid, "<dict>")
-    path = Path(grid)
+    return _from_mapping(read_grid_file(grid), str(grid))
+
+
+def read_grid_file(path: str | Path) -> dict[str, Any]:
+    """The tables of a grid file (TOML), unchecked; a ValueError for a file that is not TOML."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
 
+    path = Path(path)
     try:
-        d = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ValueError(f"{str(path)!r} is not a text file; a grid is a TOML file.") from None
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{str(path)!r} is not valid TOML: {err}.") from None
-    return _from_mapping(d, str(path))
 
 
 def _check_names(table: Mapping[str, Any], where: str) -> None:
