@@ -510,7 +510,7 @@ def _run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     r.add_argument(
         "--data",
-        help="a built-in data set (digits, gaussian_mixture, mnist1d) or a .npz file / image "
+        help="a built-in data set (digits, gaussian_mixture, mnist1d, shapes32) or a .npz / image "
         "folder on disk ({run:data})",
     )
     r.add_argument(

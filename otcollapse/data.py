@@ -20,6 +20,12 @@ Built-in data sets (:func:`load_dataset`):
   output (the package seeds NumPy's global state; here a private ``RandomState`` replays the same
   stream).
 
+- ``"shapes32"``: 32x32 RGB images of ten procedurally drawn figures (disc, ring, square,
+  triangle, cross, horizontal and vertical stripes, checkerboard, gradient, dots) with random
+  pose, colours, texture, clutter and noise; ``X`` has shape (N, 3, 32, 32), standardised per
+  channel with the training split's statistics. CIFAR's shape without a download, so a staged
+  ResNet-18 runs anywhere; it is not CIFAR and its numbers say nothing about CIFAR's.
+
 User data: :func:`from_arrays` (arrays or tensors), :func:`from_torch_dataset` (any map-style torch
 Dataset yielding ``(x, y)``) and :func:`from_folder` (a ``.npz`` file with arrays ``X``/``y``, or an
 image folder ``root/<class>/<image>`` read with Pillow).
@@ -38,7 +44,7 @@ import torch
 
 from otcollapse._resampling import stratified_indices
 from otcollapse._utils import ArrayLike, rng, to_numpy
-from otcollapse._validation import check_labels
+from otcollapse._validation import check_int, check_labels, check_real
 
 __all__ = [
     "Dataset",
@@ -358,10 +364,204 @@ def _mnist1d(
             "params": params, "source": source, "normalisation": norm}  # fmt: skip
 
 
+#: The classes of ``"shapes32"``, in label order (recorded in the provenance's options).
+_SHAPES32_CLASSES = (
+    "disc",
+    "ring",
+    "square",
+    "triangle",
+    "cross",
+    "horizontal stripes",
+    "vertical stripes",
+    "checkerboard",
+    "gradient",
+    "dots",
+)
+_SHAPES_SIDE = 32
+#: largest rotation (radians) of the classes whose orientation is their identity (the two stripe
+#: classes) and of the gradient; the others turn freely
+_SHAPES_TILT = np.pi / 9
+#: probability that a figure is drawn in the lighter of its two colours (else either, at random)
+_SHAPES_LIGHT = 0.8
+
+
+def _shape_sd(k: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Signed distance (local units, > 0 inside) to the figure of class ``k`` at local ``(u, v)``;
+    for the gradient, the inside of its square patch."""
+    box = 0.9 - np.maximum(np.abs(u), np.abs(v))  # the square patch |u|, |v| < 0.9
+    if k == 0:  # disc
+        return 1.0 - np.hypot(u, v)
+    if k == 1:  # ring of radius 0.75, thickness 0.4
+        return 0.2 - np.abs(np.hypot(u, v) - 0.75)
+    if k == 2:  # square
+        return 0.8 - np.maximum(np.abs(u), np.abs(v))
+    if k == 3:  # equilateral triangle with inradius 0.5
+        c, s = 0.5, np.sqrt(3.0) / 2
+        return 0.5 - np.maximum(np.maximum(-v, c * v + s * u), c * v - s * u)
+    if k == 4:  # plus-shaped cross, arms 0.56 wide
+        arm_u = np.minimum(0.28 - np.abs(u), 1.0 - np.abs(v))
+        arm_v = np.minimum(0.28 - np.abs(v), 1.0 - np.abs(u))
+        return np.maximum(arm_u, arm_v)
+    if k in (5, 6):  # three bars of width 0.3, period 0.6, along u (5) or v (6)
+        w = v if k == 5 else u
+        return np.minimum(box, 0.15 - np.abs(w - 0.6 * np.clip(np.round(w / 0.6), -1, 1)))
+    if k == 7:  # checkerboard of 4 x 4 cells of side 0.45
+        a, b = u / 0.45, v / 0.45
+        parity = np.where((np.floor(a) + np.floor(b)) % 2 == 0, 1.0, -1.0)
+        edge = np.minimum(np.abs(a - np.round(a)), np.abs(b - np.round(b))) * 0.45
+        return np.minimum(box, parity * edge)
+    if k == 8:  # the gradient's square patch (its ramp is applied by the caller)
+        return box
+    # 3 x 3 dots of radius 0.22 on a grid of step 0.6
+    gu = 0.6 * np.clip(np.round(u / 0.6), -1, 1)
+    gv = 0.6 * np.clip(np.round(v / 0.6), -1, 1)
+    return 0.22 - np.hypot(u - gu, v - gv)
+
+
+def _smooth_field(g: np.random.Generator, n: int, cells: int) -> np.ndarray:
+    """``n`` smooth random fields on the 32 x 32 grid: a ``cells x cells`` standard normal grid,
+    bilinearly upsampled; shape (n, 32, 32), float32."""
+    t = np.linspace(0.0, cells - 1.0, _SHAPES_SIDE)
+    lo = np.minimum(np.floor(t).astype(int), cells - 2)
+    w = (t - lo).astype(np.float32)
+    A = np.zeros((_SHAPES_SIDE, cells), dtype=np.float32)
+    A[np.arange(_SHAPES_SIDE), lo] = 1.0 - w
+    A[np.arange(_SHAPES_SIDE), lo + 1] = w
+    z = g.standard_normal((n, cells, cells), dtype=np.float32)
+    return A @ z @ A.T
+
+
+def _contrasting_colours(g: np.random.Generator, n: int, min_dist: float) -> tuple[np.ndarray, ...]:
+    """Foreground and background RGB colours, uniform on [0, 1]^3, at least ``min_dist`` apart."""
+    fg = g.random((n, 3), dtype=np.float32)
+    bg = g.random((n, 3), dtype=np.float32)
+    for _ in range(64):  # redraw the close pairs (about a tenth of them each round)
+        close = np.linalg.norm(fg - bg, axis=1) < min_dist
+        if not close.any():
+            break
+        fg[close] = g.random((int(close.sum()), 3), dtype=np.float32)
+    return fg, bg
+
+
+def _shapes32(
+    seed: int,
+    num_samples: int = 6000,
+    test_size: float = 0.25,
+    noise: float = 0.08,
+    clutter: int = 3,
+) -> dict[str, Any]:
+    r"""Draw ``"shapes32"``: seeded 32 x 32 RGB images of ten kinds of figure, CIFAR's shape.
+
+    A stand-in for CIFAR-10 in the pipeline (same input shape (3, 32, 32), ten classes, a task a
+    staged ResNet-18 has to learn), generated on the spot so that nothing is downloaded. It is not
+    CIFAR: its accuracies, collapse and transport numbers say nothing about CIFAR's.
+
+    The classes (labels 0..9): disc, ring, square, triangle, cross (plus sign), horizontal
+    stripes, vertical stripes, checkerboard, gradient (a colour ramp across a square patch, along
+    a diagonal), dots (3 x 3 grid). The class is the figure's structure; everything else is
+    nuisance drawn independently of it:
+
+    - pose: centre within 4 pixels of the image centre, size (a disc's radius) 6-11 pixels,
+      aspect 0.85-1.15, any rotation (within ±20° of its axis for the stripes and the gradient,
+      whose orientation is part of the class);
+    - colour: foreground and background uniform on $[0, 1]^3$, at least 0.45 apart, the figure
+      the lighter of the two in 90% of the images; the background carries a smooth random
+      texture (amplitude 0.12), the figure a smooth multiplicative shading (±15%);
+    - clutter: each of ``clutter`` small squares or discs (radius 1.5-3.5 pixels, random colour
+      and place) is drawn, over the figure, with probability 1/2, so it may occlude it;
+    - i.i.d. Gaussian pixel noise of standard deviation ``noise``; the image is clipped to
+      $[0, 1]$, then standardised per channel with the training split's mean and std
+      (recorded in ``normalisation``).
+
+    Figures are drawn from signed distances with one pixel of antialiasing, vectorised over the
+    images (one to two seconds for 10,000 images on one core). Mean colour carries almost no class
+    information (the figures' areas differ, the colours are random), and a linear classifier on
+    the pixels stays far below a small convolutional network.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the drawing and the stratified train/test split.
+    num_samples : int
+        Number of images, rounded down to a multiple of 10 (equal classes); at least 40.
+    test_size : float
+        Fraction of the images in the test split, in (0, 1).
+    noise : float
+        Standard deviation of the i.i.d. pixel noise (images in [0, 1]), at least 0.
+    clutter : int
+        Number of clutter blobs that may be drawn on each image, at least 0.
+    """
+    num_samples = check_int(num_samples, "num_samples", minimum=40)
+    noise = check_real(noise, "noise", minimum=0.0)
+    clutter = check_int(clutter, "clutter", minimum=0)
+    g = rng(seed)
+    side, K = _SHAPES_SIDE, len(_SHAPES32_CLASSES)
+    y = g.permutation(np.repeat(np.arange(K), num_samples // K)).astype(np.int64)
+    n = len(y)
+    f32 = np.float32
+    # pose: centre, size (radius in pixels, slightly anisotropic) and rotation
+    scale = g.uniform(6.0, 11.0, n).astype(f32)
+    aspect = g.uniform(0.85, 1.15, n).astype(f32)
+    cx, cy = (g.uniform(side / 2 - 4, side / 2 + 4, (2, n)) - 0.5).astype(f32)
+    tilted = np.isin(y, (5, 6, 8))
+    angle = np.where(
+        tilted, g.uniform(-_SHAPES_TILT, _SHAPES_TILT, n), g.uniform(0, 2 * np.pi, n)
+    ).astype(f32)
+    angle[y == 8] += np.pi / 4  # the gradient runs along a diagonal
+    grid = np.arange(side, dtype=f32)
+    dx = grid[None, None, :] - cx[:, None, None]
+    dy = grid[None, :, None] - cy[:, None, None]
+    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+    sx, sy = (scale * aspect)[:, None, None], (scale / aspect)[:, None, None]
+    u = (cos * dx + sin * dy) / sx
+    v = (-sin * dx + cos * dy) / sy
+    # coverage: signed distance in pixels, clipped to [0, 1] (one pixel of antialiasing)
+    alpha = np.empty((n, side, side), dtype=f32)
+    for k in range(K):
+        i = np.flatnonzero(y == k)
+        alpha[i] = np.clip(_shape_sd(k, u[i], v[i]) * scale[i, None, None] + 0.5, 0.0, 1.0)
+    i = np.flatnonzero(y == 8)
+    alpha[i] *= np.clip(0.5 + u[i] / 1.8, 0.0, 1.0)  # the gradient: a ramp across its patch
+    # colours and textures: a smoothly varying background, shaded foreground
+    fg, bg = _contrasting_colours(g, n, 0.45)
+    dark = (g.random(n) < _SHAPES_LIGHT) & (fg.sum(1) < bg.sum(1))
+    fg[dark], bg[dark] = bg[dark], fg[dark].copy()  # mostly light figures on darker grounds
+    bg_tex = 0.12 * _smooth_field(g, n, 5)[:, None]
+    fg_shade = 1.0 + 0.15 * _smooth_field(g, n, 4)[:, None]
+    img = bg[:, :, None, None] + bg_tex
+    img += alpha[:, None] * (fg[:, :, None, None] * fg_shade - img)
+    # clutter: up to `clutter` small blobs of random colour drawn over the figure (occlusion)
+    for _ in range(clutter):
+        i = np.flatnonzero(g.random(n) < 0.5)  # each blob is drawn in half of the images
+        r = g.uniform(1.5, 3.5, (len(i), 1, 1)).astype(f32)
+        bx, by = g.uniform(0, side, (2, len(i), 1, 1)).astype(f32)
+        square = g.random((len(i), 1, 1)) < 0.5  # a small square or a small disc
+        ddx, ddy = np.abs(grid[None, None, :] - bx), np.abs(grid[None, :, None] - by)
+        dist = np.where(square, np.maximum(ddx, ddy), np.hypot(ddx, ddy))
+        a = np.clip(r - dist + 0.5, 0.0, 1.0)[:, None]
+        col = g.random((len(i), 3, 1, 1), dtype=f32)
+        img[i] += a * (col - img[i])
+    img += noise * g.standard_normal(img.shape, dtype=f32)
+    np.clip(img, 0.0, 1.0, out=img)
+    train, test = _split_indices(y, test_size, seed)
+    mean = img[train].mean(axis=(0, 2, 3), dtype=np.float64)
+    std = img[train].std(axis=(0, 2, 3), dtype=np.float64)
+    img -= mean.astype(f32)[None, :, None, None]
+    img /= std.astype(f32)[None, :, None, None]
+    norm = {"mode": "per-channel", "of": "train split", "mean": mean.tolist(),
+            "std": std.tolist()}  # fmt: skip
+    params = {"num_samples": num_samples, "test_size": test_size, "noise": noise,
+              "clutter": clutter, "classes": list(_SHAPES32_CLASSES)}  # fmt: skip
+    source = "otcollapse shapes32: procedurally drawn 32x32 RGB figures, 10 classes (not CIFAR)"
+    return {"X": img, "y": y, "train": train, "test": test, "params": params, "source": source,
+            "normalisation": norm}  # fmt: skip
+
+
 _BUILTINS: dict[str, Callable[..., dict[str, Any]]] = {
     "digits": _digits,
     "gaussian_mixture": _gaussian_mixture,
     "mnist1d": _mnist1d,
+    "shapes32": _shapes32,
 }
 
 
@@ -377,18 +577,19 @@ def load_dataset(
 
     Parameters
     ----------
-    name : {"digits", "gaussian_mixture", "mnist1d"}
+    name : {"digits", "gaussian_mixture", "mnist1d", "shapes32"}
     split : {"train", "test"}
         Which part of the seeded split to return; the same ``seed`` gives complementary splits.
     seed : int
-        Seeds the generator (Gaussian mixture, MNIST-1D) and the stratified train/test split.
+        Seeds the generator (Gaussian mixture, MNIST-1D, shapes32) and the train/test split.
     n : int, optional
         Keep a seeded, class-stratified subset of ``n`` samples of the split.
     **options
         Options of the data set: ``digits``: ``test_size=0.25``, ``flatten=False``;
         ``gaussian_mixture``: ``n_classes=4``, ``dim=16``, ``n_per_class=100``,
         ``separation=4.0``, ``noise=1.0``, ``test_size=0.25``; ``mnist1d``:
-        ``num_samples=5000``, ``train_split=0.8``, ``channels=False``, ``shuffle_seq=False``.
+        ``num_samples=5000``, ``train_split=0.8``, ``channels=False``, ``shuffle_seq=False``;
+        ``shapes32``: ``num_samples=6000``, ``test_size=0.25``, ``noise=0.08``, ``clutter=3``.
 
     Returns
     -------

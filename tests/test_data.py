@@ -107,7 +107,7 @@ def test_unknown_names_and_options():
         load_dataset("digits", n_classes=3)
     with pytest.raises(ValueError, match="n must be"):
         load_dataset("digits", n=0)
-    assert set(dataset_names()) == {"digits", "gaussian_mixture", "mnist1d"}
+    assert set(dataset_names()) == {"digits", "gaussian_mixture", "mnist1d", "shapes32"}
 
 
 def test_from_arrays_validates():
