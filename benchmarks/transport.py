@@ -3,6 +3,7 @@
     python benchmarks/transport.py            # full table (several minutes on 2 cores)
     python benchmarks/transport.py --quick    # smoke run with small n
     python benchmarks/transport.py --kinds residual,collapsed   # some data kinds only
+    python benchmarks/transport.py --kinds unrelated-large       # the streamed auction rows
 
 Writes benchmarks/results/transport.{json,md}. Every case runs in a fresh subprocess so that its
 peak resident memory (ru_maxrss) is its own. The POT way is ``ot.dist`` + ``ot.emd2`` with a
@@ -53,7 +54,7 @@ def peak_mb() -> float:
 def repeats(n: int) -> int:
     """Timed runs per case: the best of them is reported (the first run of a fresh process also
     pays page faults for its n x n buffers, which a profile of many steps pays only once)."""
-    return 20 if n <= 1000 else 3 if n <= 4000 else 2
+    return 20 if n <= 1000 else 3 if n <= 4000 else 2 if n < 20000 else 1
 
 
 def case_pot(kind: str, n: int, d: int) -> dict:
@@ -206,7 +207,9 @@ def main() -> None:
     ap.add_argument(
         "--kinds",
         default="residual,unrelated,collapsed,large",
-        help="comma-separated data kinds to run (residual, unrelated, collapsed, large)",
+        help="comma-separated data kinds to run (residual, unrelated, collapsed, large, "
+        "unrelated-large: the streamed auction at 8,000, 20,000 and 50,000; written to "
+        "results/transport_<kinds>.*)",
     )
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -265,7 +268,40 @@ def main() -> None:
                 show({"data": kind, "n": n, **rec, "method": label})
     if "large" in kinds:
         large_rows(big, huge, sub, d, show)
-    write(rows, args.quick, d)
+    if "unrelated-large" in kinds:
+        unrelated_large_rows([300, 1000, 2000] if args.quick else [8000, 20000, 50000], d, show)
+    default = ap.get_default("kinds").split(",")
+    write(rows, args.quick, d, "" if kinds == default else "_" + "_".join(kinds))
+
+
+def unrelated_large_rows(sizes: list[int], d: int, show) -> None:
+    """Unrelated clouds exact beyond the dense budget: the streamed auction. At the first size
+    side by side with the POT loop and the dense assignment (identical values, ratio); above,
+    where no dense matrix fits in the default budget, absolute time and peak memory."""
+    first = sizes[0]
+    pot = run_case({"case": "pot", "data": "unrelated", "n": first, "d": d})
+    show({"data": "unrelated", "n": first, "method": "POT loop (ot.dist + ot.emd2)", **pot})
+    for n in sizes:
+        runs = [("auto", {})]
+        if n == first:
+            runs = [("assignment", {"candidates": "auction"}), ("auto", {})]
+        for method, opts in runs:
+            rec = run_case(
+                {
+                    "case": "ours",
+                    "data": "unrelated",
+                    "n": n,
+                    "d": d,
+                    "method": method,
+                    "opts": opts,
+                }
+            )
+            if n == first and "value" in rec and "value" in pot:
+                rec["rel_diff_vs_pot"] = abs(rec["value"] - pot["value"]) / pot["value"]
+                rec["ratio"] = pot["seconds"] / rec["seconds"]
+            label = f"{method} -> {rec.get('method')} ({rec.get('path')}"
+            label += ", forced)" if opts else ")"
+            show({"data": "unrelated", "n": n, **rec, "method": label})
 
 
 def _error(rec: dict, oracle: float | None) -> dict:
@@ -319,7 +355,7 @@ def large_rows(big: int, huge: int, sub: int, d: int, show) -> None:
     show({"data": "residual", "n": sub, **sk, "method": "sinkhorn chunked (subsample check)"})
 
 
-def write(rows: list[dict], quick: bool, d: int) -> None:
+def write(rows: list[dict], quick: bool, d: int, suffix: str = "") -> None:
     import torch
 
     meta = {
@@ -332,7 +368,7 @@ def write(rows: list[dict], quick: bool, d: int) -> None:
     }
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    name = "transport_quick" if quick else "transport"
+    name = ("transport_quick" if quick else "transport") + suffix
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     cols = [
         "data",

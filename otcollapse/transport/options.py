@@ -104,7 +104,8 @@ class AssignmentOptions(SolverOptions):
     """The linear assignment (``method="assignment"``); see
     :func:`otcollapse.transport.assignment.solve_assignment` for their meaning.
 
-    candidates : ``"auto"``, ``"dense"`` or an int ``k >= 0`` (neighbours per source).
+    candidates : ``"auto"``, ``"dense"``, ``"auction"`` or an int ``k >= 0`` (neighbours per
+        source).
     rank : ``"auto"`` or an int ``>= 1`` (dimension of the projected bound).
     cost_dtype : ``None`` (float64), ``"float32"`` or ``"float64"`` (the dense path's matrix).
     max_iter : scans of the sparse path before it falls back to the dense one.
@@ -124,7 +125,7 @@ class AssignmentOptions(SolverOptions):
                 self, "candidates", check_int(self.candidates, "candidates (an int k)", minimum=0)
             )
         else:
-            _check_choice(self.candidates, "candidates", ("auto", "dense"))
+            _check_choice(self.candidates, "candidates", ("auto", "dense", "auction"))
         if not isinstance(self.rank, str):
             object.__setattr__(self, "rank", check_int(self.rank, "rank", minimum=1))
         else:

@@ -46,7 +46,7 @@ import torch
 
 from otcollapse.transport.geometry import rows_per_block
 
-__all__ = ["auction_prices"]
+__all__ = ["auction_prices", "award"]
 
 #: eps of the successive phases, in units of the standard deviation of the costs
 EPS_FACTORS = (0.05, 0.01, 0.002)
@@ -139,23 +139,7 @@ def auction_prices(
                 best.append(j)
                 gain.append(block.amin(1) - w1)
             j = torch.cat(best)
-            bid = price[j] + torch.cat(gain) + eps
-            top = torch.full((n,), -float("inf"), dtype=dtype, device=dev).scatter_reduce_(
-                0, j, bid, "amax"
-            )
-            won = bid >= top[j]
-            # one winner per column among equal top bids (the highest row index)
-            winner = torch.full((n,), -1, dtype=torch.long, device=dev).scatter_reduce_(
-                0, j[won], free[won], "amax"
-            )
-            cols = (winner >= 0).nonzero()[:, 0]
-            rows = winner[cols]
-            evicted = owner[cols]
-            held[evicted[evicted >= 0]] = -1
-            owner[cols] = rows
-            held[rows] = cols
-            price[cols] = top[cols]
-            free = (held < 0).nonzero()[:, 0]
+            free = award(free, j, price[j] + torch.cat(gain) + eps, owner, held, price)
         rounds_per_phase.append(rounds)
         # one round: nothing left to refine; out of work or rounds (a price war among tied
         # rows, each round won by a handful): finer phases would only fight longer
@@ -164,3 +148,32 @@ def auction_prices(
     if not torch.isfinite(price).all():  # overflow on huge costs: no warm start
         return torch.zeros(n, dtype=torch.float64, device=dev), rounds_per_phase
     return price.double(), rounds_per_phase
+
+
+def award(
+    free: torch.Tensor,
+    j: torch.Tensor,
+    bid: torch.Tensor,
+    owner: torch.Tensor,
+    held: torch.Tensor,
+    price: torch.Tensor,
+) -> torch.Tensor:
+    """One Jacobi round's awards: row ``free[k]`` bids ``bid[k]`` for column ``j[k]``; each
+    column goes to its highest bidder (the highest row index among equal bids), whose bid
+    becomes its price, and the row that held it is unassigned. Updates ``owner`` (column ->
+    row), ``held`` (row -> column) and ``price`` in place; returns the unassigned rows."""
+    n = owner.numel()
+    top = torch.full((n,), -float("inf"), dtype=price.dtype, device=price.device)
+    top.scatter_reduce_(0, j, bid.to(price.dtype), "amax")
+    won = bid >= top[j]
+    winner = torch.full((n,), -1, dtype=torch.long, device=price.device).scatter_reduce_(
+        0, j[won], free[won], "amax"
+    )
+    cols = (winner >= 0).nonzero()[:, 0]
+    rows = winner[cols]
+    evicted = owner[cols]
+    held[evicted[evicted >= 0]] = -1
+    owner[cols] = rows
+    held[rows] = cols
+    price[cols] = top[cols]
+    return (held < 0).nonzero()[:, 0]

@@ -199,12 +199,17 @@ def scan(
     v: torch.Tensor,
     sigma: torch.Tensor,
     budget: int,
+    block_bytes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float] | None:
     """The pairs ``(i, j)``, ``j != sigma(i)``, whose lower bound cannot certify
-    ``u_i + v_j <= c_ij``; None once more than ``budget`` are flagged."""
+    ``u_i + v_j <= c_ij``; None once more than ``budget`` are flagged. ``block_bytes``: the
+    size of one block of the product (default: cache-sized)."""
     left, right, margin = bound.factors(u, v)
     n, m = left.shape[0], right.shape[0]
-    rows = min(n, _block_rows(m, left.element_size()))
+    if block_bytes is None:
+        rows = min(n, _block_rows(m, left.element_size()))
+    else:
+        rows = min(n, rows_per_block(m, left.element_size(), block_bytes, minimum=16))
     block = _scratch(rows, m, left)
     identity = n == m and bool((sigma == torch.arange(n, device=sigma.device)).all())
     out_i, out_j = [], []

@@ -23,6 +23,7 @@ from otcollapse.transport.assignment.sparse import (
     describe,
     solve_sparse_assignment,
 )
+from otcollapse.transport.assignment.streamed import solve_streamed_assignment
 from otcollapse.transport.blocks import find_groups, solve_by_blocks
 from otcollapse.transport.geometry import PointCloudCost, format_bytes, is_uniform
 from otcollapse.transport.options import AssignmentOptions
@@ -88,6 +89,11 @@ def solve_assignment(
       potentials are requested) the permutation is certified a posteriori by the sparse path's
       machinery started from it (exact costs, shortest-path potentials, a float64 scan at full
       rank).
+    * **streamed auction** (``candidates="auction"``, or ``"auto"`` for unrelated clouds whose
+      dense matrices exceed ``max_dense_bytes``): no ``n x n`` matrix; a float32 auction on
+      costs recomputed by GEMM in row blocks, candidates from its prices, a float64 auction on
+      the candidates down to ``eps <= RTOL W2^2 / 4``, and the full-rank scan over all pairs
+      (:mod:`otcollapse.transport.assignment.streamed`).
     * **blocks**: separated clusters of equal size (collapsed features) are split and solved one
       by one in their own frames (:mod:`otcollapse.transport.blocks`), before the dense path.
 
@@ -96,14 +102,15 @@ def solve_assignment(
 
     Options (:class:`~otcollapse.transport.options.AssignmentOptions`)
     ------------------------------------------------------------------
-    candidates : {"auto", "dense"} or int
+    candidates : {"auto", "dense", "auction"} or int
         ``"auto"``: the sparse path for ``n >= 512`` or when potentials are requested, the dense
         one otherwise. The sparse path starts from the identity pairs, and from the identity
         plus 8 projected nearest neighbours per source when the identity's potentials flag too
         many pairs and the clouds look like a shuffled copy of each other (mutual nearest
-        neighbours on a sample); it skips straight to the dense path for unrelated clouds. An
+        neighbours on a sample); it skips straight to the dense path for unrelated clouds, or
+        to the streamed auction when the dense matrices exceed ``max_dense_bytes``. An
         int ``k >= 0``: the sparse path from the identity plus ``k`` neighbours, at any ``n``.
-        ``"dense"``: the dense path.
+        ``"dense"``: the dense path. ``"auction"``: the streamed auction.
     rank : "auto" or int
         Dimension ``r`` of the projection of the bound. ``"auto"``: from ``n = 3000`` on, the
         cheapest of 16, 32, 64 and ``d`` (no projection) by the fraction of pairs each flags on
@@ -169,6 +176,9 @@ def solve_assignment(
         if fallback is not None:
             res.params["fallback"] = fallback
         return res
+    if candidates == "auction" or (candidates == "auto" and not geom.fits(ASSIGNMENT_COPIES)):
+        # unrelated clouds beyond the dense budget: the streamed auction, certified
+        return _streamed_result(geom, opts, fallback, t0)
     return _solve_dense(geom, a, b, opts, fallback, t0)
 
 
@@ -260,6 +270,39 @@ def _solve_dense(
         plan=permutation_plan(order) if return_plan else None,
         assignment=order,
         potentials=potentials,
+    )
+
+
+def _streamed_result(
+    geom: PointCloudCost, opts: AssignmentOptions, fallback: str | None, t0: float
+) -> TransportResult:
+    found = solve_streamed_assignment(geom, max_scans=max(opts.max_iter, 2))
+    cost = float(found.pair_cost.mean())
+    gap = certified_gap(cost, found.lower) if found.converged else cost
+    params: dict[str, Any] = {
+        "solver": "streamed auction (float32 GEMM blocks, float64 sparse auction on candidates)",
+        "path": "auction",
+        "candidates": opts.candidates if isinstance(opts.candidates, int) else str(opts.candidates),
+        **found.params,
+        "fallback": fallback,
+        "certificate": (
+            "dual potentials feasible on all pairs (full-rank scan with a rounding margin, exact "
+            "costs where flagged): W2^2 >= dual - dual_violation"
+        ),
+    }
+    return TransportResult(
+        cost=cost,
+        quantity="W2^2",
+        method="assignment",
+        params=params,
+        converged=bool(found.converged and gap <= RTOL * cost),
+        n_iter=found.params.get("scans"),
+        gap=gap,
+        gap_kind="certified gap",
+        seconds=time.perf_counter() - t0,
+        plan=permutation_plan(found.assignment) if opts.return_plan else None,
+        assignment=found.assignment,
+        potentials=(found.u, found.v) if opts.return_potentials else None,
     )
 
 
