@@ -215,22 +215,19 @@ class _Streamed:
         cols = []
         for _, blk in self._rows(torch.arange(self.n, device=self.dev), price):
             cols.append(torch.topk(blk, self.k, dim=1, largest=False, sorted=False).indices)
-        self._set_arcs(torch.cat([torch.cat(cols), sigma[:, None]], dim=1))
-
-    def _set_arcs(self, cols: torch.Tensor) -> None:
-        """Candidate columns (n, K) with their exact costs in the centred frame; duplicates and
-        padding (``-1``) get an infinite cost."""
-        cols, _ = cols.sort(1)
-        dup = torch.zeros_like(cols, dtype=torch.bool)
-        dup[:, 1:] = cols[:, 1:] == cols[:, :-1]
-        dup |= cols < 0
-        self.listed = cols.masked_fill(dup, -1)  # what a later call extends
-        cols = cols.clamp(min=0)
+        cols = torch.cat([torch.cat(cols), sigma[:, None]], dim=1)
         rows = torch.arange(self.n, device=self.dev).repeat_interleave(cols.shape[1])
-        cost = pair_costs(self.cost_x, self.cost_y, rows, cols.reshape(-1), self.delta)
-        cost = cost.view(self.n, -1)
-        cost[dup] = math.inf
-        self.cols, self.cost = cols, cost
+        self.keys = torch.zeros(0, dtype=torch.long, device=self.dev)
+        self._add_arcs(rows, cols.reshape(-1))
+
+    def _add_arcs(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        """Pairs join the candidates, kept as sorted unique keys ``i * n + j`` (a ragged row
+        list: a row that gains many columns costs only its own), with exact costs in the
+        centred frame."""
+        self.keys = torch.unique(torch.cat([self.keys, rows * self.n + cols]))
+        self.rows, self.cols = self.keys // self.n, self.keys % self.n
+        self.cost = pair_costs(self.cost_x, self.cost_y, self.rows, self.cols, self.delta)
+        self.indptr = torch.searchsorted(self.rows, torch.arange(self.n + 1, device=self.dev)).cpu()
 
     # ------------------------------------------------------------------ stage 3
     def sparse_auction(self, price: np.ndarray, eps_list: list[float]) -> tuple[np.ndarray, list]:
@@ -242,10 +239,10 @@ class _Streamed:
         candidates, microseconds), so a bidding war of two rows costs two bids, not two rounds
         over all rows."""
         n = self.n
-        cost = self.cost.cpu().tolist()
-        cols = self.cols.cpu().tolist()
-        finite = self.cost[torch.isfinite(self.cost)]
-        span = float(finite.max() - finite.min()) + 1.0
+        cuts = self.indptr[1:-1].numpy()
+        cost = [c.tolist() for c in np.split(self.cost.cpu().numpy(), cuts)]
+        cols = [c.tolist() for c in np.split(self.cols.cpu().numpy(), cuts)]
+        span = float(self.cost.max() - self.cost.min()) + 1.0
         p = price.tolist()
         bids_per_phase = []
         held = [-1] * n
@@ -279,19 +276,11 @@ class _Streamed:
         price[:] = p
         return np.asarray(held, dtype=np.int64), bids_per_phase
 
-    def _add_arcs(self, bi: torch.Tensor, bj: torch.Tensor) -> None:
-        """Pairs ``(bi, bj)`` join the candidates (one more column per row at most per pair)."""
-        order = torch.argsort(bi, stable=True)
-        bi, bj = bi[order], bj[order]
-        width = int(torch.bincount(bi, minlength=self.n).max())
-        extra = torch.full((self.n, width), -1, dtype=torch.long, device=self.dev)
-        first = torch.searchsorted(bi, bi, side="left")
-        extra[bi, torch.arange(bi.numel(), device=self.dev) - first] = bj
-        self._set_arcs(torch.cat([self.listed, extra], dim=1))
-
     def potentials(self, price: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``u_i = min_{j in cand(i)} (c_ij + p_j)`` and ``v = -p``: feasible on the candidates."""
-        return (self.cost + price[self.cols]).amin(1), -price
+        u = torch.full((self.n,), math.inf, dtype=torch.float64, device=self.dev)
+        u.scatter_reduce_(0, self.rows, self.cost + price[self.cols], "amin")
+        return u, -price
 
     # ------------------------------------------------------------------ driver
     def run(self, max_scans: int) -> StreamedAssignment:
@@ -306,8 +295,8 @@ class _Streamed:
         # the float32 phase's last ε, then down by EPS_STEP to the target (relative to the value
         # of the float32 permutation, an upper bound of W2^2 in the centred frame)
         eps = float(self.params["float32_phases"][-1]["eps"])
-        at = (self.cols == sigma[:, None]).int().argmax(1)  # sigma's place among the candidates
-        value = float(self.cost.gather(1, at[:, None]).mean())
+        rows = torch.arange(n, device=dev)
+        value = float(pair_costs(self.cost_x, self.cost_y, rows, sigma, self.delta).mean())
         target = EPS_TARGET * max(value, 0.0)
         floor64 = 8 * float(np.finfo(np.float64).eps) * magnitude
         eps_list = []
@@ -377,7 +366,7 @@ class _Streamed:
             flagged=flagged,
             scan_margin=margin,
             scan_dtype=str(bound.dtype).replace("torch.", ""),
-            candidates_per_row=float(torch.isfinite(self.cost).sum()) / n,
+            candidates_per_row=self.keys.numel() / n,
             dual_violation=violation,
             stage_seconds=self.seconds,
         )
