@@ -284,7 +284,7 @@ def _choose(geom: PointCloudCost, a: torch.Tensor, b: torch.Tensor) -> tuple[str
         return "assignment", (
             f"uniform measures of equal size: assignment by its sparse certified path (O(n d) "
             f"memory; its dense fallback, {format_bytes(geom.dense_bytes(ASSIGNMENT_COPIES))}, "
-            "exceeds max_dense_bytes, so chunked Sinkhorn if it is needed)"
+            "exceeds max_dense_bytes, so the streamed auction for unrelated clouds)"
         )
     if geom.fits(EXACT_COPIES):
         return "exact", "dense cost fits: network simplex"
