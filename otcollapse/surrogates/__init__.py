@@ -6,7 +6,8 @@
 - :mod:`~otcollapse.surrogates.ufm`: ``fit_ufm``, the single-layer UFM, whose terms are the last
   layer of every model below.
 - :mod:`~otcollapse.surrogates.mufm`: ``fit_mufm``, the multilayer, transport-regularised UFM;
-  :mod:`~otcollapse.surrogates.calibrate`: :func:`calibrate_mufm` fits its λ_OT to a network.
+  :mod:`~otcollapse.surrogates.calibrate`: :func:`calibrate_mufm` fits its λ_OT to a network,
+  :func:`calibrate_mufm_profile` its λ_OT and λ_H to a network's per-layer profile.
 - :mod:`~otcollapse.surrogates.ulpm`: ``fit_ulpm``, the unconstrained layer-peeled model, and
   :mod:`~otcollapse.surrogates.ulpm_separation`, the minimum-norm separation problem it tends to.
 - :mod:`~otcollapse.surrogates.dufm`: ``fit_dufm``, the deep ReLU unconstrained features model.
@@ -18,7 +19,13 @@ Every result inherits :class:`otcollapse._results.Result` (``to_dict``, ``table`
 ``format_table``).
 """
 
-from otcollapse.surrogates.calibrate import MUFMCalibration, calibrate_mufm, default_lambda_grid
+from otcollapse.surrogates.calibrate import (
+    MUFMCalibration,
+    MUFMProfileCalibration,
+    calibrate_mufm,
+    calibrate_mufm_profile,
+    default_lambda_grid,
+)
 from otcollapse.surrogates.central_path import (
     CentralPathFlow,
     central_path_flow,
@@ -45,6 +52,7 @@ __all__ = [
     "DUFMSolution",
     "GDRecord",
     "MUFMCalibration",
+    "MUFMProfileCalibration",
     "MUFMSolution",
     "PerturbationJacobian",
     "PerturbedSolution",
@@ -54,6 +62,7 @@ __all__ = [
     "ULPMSeparation",
     "ULPMSolution",
     "calibrate_mufm",
+    "calibrate_mufm_profile",
     "central_path_flow",
     "central_path_velocity",
     "collapsed_minimizer",
