@@ -6,10 +6,13 @@ A :class:`Trajectory` holds the features ``h_l(x_i)`` of the same ``n`` samples 
 $$\\mu_l = \\sum_{i=1}^n a_i\\, \\delta_{h_l(x_i)}, \\qquad a_i = 1/n \\text{ unless weights are given}.$$
 
 Layers may have different dimensions (a ResNet changes width between stages); maximal runs of
-consecutive layers of equal dimension are the trajectory's :attr:`Trajectory.segments`. For a block
-whose linear shortcut ``P`` changes the dimension (``h_{l+1} = P h_l + f(h_l)``) the trajectory may
-store the shortcut image ``P h_l`` so that the step ``l -> l+1`` is measured in the output space,
-between ``P_# mu_l`` and ``mu_{l+1}``.
+consecutive layers in one space are the trajectory's :attr:`Trajectory.segments`: layers of equal
+dimension and, where the metadata records the shape of the residual stream each layer was taken
+from (``metadata["stream_shapes"]``, written by :func:`otcollapse.nets.capture`), of equal stream
+shape — a random projection brings the stages of a ResNet to one dimension without putting them in
+one space. For a block whose linear shortcut ``P`` changes the space (``h_{l+1} = P h_l + f(h_l)``)
+the trajectory may store the shortcut image ``P h_l`` so that the step ``l -> l+1`` is measured in
+the output space, between ``P_# mu_l`` and ``mu_{l+1}``.
 
 Layers may be NumPy arrays, NumPy memory maps (a 50,000 x 16,384 layer need not sit in RAM: it is
 only ever read in row blocks here) or torch tensors on any device.
@@ -263,15 +266,41 @@ class Trajectory:
         return int(self.classes.shape[0])
 
     @property
+    def stream_shapes(self) -> tuple[tuple[int, ...], ...] | None:
+        """The shape of the residual stream each layer was taken from (``(C, H, W)`` of a feature
+        map, ``(d,)`` of a vector), from ``metadata["stream_shapes"]`` (written by
+        :func:`otcollapse.nets.capture`); None when not recorded for every layer."""
+        shapes = self.metadata.get("stream_shapes")
+        if not isinstance(shapes, (list, tuple)) or len(shapes) != len(self.layers):
+            return None
+        return tuple(tuple(int(v) for v in s) for s in shapes)
+
+    def _space_keys(self) -> list[tuple[Any, ...]]:
+        """Per layer what puts it in a space: its dimension and, when recorded, its stream shape."""
+        shapes = self.stream_shapes
+        return [(d,) if shapes is None else (d, shapes[l]) for l, d in enumerate(self.dims)]
+
+    @property
     def segments(self) -> tuple[range, ...]:
-        """Maximal runs of consecutive layers with equal dimension, as ranges of layer indices."""
+        """Maximal runs of consecutive layers in one space, as ranges of layer indices.
+
+        Layers share a space when they have equal dimension and, where ``stream_shapes`` is
+        recorded, were taken from residual streams of equal shape: the stages of a ResNet are
+        separate segments even when a random projection (``pool=("project", k)``) gives all its
+        layers dimension ``k``.
+        """
         out, start = [], 0
-        dims = self.dims
-        for l in range(1, len(dims) + 1):
-            if l == len(dims) or dims[l] != dims[start]:
+        keys = self._space_keys()
+        for l in range(1, len(keys) + 1):
+            if l == len(keys) or keys[l] != keys[start]:
                 out.append(range(start, l))
                 start = l
         return tuple(out)
+
+    @property
+    def crossings(self) -> tuple[int, ...]:
+        """The steps ``l -> l + 1`` that leave a segment (between two segments), by ``l``."""
+        return tuple(seg.stop - 1 for seg in self.segments[:-1])
 
     def masses(self) -> np.ndarray:
         """Sample masses as float64 (uniform ``1/n`` when no weights were given)."""
@@ -298,6 +327,15 @@ class Trajectory:
                 f"(d={self.dims[l + 1]}) differ in dimension and no shortcut image P h_l is stored; "
                 "store it (shortcuts={l: P h_l}), use method='gromov', or bring the layers to one "
                 "dimension with traj.project(dim)."
+            )
+        keys = self._space_keys()
+        if keys[l] != keys[l + 1]:
+            raise ValueError(
+                f"layers {self.names[l]!r} and {self.names[l + 1]!r} share the dimension "
+                f"{self.dims[l]} but were taken from residual streams of shapes {keys[l][1]} and "
+                f"{keys[l + 1][1]} (another stage): their coordinates are not one space, and no "
+                "shortcut image P h_l is stored. Store it (capture records it for a block with a "
+                "shortcut), or compare layers within a segment (traj.segments)."
             )
         return self[l], target
 
@@ -344,11 +382,17 @@ class Trajectory:
             if keep[j] in self.shortcuts and keep[j + 1] == keep[j] + 1
         }
         classifier = self.classifier if keep[-1] == len(self) - 1 else None
+        meta = dict(self.metadata)
+        for key in _PER_LAYER_METADATA:  # per-layer records follow the layers kept
+            vals = meta.get(key)
+            if isinstance(vals, (list, tuple)) and len(vals) == len(self):
+                meta[key] = [vals[i] for i in keep]
         return self.replace(
             layers=tuple(self.layers[i] for i in keep),
             names=tuple(self.names[i] for i in keep),
             shortcuts=shortcuts,
             classifier=classifier,
+            metadata=meta,
         )
 
     def subsample_indices(self, n: int, seed: int = 0) -> np.ndarray:
@@ -423,6 +467,9 @@ class Trajectory:
     def to(self, device: Any, dtype: torch.dtype | None = None) -> Trajectory:
         """A copy whose layers (and shortcut images) are torch tensors on ``device``.
 
+        A memory-mapped layer is read in row blocks straight into the tensor on ``device``: the
+        host never holds more than one block of it.
+
         Parameters
         ----------
         device : str, torch.device or int
@@ -440,7 +487,12 @@ class Trajectory:
             )
 
         def move(x: Any) -> torch.Tensor:
-            t = to_tensor(x, device=dev)
+            if isinstance(x, np.memmap) or (
+                isinstance(x, np.ndarray) and isinstance(x.base, np.memmap)
+            ):
+                t = _mapped_to(x, dev, dtype)  # in row blocks: never read whole into RAM
+            else:
+                t = to_tensor(x, device=dev)
             return t if dtype is None else t.to(dtype)
 
         return self.replace(
@@ -465,6 +517,22 @@ class Trajectory:
         if self.weights is not None:
             w = self.weights[idx] / self.weights[idx].sum()
         return LayerMeasure(pts, w, self.labels[idx], f"{self.names[l]}[class {k}]")
+
+
+#: metadata entries with one value per layer (``take_layers`` keeps those of the kept layers)
+_PER_LAYER_METADATA = ("stream_shapes",)
+
+
+def _mapped_to(x: np.ndarray, dev: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    """A memory-mapped array as a tensor on ``dev``, copied in row blocks of ``iter_rows``."""
+    tdtype = dtype if dtype is not None else torch.from_numpy(np.empty(0, dtype=x.dtype)).dtype
+    out = torch.empty(tuple(x.shape), dtype=tdtype, device=dev)
+    start = 0
+    for block in iter_rows(x):
+        b = torch.from_numpy(np.ascontiguousarray(block))
+        out[start : start + len(b)] = b.to(device=dev, dtype=tdtype)
+        start += len(b)
+    return out
 
 
 def _pooled_pca(layers: list[Any], w: np.ndarray, dim: int) -> np.ndarray:

@@ -165,6 +165,43 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
         "output than the network's input is).",
     ),
     (
+        "d",
+        "Dimension of a layer's feature vectors in the space the numbers live in (the space is "
+        "named at the top of the page and in every caption): channels when pooled, C·H·W when "
+        "flattened, the projected dimension when projected.",
+    ),
+    (
+        "stream shape",
+        "Shape of the residual stream a layer was taken from, before pooling: (C, H, W) of a "
+        "feature map, (d) of a vector. Layers of equal d and stream shape form a segment.",
+    ),
+    (
+        "steps",
+        "Steps l → l+1 inside a segment (its layers − 1). A segment of one step (two layers) "
+        "has R = 1 and LSS = 1 by construction: only its OTS and W2 carry information.",
+    ),
+    (
+        "note",
+        "What sets a row apart: a one-step segment (R = 1, LSS = 1 by construction), or a step "
+        "across stages (in no segment: measured from the shortcut image P h_l, or not at all).",
+    ),
+    (
+        "D (stream), k",
+        "The flattened stream's dimension C·H·W of a layer, and the dimension k it is projected "
+        "to by a seeded Gaussian map G/√k (layers with D ≤ k are not projected).",
+    ),
+    (
+        "ratio min, ratio q01, ratio median, ratio q99, ratio max, max |ratio − 1|",
+        "Distortion of the random projection on sample pairs: the ratio ‖P(x − y)‖² / ‖x − y‖² "
+        "of squared distances after and before projection (its law is χ²_k/k: mean 1, standard "
+        "deviation √(2/k)), its extremes and quantiles, and the largest relative error.",
+    ),
+    (
+        "W2² stream, W2² projected, relative error",
+        "W2² of a step between the flattened-stream measures and between their projections, on "
+        "the distortion check's samples, and |projected − stream| / stream.",
+    ),
+    (
         "nc1_network, nc1_mufm, log_nc1_gap",
         "NC1 of the network's last layer and of the fitted MUFM's, and |log NC1_MUFM − log "
         "NC1_network|.",
@@ -323,15 +360,29 @@ def _figures(folder: Path, names: Sequence[str]) -> tuple[str, list[str]]:
     return "".join(parts), missing
 
 
-def _model_details(name: str, res: Mapping[str, Any]) -> str:
+def _step_segment(r: Mapping[str, Any], segments: Sequence[Mapping[str, Any]]) -> str:
+    """The segment a profile row's step lies in (its index), or how it crosses two."""
+    for i, seg in enumerate(segments):
+        if r["source"] in seg["layers"] and r["target"] in seg["layers"]:
+            return str(i)
+    if r.get("shortcut"):
+        return "across stages, from P h_l"
+    return "across segments"
+
+
+def _model_details(name: str, res: Mapping[str, Any], space: str = "") -> str:
     out = [f"<h3>{_e(name)}</h3>"]
+    where = f" — in {_e(space)}" if space else ""
     geo = res.get("geodesic")
     if geo:
         rows = []
+        multi = len(geo["segments"]) > 1
         for r in geo["profile"]["rows"]:
+            seg = {"segment": _step_segment(r, geo["segments"])} if multi else {}
             rows.append(
                 {
                     "pair": f"{r['source_name']} → {r['target_name']}",
+                    **seg,
                     "W2²": r["cost"],
                     "W2": r["distance"],
                     "paired": r["paired"],
@@ -344,21 +395,40 @@ def _model_details(name: str, res: Mapping[str, Any]) -> str:
                     "converged": r["converged"],
                 }
             )
-        out.append("<p>Transport between successive layers</p>" + _table(rows))
+        cross = ""
+        if multi:
+            cross = (
+                " A step across stages lies in no segment: it is measured between the shortcut "
+                "image P_#μ_l and μ_{l+1} (segment “across stages, from P h_l”) and enters no "
+                "segment's R, McCann fit, OTS or LSS; a step without a shortcut image between "
+                "layers of different spaces (a plain twin's stage change) is not measured."
+            )
+        out.append(f"<p>Transport between successive layers{where}.{cross}</p>" + _table(rows))
         segs = []
-        for s in geo["segments"]:
+        for i, s in enumerate(geo["segments"]):
+            steps = len(s["layers"]) - 1
             segs.append(
                 {
-                    "segment": f"{s['names'][0]} … {s['names'][-1]}",
+                    "segment": f"{i}: {s['names'][0]} … {s['names'][-1]}",
+                    "d": s.get("dim"),
+                    "steps": steps,
                     "R": s["path_ratio"],
                     "speed CV": s["speed_cv"],
                     "OTS": s["ots"],
                     "LSS mean": s["lss"]["mean"],
                     "LSS median": s["lss"]["median"],
                     "McCann t_l": ", ".join(_fmt(t, 3) for t in s["mccann"]["t"]),
+                    "note": "one step: R = 1 and LSS = 1 by construction" if steps == 1 else "",
                 }
             )
-        out.append("<p>Geodesic tests per segment of equal dimension</p>" + _table(segs))
+        trivial = sum(len(s["layers"]) == 2 for s in geo["segments"])
+        caption = f"Geodesic tests per segment (layers in one space){where}."
+        if trivial:
+            caption += (
+                f" {trivial} segment(s) have a single step (two layers): their R and LSS are 1 "
+                "by construction and say nothing about geodesics; their OTS still does."
+            )
+        out.append(f"<p>{caption}</p>" + _table(segs))
         if geo.get("notes"):
             out.append("<p class='muted'>" + _e(" ".join(geo["notes"])) + "</p>")
     col = res.get("collapse")
@@ -377,13 +447,13 @@ def _model_details(name: str, res: Mapping[str, Any]) -> str:
             row = {"layer": f"{i} ({layer['name']})"}
             row.update({m: layer["metrics"].get(m) for m in keep if m in col["metrics"]})
             rows.append(row)
-        out.append("<p>Collapse metrics per layer</p>" + _table(rows))
+        out.append(f"<p>Collapse metrics per layer{where}</p>" + _table(rows))
         pfc = [
             {"metric": m, **{k: v for k, v in s.items() if k != "layers"}}
             for m, s in col["pfc"].items()
             if m in keep
         ]
-        out.append("<p>Progressive feedforward collapse (over depth)</p>" + _table(pfc))
+        out.append(f"<p>Progressive feedforward collapse (over depth){where}</p>" + _table(pfc))
     return "".join(out)
 
 
@@ -445,7 +515,10 @@ def _write_report(folder: Path, m: Mapping[str, Any]) -> Path:
     parts.append("</p>")
     if m.get("note"):
         parts.append(f"<p>{_e(m['note'])}</p>")
+    if m.get("device"):
+        parts.append(f"<p class='muted'>Computed on {_e(m['device'])}.</p>")
     parts += _published_section(m)
+    parts += _space_section(m)
     if m.get("sweep"):
         parts.append("<h2>Sweep</h2>" + _table(m["sweep"]))
     parts.append(_verdicts(m.get("verdicts", [])))
@@ -453,6 +526,8 @@ def _write_report(folder: Path, m: Mapping[str, Any]) -> Path:
     parts += _geometry_section(m)
     if m.get("aggregate"):
         parts.append(_aggregate(m["aggregate"], m.get("seeds", [])))
+        if _in_space(m):
+            parts.append(f"<p class='muted'>{_in_space(m).strip()}</p>")
     parts += _figures_section(folder, m)
     parts += _epochs_section(m)
     parts += _mufm_section(m)
@@ -512,13 +587,36 @@ def _published_section(m: Mapping[str, Any]) -> list[str]:
     return parts
 
 
+def _in_space(m: Mapping[str, Any]) -> str:
+    """`` Numbers in <space>.`` for a caption (empty when the run recorded no space)."""
+    spaces = m.get("feature_space") or {}
+    if not spaces:
+        return ""
+    first = next(iter(spaces.values()))
+    return f" Numbers in {_e(first)}."
+
+
+def _longest_note(m: Mapping[str, Any]) -> str:
+    """Which segment the geodesic scores of a multi-segment run are taken from."""
+    head = m.get("headline") or {}
+    rows = [h for h in head.values() if isinstance(h, Mapping) and (h.get("segments") or 1) > 1]
+    if not rows:
+        return ""
+    return (
+        f" The geodesic scores are those of the longest segment ({_e(rows[0]['segment'])}, "
+        f"{rows[0]['steps']} steps, of {rows[0]['segments']} segments); every segment is in the "
+        "details below."
+    )
+
+
 def _headline_section(m: Mapping[str, Any]) -> list[str]:
     if not m.get("headline"):
         return []
     return [
         "<h2>Headline numbers</h2>",
         "<p>Last epoch (suffix <code>_init</code>: the same network at initialisation, the "
-        "baseline; <code>_test</code>: the test split). Definitions at the end of the page.</p>",
+        "baseline; <code>_test</code>: the test split). Definitions at the end of the page."
+        f"{_in_space(m)}{_longest_note(m)}</p>",
         _headline(m["headline"]),
     ]
 
@@ -536,7 +634,7 @@ def _figures_section(folder: Path, m: Mapping[str, Any]) -> list[str]:
 def _epochs_section(m: Mapping[str, Any]) -> list[str]:
     if not m.get("epochs"):
         return []
-    parts = ["<h2>Over training epochs</h2>"]
+    parts = [f"<h2>Over training epochs</h2><p>{_in_space(m).strip()}</p>"]
     for name, rows in m["epochs"].items():
         cols = [c for c in _EPOCH_COLUMNS if c in rows[0]]
         parts.append(f"<h3>{_e(name)}</h3>" + _table(rows, cols))
@@ -548,9 +646,16 @@ def _mufm_section(m: Mapping[str, Any]) -> list[str]:
     if m.get("mufm"):
         mu = m["mufm"]
         parts.append("<h2>MUFM calibrated to the ResNet</h2>")
+        fitted = ""
+        if mu.get("fitted_layers"):
+            fitted = (
+                f" Fitted to the ResNet's layers {_e(mu['fitted_layers'])} (d = "
+                f"{_e(mu.get('fitted_dim'))}: one segment, the MUFM's constant width; of a "
+                "staged ResNet the last stage, whose last layer feeds the classifier)."
+            )
         parts.append(
             f"<p>Fitted λ_OT = {_fmt(mu['lambda_ot'])} (discrepancy {_e(mu['discrepancy'])} "
-            f"= {_fmt(mu['value'])}).</p>"
+            f"= {_fmt(mu['value'])}).{fitted}{_in_space(m)}</p>"
         )
         parts.append(_table([{"quantity": k, "value": v} for k, v in mu["match"].items()]))
         if mu.get("format_grid"):
@@ -562,15 +667,138 @@ def _mufm_section(m: Mapping[str, Any]) -> list[str]:
     return parts
 
 
+def _space_of(m: Mapping[str, Any], name: str) -> str:
+    """The space a model's numbers live in, in words (``feature_space``; ``resnet_init`` and
+    ``resnet_test`` are in the space of ``resnet``)."""
+    spaces = m.get("feature_space") or {}
+    for key in (name, name.split("_")[0]):
+        if key in spaces:
+            return str(spaces[key])
+    return ""
+
+
 def _details_section(m: Mapping[str, Any]) -> list[str]:
     parts = []
     if m.get("results"):
         parts.append("<h2>Details per model</h2>")
-        parts.extend(_model_details(name, res) for name, res in m["results"].items())
+        parts.extend(
+            _model_details(name, res, _space_of(m, name)) for name, res in m["results"].items()
+        )
     parts.extend(
-        _model_details(f"{name} (test split)", res) for name, res in (m.get("test") or {}).items()
+        _model_details(f"{name} (test split)", res, _space_of(m, name))
+        for name, res in (m.get("test") or {}).items()
     )
     return parts
+
+
+def _space_section(m: Mapping[str, Any]) -> list[str]:
+    """Where every number lives: the space, each layer's dimension and stream shape, the
+    segments and the steps between them, and the projection's measured distortion."""
+    records = {k: v for k, v in (m.get("spaces") or {}).items() if v}
+    if not records:
+        return []
+    first = next(iter(records.values()))
+    out = ["<h2>Feature space: where every number lives</h2>"]
+    model = f" of {_e(m['model'])}" if m.get("model") else ""
+    out.append(
+        f"<p>Every W2, score and collapse metric below is computed on the layers{model} in "
+        f"<b>{_e(first.get('space') or 'the captured space')}</b> space: "
+        + "; ".join(f"{_e(k)}: {_e(v['description'])}" for k, v in records.items())
+        + ". Layer 0 is the stem's output, then one layer per block.</p>"
+    )
+    seg_of = {}
+    for seg in first["segments"]:
+        for name in seg["layers"]:
+            seg_of[name] = seg["index"]
+    shapes = first.get("stream_shapes") or [None] * len(first["names"])
+    rows = [
+        {
+            "layer": f"{i} ({name})",
+            "stream shape": "×".join(map(str, shape)) if shape else None,
+            "d": d,
+            "segment": seg_of.get(name),
+        }
+        for i, (name, d, shape) in enumerate(
+            zip(first["names"], first["dims"], shapes, strict=True)
+        )
+    ]
+    out.append(_table(rows))
+    segs = first["segments"]
+    if len(segs) > 1:
+        lines = []
+        for seg in segs:
+            what = f"{seg['layers'][0]} … {seg['layers'][-1]} (d = {seg['dim']}, "
+            what += f"{seg['steps']} step{'s' if seg['steps'] != 1 else ''})"
+            if seg["one_step"]:
+                what += ": one step, so R = 1 and LSS = 1 by construction"
+            lines.append(f"<li>segment {seg['index']}: {_e(what)}</li>")
+        out.append(
+            "<p>The geodesic statistics (R, speed, McCann fit, OTS, LSS) are per segment: "
+            "consecutive layers in one space (one stage).</p><ul>" + "".join(lines) + "</ul>"
+        )
+        for name, rec in records.items():
+            if rec["crossings"]:
+                items = "".join(
+                    f"<li>{_e(c['step'])} (d {c['dims'][0]} → {c['dims'][1]}): "
+                    f"{_e(c['measured'])}</li>"
+                    for c in rec["crossings"]
+                )
+                out.append(
+                    f"<p>{_e(name)}: steps across stages, in no segment's statistics:</p>"
+                    f"<ul>{items}</ul>"
+                )
+    proj = first.get("projection_distortion")
+    if proj:
+        out += _distortion_tables(proj)
+    return out
+
+
+def _distortion_tables(proj: Mapping[str, Any]) -> list[str]:
+    """The random projection's measured distortion (``stream_distortion``'s record)."""
+    rows = []
+    for r in proj["layers"]:
+        row: dict[str, Any] = {"layer": r["layer"], "D (stream)": r["stream_dim"], "k": proj["dim"]}
+        if r.get("projected"):
+            row.update(
+                {
+                    "ratio min": r.get("min"),
+                    "ratio q01": r.get("q01"),
+                    "ratio median": r.get("median"),
+                    "ratio q99": r.get("q99"),
+                    "ratio max": r.get("max"),
+                    "max |ratio − 1|": r.get("max_rel_error"),
+                }
+            )
+        rows.append(row)
+    out = [
+        f"<p>Distortion of the random projection to k = {proj['dim']} (seed {proj['seed']}), "
+        f"measured on {proj['n_pairs']} pairs of {proj['n_samples']} samples per layer: the "
+        "ratio of squared distances after and before projection (χ²_k/k for one pair: standard "
+        f"deviation √(2/k) = {_fmt(proj['jl_sd'], 3)}). Largest relative error over the layers "
+        f"{_fmt(proj['max_rel_error'], 3)}.</p>",
+        _table(
+            rows,
+            [
+                *("layer", "D (stream)", "k", "ratio min", "ratio q01", "ratio median"),
+                *("ratio q99", "ratio max", "max |ratio − 1|"),
+            ],
+        ),
+    ]
+    if proj.get("steps"):
+        steps = [
+            {
+                "step": s["step"],
+                "W2² stream": s["w2_sq_stream"],
+                "W2² projected": s["w2_sq_projected"],
+                "relative error": s["rel_error"],
+            }
+            for s in proj["steps"]
+        ]
+        out.append(
+            "<p>W2² of each step before and after projection on the same samples (exact "
+            "transport).</p>" + _table(steps)
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------- sweeps

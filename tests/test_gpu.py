@@ -15,7 +15,6 @@ import torch
 from test_transport_collapsed import collapsed, collapsed_w2sq
 
 from otcollapse import (
-    Trajectory,
     collapse_profile,
     fit_mufm,
     geodesic_test,

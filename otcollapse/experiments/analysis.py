@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from otcollapse._utils import atomic_path, json_safe
 from otcollapse.collapse import CollapseProfile, collapse_profile
@@ -29,11 +30,16 @@ __all__ = [
     "epoch_scores",
     "geometry_rows",
     "headline",
+    "longest_index",
     "null_baselines",
     "package_versions",
+    "projection_distortion",
+    "projection_pairs",
     "record_results",
     "say",
     "seed_metrics",
+    "space_record",
+    "stream_distortion",
     "verdicts",
     "verdicts_over_seeds",
     "write_figures",
@@ -87,7 +93,8 @@ def analyse(
 
 
 def describe_space(traj: Trajectory) -> str:
-    """In words, the feature space a captured trajectory's layers live in (from its metadata)."""
+    """In words, the feature space a captured trajectory's layers live in (from its metadata),
+    ending with its dimensions ``d = ...`` (the distinct ones, ascending)."""
     meta = traj.metadata
     dims = "–".join(str(d) for d in sorted(set(traj.dims)))
     pool = meta.get("pool")
@@ -102,10 +109,223 @@ def describe_space(traj: Trajectory) -> str:
     return f"{where}, d = {dims}"
 
 
+def space_record(traj: Trajectory) -> dict[str, Any]:
+    """Where every number of a captured trajectory lives: the space, per layer its dimension
+    and stream shape, the segments (one per stage of a ResNet) and the steps between them, and
+    the projection's measured distortion (``"projected"``). JSON-safe.
+
+    ``segments``: per segment its layers, dimension and steps; ``one_step`` marks a segment of
+    two layers, whose path ratio and LSS are 1 by construction (only OTS and the step's W2 say
+    anything there). ``crossings``: the steps between segments, in no segment's statistics;
+    measured between the shortcut image ``P_# mu_l`` and ``mu_{l+1}`` where the block has a
+    shortcut ``P``, else not measured (a plain twin's stage change).
+    """
+    meta = traj.metadata
+    shapes = traj.stream_shapes
+    segments = []
+    for i, seg in enumerate(traj.segments):
+        segments.append(
+            {
+                "index": i,
+                "layers": [traj.names[l] for l in seg],
+                "first": seg.start,
+                "last": seg.stop - 1,
+                "dim": traj.dims[seg.start],
+                "stream_shape": None if shapes is None else list(shapes[seg.start]),
+                "steps": len(seg) - 1,
+                "one_step": len(seg) == 2,
+            }
+        )
+    crossings = []
+    for l in traj.crossings:
+        crossings.append(
+            {
+                "step": f"{traj.names[l]} → {traj.names[l + 1]}",
+                "source": l,
+                "dims": [traj.dims[l], traj.dims[l + 1]],
+                "measured": "between P_#μ_l (the shortcut image) and μ_{l+1}"
+                if l in traj.shortcuts
+                else "not measured: no shortcut image (the layers are in different spaces)",
+            }
+        )
+    return json_safe(
+        {
+            "space": meta.get("space"),
+            "pool": meta.get("pool"),
+            "description": describe_space(traj),
+            "names": list(traj.names),
+            "dims": list(traj.dims),
+            "stream_shapes": None if shapes is None else [list(s) for s in shapes],
+            "segments": segments,
+            "crossings": crossings,
+            "projection_distortion": meta.get("projection_distortion"),
+            "mapped": bool(meta.get("mapped", False)),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------- projection
+#: quantiles of the squared-distance ratio recorded per layer
+_RATIO_QUANTILES = {"q01": 0.01, "q05": 0.05, "median": 0.5, "q95": 0.95, "q99": 0.99}
+
+
+def projection_pairs(n: int, n_pairs: int, seed: int) -> np.ndarray:
+    """The sample pairs ``(i, j)``, ``i < j``, on which :func:`stream_distortion` measures a
+    projection: ``n_pairs`` of the ``n (n - 1) / 2`` drawn without replacement by
+    ``numpy.random.default_rng(seed)`` (all of them when there are fewer), shape (P, 2), in
+    the order ``np.triu_indices(n, 1)`` lists them."""
+    iu, ju = np.triu_indices(n, 1)
+    total = len(iu)
+    if n_pairs >= total:
+        pick = np.arange(total)
+    else:
+        pick = np.sort(np.random.default_rng(seed).choice(total, size=n_pairs, replace=False))
+    return np.stack([iu[pick], ju[pick]], axis=1)
+
+
+def stream_distortion(
+    flat: Trajectory, k: int, *, seed: int, n_pairs: int = 2000
+) -> dict[str, Any]:
+    r"""How much ``capture``'s projection ``("project", k)`` distorts the flattened stream.
+
+    For every layer of ``flat`` (the flattened residual stream, ``pool="flatten"``) of dimension
+    ``D > k``, with ``P = G/\sqrt k`` the map capture uses (``projection_matrix(D, k, seed)``),
+    on the pairs of :func:`projection_pairs`:
+
+    $$\rho_{ij} = \frac{\lVert P^\top (x_i - x_j)\rVert^2}{\lVert x_i - x_j\rVert^2},$$
+
+    whose law for a fixed pair is $\chi^2_k / k$ (mean 1, standard deviation $\sqrt{2/k}$;
+    Johnson–Lindenstrauss). Recorded per layer: min, quantiles, max, mean, and the largest relative
+    error $\max |\rho - 1|$. Layers of dimension ``<= k`` are not projected (ratio 1). Per step
+    ``l -> l+1`` that can be measured (in one space, or from the shortcut image), the relative
+    error of $W_2^2$ after projection: $|W_2^2(P_\#\mu, P_\#\nu) - W_2^2(\mu, \nu)| /
+    W_2^2(\mu, \nu)$ (exact transport on these samples). Computed in float64 on the CPU.
+
+    Parameters
+    ----------
+    flat : Trajectory
+        The flattened stream of a few samples (e.g. 100: 4,950 pairs), with shortcut images.
+    k : int
+        The projected dimension.
+    seed : int
+        The projection's seed (capture's ``seed``) and the seed of the pairs.
+    n_pairs : int
+        Pairs per layer.
+
+    Returns
+    -------
+    dict
+        ``dim``, ``seed``, ``n_samples``, ``n_pairs``, ``layers`` (one record per layer),
+        ``steps`` (one per measured step), ``max_rel_error`` (over the projected layers),
+        ``max_w2_rel_error`` (over the steps) and ``jl_sd`` $=\sqrt{2/k}$.
+    """
+    from otcollapse.nets import projection_matrix
+    from otcollapse.transport import wasserstein
+
+    pairs = projection_pairs(flat.n_samples, n_pairs, seed)
+    i, j = torch.as_tensor(pairs[:, 0]), torch.as_tensor(pairs[:, 1])
+    maps: dict[int, torch.Tensor | None] = {}
+
+    def proj(d: int) -> torch.Tensor | None:
+        if d not in maps:
+            maps[d] = None if d <= k else projection_matrix(d, k, seed).double()
+        return maps[d]
+
+    layers = []
+    for name, x in zip(flat.names, flat.layers, strict=True):
+        X = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+        G = proj(X.shape[1])
+        rec: dict[str, Any] = {"layer": name, "stream_dim": int(X.shape[1])}
+        if G is None:
+            rec.update({"projected": False, "max_rel_error": 0.0})
+            layers.append(rec)
+            continue
+        PX = X @ G
+        num = (PX[i] - PX[j]).pow(2).sum(1)
+        den = (X[i] - X[j]).pow(2).sum(1)
+        keep = den > 0
+        ratio = (num[keep] / den[keep]).numpy()
+        rec.update({"projected": True, "pairs": int(keep.sum()), "zero_pairs": int((~keep).sum())})
+        if ratio.size:
+            rec.update(
+                {
+                    "min": float(ratio.min()),
+                    **{q: float(np.quantile(ratio, v)) for q, v in _RATIO_QUANTILES.items()},
+                    "max": float(ratio.max()),
+                    "mean": float(ratio.mean()),
+                    "max_rel_error": float(np.abs(ratio - 1).max()),
+                }
+            )
+        layers.append(rec)
+    steps = []
+    for l in range(flat.n_steps):
+        try:
+            src, tgt = flat.step_measures(l)
+        except ValueError:
+            continue  # a plain twin's stage change: not measured in any space
+        a = torch.as_tensor(np.asarray(src.points), dtype=torch.float64)
+        b = torch.as_tensor(np.asarray(tgt.points), dtype=torch.float64)
+        G = proj(int(b.shape[1]))
+        full = float(wasserstein(a, b).cost)
+        projected = full if G is None else float(wasserstein(a @ G, b @ G).cost)
+        steps.append(
+            {
+                "step": f"{src.name} → {tgt.name}",
+                "w2_sq_stream": full,
+                "w2_sq_projected": projected,
+                "rel_error": abs(projected - full) / full if full > 0 else None,
+            }
+        )
+    errs = [r["max_rel_error"] for r in layers if r.get("projected") and "max" in r]
+    werrs = [s["rel_error"] for s in steps if s["rel_error"] is not None]
+    return json_safe(
+        {
+            "dim": int(k),
+            "seed": int(seed),
+            "n_samples": flat.n_samples,
+            "n_pairs": len(pairs),
+            "jl_sd": math.sqrt(2.0 / k),
+            "layers": layers,
+            "steps": steps,
+            "max_rel_error": max(errs) if errs else 0.0,
+            "max_w2_rel_error": max(werrs) if werrs else None,
+        }
+    )
+
+
+def projection_distortion(
+    model: Any,
+    data: Any,
+    k: int,
+    *,
+    seed: int,
+    device: str = "cpu",
+    n_samples: int = 100,
+    n_pairs: int = 2000,
+) -> dict[str, Any]:
+    """:func:`stream_distortion` of ``model``'s flattened stream on ``n_samples`` samples of
+    ``data`` drawn without replacement by ``numpy.random.default_rng(seed)`` (sorted; recorded
+    as ``samples``), captured with ``pool="flatten"`` on ``device``."""
+    from otcollapse.nets import capture
+
+    n = len(data)
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=min(n_samples, n), replace=False))
+    t = torch.as_tensor(idx)
+    flat = capture(model, (data.X[t], data.y[t]), device=device, seed=seed, pool="flatten")
+    out = stream_distortion(flat, k, seed=seed, n_pairs=n_pairs)
+    out["samples"] = idx.tolist()
+    return out
+
+
 def _longest(rep: GeodesicReport) -> Any:
     """The longest segment of a geodesic report (the first on a tie): the one the headline,
     the geometry table and the null baselines read."""
-    return max(rep.segments, key=lambda seg: len(seg.layers))
+    return rep.segments[longest_index(rep)]
+
+
+def longest_index(rep: GeodesicReport) -> int:
+    """The index of :func:`_longest`'s segment in ``rep.segments``."""
+    return max(range(len(rep.segments)), key=lambda i: len(rep.segments[i].layers))
 
 
 def null_baselines(rep: GeodesicReport, seed: int) -> list[dict[str, Any]]:
@@ -174,6 +394,7 @@ def _segment_summary(rep: GeodesicReport) -> dict[str, Any]:
     s = _longest(rep)
     return {
         "segment": f"{s.names[0]} … {s.names[-1]}",
+        "segments": len(rep.segments),
         "ots": s.ots,
         "lss_mean": s.lss.mean,
         "lss_median": s.lss.median,
@@ -300,6 +521,7 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
     profiles: dict[str, dict[str, Any]] = {}
     spaces: dict[str, Any] = {}
     provenance = None
+    space_records: dict[str, Any] = {}
     for net in ("resnet", "plain"):
         history = TrainHistory.from_dict(parts[f"train:{net}"]["history"])
         rows[net], profiles[net] = [], {}
@@ -307,6 +529,9 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
             res = dict(parts[f"analyse:{net}:{e}"])
             provenance = res.pop("provenance", provenance)
             spaces[net] = res.pop("feature_space", spaces.get(net))
+            record = res.pop("space", None)
+            if e == config.epochs or net not in space_records:
+                space_records[net] = record
             row = {"epoch": e, **headline({net: res})[net], **res.pop("scores", {})}
             if 0 < e <= len(history.accuracy):
                 row["train_accuracy"] = history.accuracy[e - 1]
@@ -320,6 +545,7 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
             res_t = dict(parts[f"analyse:{net}:test"])
             res_t.pop("provenance", None)
             res_t.pop("feature_space", None)
+            res_t.pop("space", None)
             final[net]["test_accuracy"] = res_t.get("test_accuracy")
             tests[net] = res_t
     head = headline(final)
@@ -334,6 +560,10 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
         mufm = cal["calibration"].to_dict()
         mufm["format_grid"] = cal["calibration"].format_grid()
         mufm["warnings"] = cal["warnings"]
+        fitted = cal["fitted_on"]
+        first, last = cal["calibration"].layer_range
+        mufm["fitted_layers"] = f"{fitted.names[first]} … {fitted.names[last]}"
+        mufm["fitted_dim"] = int(fitted.dims[first])
     return json_safe(
         {
             "kind": "run",
@@ -345,6 +575,8 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
             "verdicts": verdicts(head),
             "geometry": geometry,
             "feature_space": spaces,
+            "spaces": space_records,
+            "model": config.describe_model(),
             "epochs": rows,
             "profiles": profiles,
             "results": {k: record_results(v) for k, v in final.items()},
@@ -355,17 +587,28 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
 
 
 def _profile_arrays(res: Mapping[str, Any]) -> dict[str, Any]:
-    """Per-layer collapse metrics and per-step W2 (with noise floors) of one analysis."""
+    """Per-layer collapse metrics and per-step W2 (with noise floors) of one analysis.
+
+    The step lists have one entry per step ``l -> l+1`` (entry ``l``), NaN where the step was not
+    measured (a plain twin's stage change: no shortcut image), so that a step's position is its
+    source layer in every network."""
     col: CollapseProfile = res["collapse"]
     out: dict[str, Any] = {"layers": {m: col.values(m).tolist() for m in col.metrics}}
     if "geodesic" in res:
         prof = res["geodesic"].profile
+        n_steps = len(col.layers) - 1
+        rows = {r.source: r for r in prof.rows if r.target == r.source + 1}
+        at = [rows.get(l) for l in range(n_steps)]
+
+        def field(get: Callable[[Any], Any]) -> list[Any]:
+            return [math.nan if r is None else get(r) for r in at]
+
         out["steps"] = {
-            "source": [r.source for r in prof.rows],
-            "w2": prof.distances.tolist(),
-            "w2_sq": prof.costs.tolist(),
-            "noise_floor": [_number(r.noise_floor) for r in prof.rows],
-            "step_efficiency": [_number(r.efficiency) for r in prof.rows],
+            "source": list(range(n_steps)),
+            "w2": field(lambda r: r.distance),
+            "w2_sq": field(lambda r: r.cost),
+            "noise_floor": field(lambda r: _number(r.noise_floor)),
+            "step_efficiency": field(lambda r: _number(r.efficiency)),
         }
     return out
 
@@ -519,12 +762,16 @@ def write_figures(
     if geos:
         steps = plots.plot_transport_steps({k: g.profile for k, g in geos.items()})
         made.append(("transport_steps.png", steps))
-        made.append(("mccann_fit.png", plots.plot_mccann_fit(geos)))
-        made.append(("ots_lss.png", plots.plot_ots_lss(geos)))
+        # the longest segment (the headline's); the twins have the same segments
+        seg = longest_index(next(iter(geos.values())))
+        made.append(("mccann_fit.png", plots.plot_mccann_fit(geos, segment=seg)))
+        made.append(("ots_lss.png", plots.plot_ots_lss(geos, segment=seg)))
     if epochs and any(len(v) > 1 for v in epochs.values()):
         made.append(("collapse_epochs_nc1.png", plots.plot_collapse_epochs(epochs, "nc1")))
     for name, traj in trajs.items():
-        made.append((f"pca_{name}.png", plots.plot_layer_pca(traj, n_tracks=25)))
+        longest = max(traj.segments, key=len)  # one space: a ResNet's first longest stage
+        view = traj if len(traj.segments) == 1 else traj.take_layers(list(longest))
+        made.append((f"pca_{name}.png", plots.plot_layer_pca(view, n_tracks=25)))
     if calibration is not None:
         cal, fitted_on = calibration
         made.append(("mufm_calibration.png", plots.plot_mufm_calibration(cal, network=fitted_on)))

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ from otcollapse.data import Dataset, dataset_names, from_folder, load_dataset
 from otcollapse.io import open_npz
 
 __all__ = [
+    "AUTO_DEVICE",
     "MODELS",
+    "RESNETS",
     "SPACES",
     "TWINS",
     "RunConfig",
@@ -25,9 +28,15 @@ __all__ = [
     "load_run_data",
     "load_splits",
     "read_data_file",
+    "resolve_device",
 ]
 
-MODELS = ("mlp", "conv")
+MODELS = ("mlp", "conv", "resnet18", "resnet34")
+#: the staged ResNets: blocks per stage (``otcollapse.nets.RESNET_LAYOUTS``); widths
+#: ``width * (1, 2, 4, 8)``, so ``RunConfig.width`` is their base width
+RESNETS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+#: the ``device`` that picks CUDA when torch sees a GPU, else the CPU
+AUTO_DEVICE = "auto"
 #: the feature space a conv model's layers are captured in (an MLP's are vectors in every case):
 #: RunConfig.space -> otcollapse.nets.capture's pool
 SPACES = {"pooled": "avg", "stream": "flatten", "projected": "project"}
@@ -54,12 +63,19 @@ class RunConfig:
     data : str
         A built-in data set (``otcollapse.data.dataset_names()``) or a ``.npz`` file / image
         folder already on disk (``otcollapse.data.from_folder``).
-    model : {"mlp", "conv"}
-        ``ResidualMLP`` (constant width) or ``ConvResNet`` (constant-width convolutional, no
-        downsampling); the plain twin is the same network without skip connections.
-    width, blocks : int
-        Width (features or channels) and number of residual blocks; the trajectory has
-        ``blocks + 1`` layers.
+    model : {"mlp", "conv", "resnet18", "resnet34"}
+        ``ResidualMLP`` (constant width), ``ConvResNet`` (constant-width convolutional, no
+        downsampling), or the CIFAR-style ResNet-18 / ResNet-34 (``otcollapse.nets.ResNet``:
+        four stages of ``(2, 2, 2, 2)`` / ``(3, 4, 6, 3)`` BasicBlocks of widths
+        ``width * (1, 2, 4, 8)``, a stride-2 block with a 1x1 shortcut ``P`` opening each later
+        stage); the plain twin is the same network without skip connections (and without ``P``).
+    width : int
+        Features (mlp) or channels (conv) of every block; the *base* width of a ResNet-18/34
+        (its first stage; 64 is He et al.'s).
+    blocks : int
+        Residual blocks of an mlp or conv model; the trajectory has ``blocks + 1`` layers. A
+        ResNet-18/34 has its own layout (8 / 16 blocks, so 9 / 17 layers: the stem, then one per
+        block): ``blocks`` must be left at its default there.
     epochs, lr, weight_decay, batch_size : training (SGD with momentum 0.9, cosine schedule).
     seed : int
         Seeds the data split, the initialisation and the batch order.
@@ -79,8 +95,15 @@ class RunConfig:
         Samples (stratified subsample) the MUFM is fitted on.
     mufm_grid : tuple of float
         λ_OT grid of the calibration (refined by a 1-D search around the best point).
+    mufm_tol : float
+        Convergence tolerance of every MUFM fit (``fit_mufm``'s ``tol``). A ResNet-18/34 is
+        calibrated on its last stage (the segment that feeds the classifier).
     device : str
-        Torch device for training and capture.
+        Torch device of every stage: training, capture, and the analyses and MUFM fits (the
+        trajectory is moved there; results come back as NumPy / Python numbers). ``"cpu"``,
+        ``"cuda"``, ``"cuda:<i>"``, ``"mps"``, or ``"auto"``: CUDA when torch sees a GPU, else
+        the CPU (:func:`resolve_device`; ``metrics.json`` records the device used). It enters
+        no stage key: it says where a stage runs, not what it computes.
     space : {"pooled", "stream", "projected"}
         The feature space of a conv model's layers: global-average-pooled channels, the
         residual stream flattened (C·H·W), or a seeded Gaussian projection of the flattened
@@ -101,7 +124,8 @@ class RunConfig:
     ValueError
         An unknown model or space, a size below 1, a negative ``n_boot``, a negative or
         non-finite rate, bad splits, capture epochs outside ``0..epochs``, an empty λ_OT grid, a
-        device that does not exist here.
+        device that does not exist here (``"cuda"`` without a CUDA GPU), a ``blocks`` other
+        than the default for a ResNet-18/34.
     """
 
     data: str = "digits"
@@ -120,6 +144,7 @@ class RunConfig:
     mufm: bool = True
     mufm_samples: int = 300
     mufm_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
+    mufm_tol: float = 1e-9
     device: str = "cpu"
     space: str = "pooled"
     project_dim: int = 256
@@ -128,7 +153,14 @@ class RunConfig:
 
     @classmethod
     def quick_preset(cls, **overrides: Any) -> RunConfig:
-        """The ``--quick`` settings: a small net, few epochs, a small MUFM (about a minute)."""
+        """The ``--quick`` settings: a small net, few epochs, a small MUFM.
+
+        mlp / conv: width 32, 4 blocks, 12 epochs (about a minute on 2 cores). resnet18 /
+        resnet34: base width 8 (widths 8, 16, 32, 64), 6 epochs, no subsampling intervals
+        (``n_boot=0``) — a ResNet-18 run on ``shapes32`` (4,500 training images of 32x32x3)
+        takes about three minutes on 2 cores (``docs/networks.md`` has the measured time).
+        Analysed: a stratified subsample of 600 samples; the MUFM on 150.
+        """
         base: dict[str, Any] = {
             "width": 32,
             "blocks": 4,
@@ -138,12 +170,25 @@ class RunConfig:
             "mufm_grid": (1e-4, 1e-3, 1e-2),
             "quick": True,
         }
+        if overrides.get("model") in RESNETS:
+            del base["blocks"]  # the layout fixes them
+            # a few epochs leave NC1 near 1, where fits at the default tolerance take thousands
+            # of iterations; at 1e-6 they converge in a few hundred to the same objective (1e-9)
+            base.update({"width": 8, "epochs": 6, "n_boot": 0, "mufm_tol": 1e-6})
         base.update(overrides)
         return cls(**base)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; use one of {list(MODELS)}.")
+        default_blocks = next(f.default for f in dataclasses.fields(self) if f.name == "blocks")
+        if self.model in RESNETS and self.blocks != default_blocks:
+            raise ValueError(
+                f"blocks={self.blocks!r} does not apply to model={self.model!r}: its layout is "
+                f"fixed ({', '.join(map(str, RESNETS[self.model]))} blocks per stage, "
+                f"{sum(RESNETS[self.model])} in all); leave blocks (--blocks) out, or use model "
+                "'conv' for a constant-width ResNet of any depth."
+            )
         for name in _POSITIVE_INTS:
             check_int(getattr(self, name), name, minimum=1)
         check_real(self.lr, "lr", minimum=0.0, open_min=True)
@@ -155,7 +200,7 @@ class RunConfig:
             check_int(self.max_samples, "max_samples", minimum=20)
         if any(not 0 <= e <= self.epochs for e in self.epochs_captured()):
             raise ValueError(f"capture_epochs must lie in 0..{self.epochs}.")
-        check_device(self.device)
+        resolve_device(self.device)
         if self.space not in SPACES:
             raise ValueError(f"unknown space {self.space!r}; use one of {list(SPACES)}.")
         check_int(self.n_boot, "n_boot", minimum=0)
@@ -163,6 +208,7 @@ class RunConfig:
             raise ValueError("mufm_grid must hold positive λ_OT values.")
         for g in self.mufm_grid:
             check_real(g, "each mufm_grid value (λ_OT)", minimum=0.0, open_min=True)
+        check_real(self.mufm_tol, "mufm_tol", minimum=0.0, open_min=True)
 
     def epochs_captured(self) -> tuple[int, ...]:
         """The epochs captured: ``capture_epochs`` and the last epoch, or the default five."""
@@ -177,12 +223,66 @@ class RunConfig:
         d["capture_epochs"] = list(self.epochs_captured())
         return json_safe(d)
 
+    def resolved_device(self) -> str:
+        """The device the stages run on: ``device``, with ``"auto"`` resolved here."""
+        return resolve_device(self.device)
+
+    def layout(self) -> tuple[int, ...] | None:
+        """Blocks per stage of a ResNet-18/34 (None for the constant-width models)."""
+        return RESNETS.get(self.model)
+
+    def n_blocks(self) -> int:
+        """The residual blocks of the model (the trajectory has one more layer: the stem)."""
+        layout = self.layout()
+        return self.blocks if layout is None else sum(layout)
+
+    def widths(self) -> tuple[int, ...]:
+        """The width of each stage: ``(width,)``, or ``width * (1, 2, 4, 8)`` for a ResNet."""
+        return (
+            (self.width,) if self.layout() is None else tuple(self.width * m for m in (1, 2, 4, 8))
+        )
+
+    def describe_model(self) -> str:
+        """The model in words, e.g. ``"resnet18 (widths 8, 16, 32, 64; blocks 2, 2, 2, 2)"``."""
+        layout = self.layout()
+        if layout is None:
+            return f"{self.model}, width {self.width}, {self.blocks} blocks"
+        widths = ", ".join(map(str, self.widths()))
+        return f"{self.model} (widths {widths}; blocks {', '.join(map(str, layout))})"
+
+
+def resolve_device(device: str) -> str:
+    """``device`` as the name of a device that exists here; ``"auto"``: ``"cuda"`` when torch
+    sees a CUDA GPU, else ``"cpu"``.
+
+    Raises
+    ------
+    ValueError
+        A device that does not exist here, e.g. ``"cuda"`` without a CUDA GPU (one line that
+        lists the available devices; the command line prints it and exits with status 2).
+    """
+    if device == AUTO_DEVICE:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = check_device(device)
+    except ValueError as err:
+        raise ValueError(
+            f"{err} Use device='auto' to take a GPU only where there is one."
+        ) from None
+    return str(dev)
+
 
 # ---------------------------------------------------------------------------- the data set
 def load_run_data(config: RunConfig, split: str, seed: int) -> Dataset:
-    """The ``split`` of the data set ``config.data`` names (a data set on disk has one split)."""
+    """The ``split`` of the data set ``config.data`` names (a data set on disk has one split).
+
+    A built-in data set is generated once per process and split (the stages of a run all read
+    it: ``shapes32`` takes seconds to draw); every caller gets the same, unmodified object.
+    """
     if config.data in dataset_names():
-        return load_dataset(config.data, split=split, seed=seed)
+        return _builtin(config.data, split, seed)
     path = Path(config.data)
     if not path.exists():
         raise ValueError(
@@ -192,6 +292,11 @@ def load_run_data(config: RunConfig, split: str, seed: int) -> Dataset:
     if split != "train":
         raise ValueError("a user data set on disk has one split: capture splits=('train',).")
     return read_data_file(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _builtin(name: str, split: str, seed: int) -> Dataset:
+    return load_dataset(name, split=split, seed=seed)
 
 
 def read_data_file(path: str | Path) -> Dataset:
@@ -215,9 +320,17 @@ def load_splits(config: RunConfig, seed: int) -> tuple[Dataset, Dataset | None]:
 
 
 def check_model(config: RunConfig, data: Dataset) -> None:
-    """A ValueError when ``config.model`` cannot take the data's inputs (conv needs images)."""
+    """A ValueError when ``config.model`` cannot take the data's inputs (conv and the ResNets
+    need images; a ResNet's three stride-2 stages need at least 8 x 8 pixels)."""
     shape = data.input_shape
-    if config.model == "conv" and len(shape) != 3:
+    if config.model != "mlp" and len(shape) != 3:
         raise ValueError(
-            f"model='conv' needs image inputs (C, H, W); {data.name!r} has shape {shape}."
+            f"model={config.model!r} needs image inputs (C, H, W); {data.name!r} has shape "
+            f"{shape}; use model='mlp'."
+        )
+    if config.model in RESNETS and min(shape[1:]) < 8:
+        raise ValueError(
+            f"model={config.model!r} halves the image three times (stages 2-4); {data.name!r} "
+            f"has {shape[1]}x{shape[2]} pixels, too small. Use images of at least 8x8 "
+            "(e.g. data 'shapes32', 32x32x3), or model='conv'."
         )

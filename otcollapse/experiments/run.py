@@ -34,8 +34,14 @@ from otcollapse.experiments.analysis import (
     write_figures,
 )
 from otcollapse.experiments.config import TWINS, RunConfig, check_model, load_splits
-from otcollapse.experiments.stages import TRAJECTORY, SeedGraph, StageContext, seed_graph
-from otcollapse.io import LOCK_FILE, load_trajectory, locked_folder, save_json
+from otcollapse.experiments.stages import (
+    TRAJECTORY,
+    SeedGraph,
+    StageContext,
+    load_captured,
+    seed_graph,
+)
+from otcollapse.io import LOCK_FILE, locked_folder, save_json
 
 __all__ = ["default_threads", "run_experiment"]
 
@@ -59,6 +65,9 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Train, capture, analyse and report; returns the contents of ``metrics.json``.
 
+    Every stage runs on ``config.resolved_device()`` (``device="auto"``: CUDA when torch sees
+    a GPU, else the CPU), recorded as ``device`` in ``metrics.json``.
+
     For each seed: train the residual network and its plain twin with weight decay (atomic
     checkpoints; ``resume=True`` continues a killed run: every stage already done is read back,
     an interrupted training resumes from its last checkpoint), capture the block trajectories at ``config.epochs_captured()`` (epoch 0,
@@ -81,13 +90,14 @@ def run_experiment(
     ------
     ValueError
         An existing non-empty ``out`` folder without ``resume`` (nothing is overwritten), bad
-        settings, an unknown or unreadable data set.
+        settings, an unknown or unreadable data set, a device that does not exist here.
     otcollapse.io.FolderInUseError
         Another process is writing into ``out``.
     """
     out = Path(out)
     seeds = [config.seed + i for i in range(config.seeds)]
     threads = default_threads() if threads is None else check_int(threads, "threads", minimum=1)
+    config.resolved_device()  # a device that is not here fails before anything is read
     data, _ = load_splits(config, seeds[0])  # the data set is read before the folder is made
     check_model(config, data)
     with locked_folder(out, on_error="empty"):
@@ -145,12 +155,17 @@ def _finish_seed(
     for net, _plain in TWINS:
         final[net] = part[f"analyse:{net}:{last}"]
         epochs[net] = {e: part[f"analyse:{net}:{e}"]["collapse"] for e in config.epochs_captured()}
-        trajs[net] = load_trajectory(Path(ctx.root) / part[f"capture:{net}:{last}"])
+        trajs[net] = load_captured(Path(ctx.root) / part[f"capture:{net}:{last}"])
     cal = part.get("calibrate")
     metrics = dict(got[g.metrics])
+    device = config.resolved_device()
+    # the seed stage's key leaves the device out: what ran where is recorded here
+    metrics["settings"] = {**metrics["settings"], "device": config.device}
+    metrics["device"] = device
     metrics["execution"] = {
         "scheduler": "serial (the calling thread)",
         "torch_threads": ctx.threads,
+        "device": device,
         "stages": str(Path(ctx.root)),
     }
     metrics["figures"] = write_figures(

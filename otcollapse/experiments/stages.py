@@ -25,7 +25,16 @@ reports and its tests read).
 
 What a key leaves out: the device and the torch thread count, which say where and how a stage
 runs, not what it computes (training on a GPU is not bit-for-bit the CPU's; rerun into a fresh
-folder to compare devices).
+folder to compare devices). Every stage runs on ``config.resolved_device()``: training and capture
+there, and the analyse stage moves the captured trajectory there (the calibrate stage too) so that
+transport and collapse statistics run on it; results come back as NumPy and Python numbers. On the
+CPU the trajectory is analysed as it was read (NumPy), exactly as before devices were supported.
+
+A large capture (above :data:`MEMMAP_BYTES`, e.g. the flattened residual stream of a wide
+ResNet) is streamed batch by batch into ``.npy`` memory maps in the stage folder (capture's
+``memmap_dir``), then written into ``trajectory.npz`` uncompressed and the maps removed; the
+analyses read that file back memory-mapped (:func:`load_captured`), so no stage holds the whole
+trajectory in RAM (a GPU gets it in row blocks).
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
+import struct
 import threading
 import time
 import warnings
@@ -48,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from otcollapse._utils import atomic_path, json_safe
+from otcollapse.measures import Trajectory
 
 __all__ = [
     "STAGES",
@@ -55,6 +67,7 @@ __all__ = [
     "StageContext",
     "StageName",
     "executions",
+    "load_captured",
     "seed_graph",
     "stage_key",
     "torch_threads",
@@ -64,9 +77,17 @@ __all__ = [
 STAGES = ("train", "capture", "analyse", "calibrate", "seed")
 #: bumped whenever what a stage computes or stores changes (a fix of an analysis included):
 #: every key changes with it, so no result of the old code is read back as the new one's
-FORMAT = 2
+FORMAT = 3
 RESULT = "result.pkl"
 TRAJECTORY = "trajectory.npz"
+#: a capture whose layers (and shortcut images) would take more than this many bytes in float32
+#: is streamed into memory maps and read back memory-mapped. The threshold is a size, not a model:
+#: pooled ResNet features are small at any depth (n x 8..512 per layer), while the flattened
+#: stream of a width-64 ResNet-18 on 4,500 CIFAR-sized images is about 6 GB. Below it a capture in
+#: RAM is faster than the disk round trip and no bigger than the model's own activations.
+MEMMAP_BYTES = 256 * 2**20
+#: the folder of a capture's memory maps inside its stage folder (removed once written out)
+MAPPED_DIR = "mapped"
 #: what the analyse stage computes beyond its settings (a new analysis changes this, and the key)
 ANALYSES = ("collapse", "geodesic", "geodesic:orthogonal", "efficiency")
 EXECUTIONS = "executions.jsonl"
@@ -224,10 +245,18 @@ def executions(root: str | os.PathLike) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- stages
 def _model(config: Any, data: Any, plain: bool) -> Any:
-    from otcollapse.experiments.config import check_model
-    from otcollapse.nets import ConvResNet, ResidualMLP
+    from otcollapse.experiments.config import RESNETS, check_model
+    from otcollapse.nets import ConvResNet, ResidualMLP, resnet_layout
 
     check_model(config, data)
+    if config.model in RESNETS:
+        return resnet_layout(
+            config.model,
+            in_channels=data.input_shape[0],
+            n_classes=data.n_classes,
+            width=config.width,
+            plain=plain,
+        )
     if config.model == "mlp":
         return ResidualMLP(
             data.n_features,
@@ -265,9 +294,10 @@ def train_stage(
             with atomic_path(_state_path(folder, epoch), suffix=".pt") as tmp:
                 torch.save(m.state_dict(), tmp)
 
+        device = config.resolved_device()
         ctx.say(
-            f"[seed {seed}] training {net} ({config.model}, width {config.width}, "
-            f"{config.blocks} blocks, {config.epochs} epochs, weight decay {config.weight_decay})"
+            f"[seed {seed}] training {net} ({config.describe_model()}, {config.epochs} epochs, "
+            f"weight decay {config.weight_decay}, on {device})"
         )
         ckpt = folder / "checkpoints"
         history = train(
@@ -278,7 +308,7 @@ def train_stage(
             weight_decay=config.weight_decay,
             batch_size=config.batch_size,
             seed=seed,
-            device=config.device,
+            device=device,
             checkpoint_dir=ckpt,
             resume=(ckpt / "checkpoint.pt").exists(),
             callbacks=[(keep, config.epochs_captured())],
@@ -307,36 +337,138 @@ def capture_stage(
     """The trajectory of a trained twin at ``epoch`` on ``split`` (``.npz``); returns its path
     relative to the stage root.
 
-    On the test split the metadata also holds the network's accuracy there."""
+    The metadata records the space (``space``; the stream shape of every layer from capture)
+    and, in the ``"projected"`` space, the projection's measured distortion
+    (``projection_distortion``, :func:`otcollapse.experiments.analysis.projection_distortion`).
+    A capture above :data:`MEMMAP_BYTES` streams into memory maps (module docstring). On the
+    test split the metadata also holds the network's accuracy there."""
 
     def compute(folder: Path) -> str:
         import torch
 
+        from otcollapse.experiments.analysis import projection_distortion
         from otcollapse.experiments.config import SPACES, load_run_data
         from otcollapse.io import save_trajectory
         from otcollapse.nets import capture
 
+        device = config.resolved_device()
         data = load_run_data(config, split, seed)
         model = _model(config, data, plain=trained["net"] == "plain")
         state_file = _state_path(Path(ctx.root) / trained["folder"], epoch)
-        state = torch.load(state_file, weights_only=True)
+        state = torch.load(state_file, weights_only=True, map_location="cpu")
         model.load_state_dict(state)
-        model.to(config.device)
+        model.to(device)
         pool: Any = SPACES[config.space]
         if pool == "project":
             pool = ("project", config.project_dim)
-        traj = capture(model, data, device=config.device, seed=seed, pool=pool)
+        mapped = folder / MAPPED_DIR
+        big = _capture_bytes(model, data, pool, seed, device) > MEMMAP_BYTES
+        traj = capture(
+            model, data, device=device, seed=seed, pool=pool, memmap_dir=mapped if big else None
+        )
         if config.max_samples is not None and traj.n_samples > config.max_samples:
             traj = traj.subsample(config.max_samples, seed=seed)
         meta = dict(traj.metadata)
+        meta.pop("memmap_dir", None)  # removed below: the file written is the record
         meta.update({"epoch": int(epoch), "seed": int(seed), "provenance": data.provenance})
         meta["space"] = config.space
+        meta["mapped"] = bool(big)
+        if config.space == "projected":
+            meta["projection_distortion"] = projection_distortion(
+                model, data, config.project_dim, seed=seed, device=device
+            )
         if split == "test":
-            meta["accuracy"] = _accuracy(model, data, config.device)
+            meta["accuracy"] = _accuracy(model, data, device)
         save_trajectory(folder / TRAJECTORY, traj.replace(metadata=json_safe(meta)))
+        del traj
+        shutil.rmtree(mapped, ignore_errors=True)
         return f"{folder.name}/{TRAJECTORY}"  # relative to the stage root
 
     return _cached(ctx, key, compute)
+
+
+def _capture_bytes(model: Any, data: Any, pool: Any, seed: int, device: str) -> int:
+    """The float32 bytes of a capture of all of ``data`` (layers and shortcut images), from a
+    capture of its first two samples."""
+    from otcollapse.nets import capture
+
+    probe = capture(model, (data.X[:2], data.y[:2]), device=device, seed=seed, pool=pool)
+    per_sample = sum(probe.dims) + sum(int(v.shape[1]) for v in probe.shortcuts.values())
+    return 4 * per_sample * len(data)
+
+
+# ---------------------------------------------------------------------------- mapped reading
+def load_captured(path: str | os.PathLike) -> Trajectory:
+    """A capture stage's ``trajectory.npz``: read whole when small (``load_trajectory``), its
+    layers and shortcut images memory-mapped inside the file above :data:`MEMMAP_BYTES`.
+
+    ``save_trajectory`` writes an uncompressed zip, so each ``.npy`` member lies contiguously in
+    the file and maps in place; a member that cannot be mapped (compressed, an unknown ``.npy``
+    version) makes this fall back to reading the file whole.
+    """
+    from otcollapse.io import load_trajectory
+
+    path = Path(path)
+    if path.stat().st_size <= MEMMAP_BYTES:
+        return load_trajectory(path)
+    mapped = _mapped_members(path)
+    with np.load(path, allow_pickle=False) as z:
+        header = json.loads(str(z["header"]))
+        n = int(header["n_layers"])
+        wanted = [f"layer_{l}" for l in range(n)]
+        wanted += [k for k in z.files if k.startswith("shortcut_")]
+        if any(k not in mapped for k in wanted):
+            return load_trajectory(path)
+        small = {k: z[k] for k in ("labels", "weights", "classifier_W", "classifier_b", "logits")
+                 if k in z.files}  # fmt: skip
+    classifier = None
+    if "classifier_W" in small:
+        classifier = (small["classifier_W"], small.get("classifier_b"))
+    return Trajectory.from_arrays(
+        [mapped[f"layer_{l}"] for l in range(n)],
+        labels=small.get("labels"),
+        names=header["names"],
+        weights=small.get("weights"),
+        shortcuts={int(k.split("_")[1]): v for k, v in mapped.items() if k.startswith("shortcut_")},
+        classifier=classifier,
+        logits=small.get("logits"),
+        metadata=header.get("metadata", {}),
+    )
+
+
+def _mapped_members(path: Path) -> dict[str, np.ndarray]:
+    """The uncompressed ``.npy`` members of a zip file, memory-mapped in place (copy-on-write:
+    torch takes them without a read-only warning, and nothing is ever written to the file)."""
+    import zipfile
+
+    out: dict[str, np.ndarray] = {}
+    fmt = np.lib.format
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as fh:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy") or info.compress_type != zipfile.ZIP_STORED:
+                continue
+            fh.seek(info.header_offset)
+            local = fh.read(30)  # the local file header: its name and extra field lengths
+            if local[:4] != b"PK\x03\x04":
+                continue
+            n_name, n_extra = struct.unpack("<HH", local[26:30])
+            fh.seek(info.header_offset + 30 + n_name + n_extra)
+            version = fmt.read_magic(fh)
+            if version not in readers:
+                continue
+            shape, fortran, dtype = readers[version](fh)
+            if dtype.hasobject or not shape:
+                continue
+            out[info.filename[:-4]] = np.memmap(  # copy-on-write: never writes to the file
+                path,
+                dtype=dtype,
+                mode="c",
+                offset=fh.tell(),
+                shape=shape,
+                order="F" if fortran else "C",
+            )
+    return out
 
 
 def _accuracy(model: Any, data: Any, device: str) -> float:
@@ -350,6 +482,15 @@ def _accuracy(model: Any, data: Any, device: str) -> float:
     return correct / len(data)
 
 
+def on_device(traj: Trajectory, device: str) -> Trajectory:
+    """``traj`` where the analyses run: unchanged on the CPU (NumPy, as read), else moved to
+    ``device`` (a memory-mapped layer in row blocks, :meth:`Trajectory.to`)."""
+    from otcollapse.experiments.config import resolve_device
+
+    dev = resolve_device(device)
+    return traj if dev == "cpu" else traj.to(dev)
+
+
 def analyse_stage(
     ctx: StageContext,
     key: StageName,
@@ -358,55 +499,78 @@ def analyse_stage(
     n_boot: int,
     label: str,
     traj_path: str,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Collapse profile and, when ``full``, the geodesic test of one captured trajectory (else
-    OTS and LSS only: the McCann fit would dominate the run time at every epoch)."""
+    OTS and LSS only: the McCann fit would dominate the run time at every epoch), on ``device``
+    (:func:`on_device`; not part of the key)."""
 
     def compute(_folder: Path) -> dict[str, Any]:
-        from otcollapse.experiments.analysis import analyse, describe_space, epoch_scores
-        from otcollapse.io import load_trajectory
+        from otcollapse.experiments.analysis import (
+            analyse,
+            describe_space,
+            epoch_scores,
+            space_record,
+        )
 
-        traj = load_trajectory(Path(ctx.root) / traj_path)
+        traj = load_captured(Path(ctx.root) / traj_path)
+        work = on_device(traj, device)
         ctx.say(f"[seed {seed}] analysing {label}")
-        res = analyse(traj, seed=seed, geodesic=full, progress=ctx.progress and full, n_boot=n_boot)
+        res = analyse(work, seed=seed, geodesic=full, progress=ctx.progress and full, n_boot=n_boot)
         if not full:
-            res["scores"] = epoch_scores(traj)
+            res["scores"] = epoch_scores(work)
         if "accuracy" in traj.metadata:
             res["test_accuracy"] = traj.metadata["accuracy"]
         res["provenance"] = traj.metadata.get("provenance")
         res["feature_space"] = describe_space(traj)
+        res["space"] = space_record(traj)
         return res
 
     return _cached(ctx, key, compute)
 
 
 def calibrate_stage(
-    ctx: StageContext, key: StageName, config: Any, seed: int, traj_path: str
+    ctx: StageContext,
+    key: StageName,
+    config: Any,
+    seed: int,
+    traj_path: str,
 ) -> dict[str, Any]:
     """``calibrate_mufm`` (NC1 discrepancy) on a stratified subsample of the ResNet's last
-    trajectory; returns the calibration, the subsample and the warnings of unconverged fits."""
+    trajectory; returns the calibration, the subsample and the warnings of unconverged fits.
+
+    A trajectory of several segments (a ResNet-18/34's stages) is calibrated on its last
+    segment of at least two layers: the MUFM's layers share one width and its last layer feeds
+    the classifier, as the last stage's does. The subsample is moved to ``config``'s device
+    (:func:`on_device`); every fit stops at ``config.mufm_tol``."""
 
     def compute(_folder: Path) -> dict[str, Any]:
         from otcollapse.exceptions import ConvergenceWarning
-        from otcollapse.io import load_trajectory
         from otcollapse.surrogates import calibrate_mufm
 
-        traj = load_trajectory(Path(ctx.root) / traj_path)
+        traj = load_captured(Path(ctx.root) / traj_path)
         sub = traj.subsample(min(config.mufm_samples, traj.n_samples), seed=seed)
+        segs = sub.segments
+        segment = None
+        if len(segs) > 1:  # the last stage with a step: the one the classifier reads
+            segment = max(i for i in range(len(segs)) if len(segs[i]) >= 2)
+        where = "" if segment is None else f", segment {segment} ({len(segs[segment])} layers)"
         ctx.say(
-            f"[seed {seed}] fitting the MUFM to the ResNet ({sub.n_samples} samples, λ_OT grid "
-            f"{list(config.mufm_grid)}, λ_W = λ_H = {config.weight_decay})"
+            f"[seed {seed}] fitting the MUFM to the ResNet ({sub.n_samples} samples{where}, "
+            f"λ_OT grid {list(config.mufm_grid)}, λ_W = λ_H = {config.weight_decay})"
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             cal = calibrate_mufm(
-                sub,
+                on_device(sub, config.device),
                 lambda_w=config.weight_decay,
                 lambda_h=config.weight_decay,
                 grid=list(config.mufm_grid),
                 discrepancy="nc1",
                 seed=seed,
+                segment=segment,
                 refine_xatol=0.05,  # λ_OT to about 12%: finer costs fits and changes no conclusion
+                tol=config.mufm_tol,
             )
         notes = [str(w.message) for w in caught]
         for n in notes:
@@ -498,6 +662,7 @@ def seed_graph(config: Any, seed: int, ctx: StageContext) -> SeedGraph:
                 n_boot,
                 f"{net} ({split}, epoch {e})",
                 ck,
+                config.device,
             )
             parts[f"analyse:{label}"] = ak
             parts[f"capture:{label}"] = ck
@@ -507,6 +672,7 @@ def seed_graph(config: Any, seed: int, ctx: StageContext) -> SeedGraph:
             "seed": seed,
             "mufm_samples": config.mufm_samples,
             "mufm_grid": config.mufm_grid,
+            "mufm_tol": config.mufm_tol,
             "weight_decay": config.weight_decay,
         }
         kk = stage_key("calibrate", settings, [ck])
@@ -514,7 +680,8 @@ def seed_graph(config: Any, seed: int, ctx: StageContext) -> SeedGraph:
         parts["calibrate"] = kk
     labels = sorted(parts)
     inputs = [parts[lb] for lb in labels]
-    sk = stage_key("seed", {"settings": config.to_dict(), "seed": seed}, inputs)
+    settings = {k: v for k, v in config.to_dict().items() if k != "device"}  # where, not what
+    sk = stage_key("seed", {"settings": settings, "seed": seed}, inputs)
     tasks[sk] = (seed_stage, ctx, StageName(sk), config, seed, labels, inputs)
     return SeedGraph(tasks, sk, parts)
 

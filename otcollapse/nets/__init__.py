@@ -7,20 +7,23 @@ tensors ``X`` and ``y`` is a data set here). :func:`otcollapse.nets.common.as_xy
 data become tensors.
 """
 
-from otcollapse.nets.capture import capture, find_blocks
+from otcollapse.nets.capture import capture, find_blocks, projection_matrix
 from otcollapse.nets.margins import MarginResult, normalised_margins
 from otcollapse.nets.resnet import (
+    RESNET_LAYOUTS,
     BasicBlock,
     ConvResNet,
     MLPBlock,
     ResidualMLP,
     ResNet,
     resnet18_layout,
+    resnet_layout,
 )
 from otcollapse.nets.train import CHECKPOINT_NAME, TrainHistory, load_checkpoint, train
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "RESNET_LAYOUTS",
     "BasicBlock",
     "ConvResNet",
     "MLPBlock",
@@ -32,6 +35,8 @@ __all__ = [
     "find_blocks",
     "load_checkpoint",
     "normalised_margins",
+    "projection_matrix",
     "resnet18_layout",
+    "resnet_layout",
     "train",
 ]

@@ -28,7 +28,7 @@ from otcollapse._validation import check_int
 from otcollapse.measures import Trajectory
 from otcollapse.nets.common import as_xy, linear_head, place
 
-__all__ = ["capture", "find_blocks"]
+__all__ = ["capture", "find_blocks", "projection_matrix"]
 
 PoolSpec = Any  # "avg" | "flatten" | ("project", k)
 
@@ -124,6 +124,33 @@ def _parse_pool(pool: PoolSpec) -> tuple[str, int]:
     )
 
 
+def projection_matrix(dim: int, k: int, seed: int = 0) -> torch.Tensor:
+    """The Gaussian map ``G / sqrt(k)`` that ``capture(..., pool=("project", k), seed=seed)``
+    applies to flattened feature maps of dimension ``dim``.
+
+    $$G_{ij} \\sim N(0, 1), \\qquad \\mathbb E\\,\\lVert (G/\\sqrt k)^\\top v\\rVert^2 =
+    \\lVert v\\rVert^2,$$
+
+    drawn on the CPU by a ``torch.Generator`` seeded with ``(seed * 1_000_003 + dim) mod 2^63``:
+    one matrix per input dimension, the same for every batch and every layer of that dimension.
+    For a fixed ``v`` the ratio ``||(G/√k)^T v||^2 / ||v||^2`` follows ``χ²_k / k``
+    (Johnson–Lindenstrauss).
+
+    Returns
+    -------
+    Tensor, shape (dim, k), float32 on the CPU
+
+    Examples
+    --------
+    >>> projection_matrix(1024, 64, seed=0).shape
+    torch.Size([1024, 64])
+    """
+    dim = check_int(dim, "dim", minimum=1)
+    k = check_int(k, "k", minimum=1)
+    gen = torch.Generator().manual_seed((check_int(seed, "seed") * 1_000_003 + dim) % (2**63))
+    return torch.randn(dim, k, generator=gen, dtype=torch.float32) / k**0.5
+
+
 class _Pooler:
     """Pools a feature map to a vector; random projections are fixed per input dimension."""
 
@@ -134,9 +161,7 @@ class _Pooler:
     def matrix(self, dim: int, device: torch.device) -> torch.Tensor:
         key = (dim, str(device))
         if key not in self._maps:
-            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + dim) % (2**63))
-            G = torch.randn(dim, self.k, generator=gen, dtype=torch.float32) / self.k**0.5
-            self._maps[key] = G.to(device)
+            self._maps[key] = projection_matrix(dim, self.k, self.seed).to(device)
         return self._maps[key]
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
@@ -223,7 +248,8 @@ class _Sink:
         del self.mm
         self.mm = None
         os.replace(self.tmp, self.path)
-        return np.load(self.path, mmap_mode="r")
+        # copy-on-write: torch takes it without a read-only warning; the file is never written
+        return np.load(self.path, mmap_mode="c")
 
 
 # ---------------------------------------------------------------------------- capture
@@ -251,8 +277,8 @@ def capture(
     ``"flatten"`` — all ``C H W`` values; ``("project", k)`` — the flattened map times a seeded
     Gaussian matrix ``G / sqrt(k)`` (``G_{ij} ~ N(0, 1)``, shape (CHW, k)), one matrix per input
     dimension, the same for every batch and every layer of that dimension, so that squared
-    distances are preserved in expectation (Johnson–Lindenstrauss); maps of dimension ``<= k`` are
-    flattened only.
+    distances are preserved in expectation (Johnson–Lindenstrauss; :func:`projection_matrix`
+    gives the matrix); maps of dimension ``<= k`` are flattened only.
 
     Parameters
     ----------
@@ -280,7 +306,8 @@ def capture(
         Seed of the random projection.
     memmap_dir : path, optional
         Stream every layer (and shortcut image) to ``layerNNN.npy`` / ``shortcutNNN.npy`` memory
-        maps in this folder instead of RAM; the trajectory holds read-only memory maps.
+        maps in this folder instead of RAM; the trajectory holds memory maps (copy-on-write: a
+        change to them never reaches the files).
 
     Returns
     -------
@@ -288,7 +315,9 @@ def capture(
         Layers (float32), labels, names (``"stem"`` or ``"input"``, then module names),
         ``shortcuts`` for blocks with a dimension-changing shortcut, ``logits = model(x)``, the
         ``classifier`` ``(W, b)`` of the linear head when it applies to the last layer, and
-        ``metadata`` (split, pool, model class, n, data provenance).
+        ``metadata`` (split, pool, model class, n, data provenance, and ``stream_shapes``: the
+        shape of the feature map or vector each layer was taken from, before pooling, which
+        splits :attr:`Trajectory.segments` between the stages of a ResNet in every space).
 
     Raises
     ------
@@ -324,7 +353,12 @@ def capture(
     logits = np.concatenate(rec.logits)
     meta = _metadata(model, data, split, pool=mode if mode != "project" else ["project", k])
     meta.update(
-        {"n": n, "seed": int(seed), "layers": "blocks" if isinstance(layers, str) else list(layers)}
+        {
+            "n": n,
+            "seed": int(seed),
+            "layers": "blocks" if isinstance(layers, str) else list(layers),
+            "stream_shapes": rec.shapes,
+        }
     )
     if mdir is not None:
         meta["memmap_dir"] = str(mdir)
@@ -412,15 +446,22 @@ class _Recorder:
         self.logits: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.unchained: set[str] = set()
+        self.shapes: list[list[int] | None] = [None] * (len(hooked) + 1)
         self.calls = [0] * len(hooked)
         self.pre_calls = 0
         self.prev: Any = None
+
+    def _add(self, i: int, h: torch.Tensor) -> None:
+        """Layer ``i``'s batch ``h``: its stream shape noted, pooled, recorded."""
+        if self.shapes[i] is None:
+            self.shapes[i] = [int(v) for v in h.shape[1:]]
+        self.sinks[i].add(self.pooler(h))
 
     def pre_hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
         self.pre_calls += 1
         if self.pre_calls == 1:
             self.prev = inputs[0]
-            self.sinks[0].add(self.pooler(inputs[0]))
+            self._add(0, inputs[0])
 
     def hook(self, i: int) -> Any:
         name = self.hooked[i][0]
@@ -433,7 +474,7 @@ class _Recorder:
                     "modules that run once (blocks), not shared activations such as a ReLU."
                 )
             out = output[0] if isinstance(output, (tuple, list)) else output
-            self.sinks[i + 1].add(self.pooler(out))
+            self._add(i + 1, out)
             if i in self.shortcut_sinks:
                 if inputs[0] is not self.prev:
                     self.unchained.add(name)

@@ -22,13 +22,18 @@ from torch.nn import functional as F
 from otcollapse._validation import check_int
 
 __all__ = [
+    "RESNET_LAYOUTS",
     "BasicBlock",
     "ConvResNet",
     "MLPBlock",
     "ResNet",
     "ResidualMLP",
     "resnet18_layout",
+    "resnet_layout",
 ]
+
+#: Blocks per stage of the CIFAR-style ResNets (He et al. 2016); widths ``w * (1, 2, 4, 8)``.
+RESNET_LAYOUTS: dict[str, tuple[int, ...]] = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
 
 def _norm1d(width: int, batchnorm: bool) -> nn.Module:
@@ -304,6 +309,49 @@ class ResNet(_BlockNet):
         self._assemble(stem, blocks, nn.Linear(in_planes, n_classes), plain)
 
 
+def resnet_layout(
+    name: str,
+    *,
+    in_channels: int = 3,
+    n_classes: int = 10,
+    width: int = 64,
+    plain: bool = False,
+    batchnorm: bool = True,
+) -> ResNet:
+    """ResNet-18 or ResNet-34 (CIFAR variant): widths ``width * (1, 2, 4, 8)``.
+
+    ``name`` is a key of :data:`RESNET_LAYOUTS`: ``"resnet18"`` has ``(2, 2, 2, 2)`` BasicBlocks
+    per stage, ``"resnet34"`` ``(3, 4, 6, 3)``. ``width`` is the base width (the first stage's
+    channels; 64 in He et al.); the plain twin (``plain=True``) has the same stages.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``name`` (the known ones are listed).
+
+    Examples
+    --------
+    >>> net = resnet_layout("resnet34", width=4)
+    >>> len(net.blocks), net.stage_of[:4], net.head.in_features
+    (16, [0, 0, 0, 1], 32)
+
+    References
+    ----------
+    K. He et al., "Deep residual learning for image recognition", CVPR 2016.
+    """
+    if name not in RESNET_LAYOUTS:
+        raise ValueError(f"unknown ResNet layout {name!r}; use one of {list(RESNET_LAYOUTS)}.")
+    _check_sizes(width=width)
+    return ResNet(
+        [width, 2 * width, 4 * width, 8 * width],
+        RESNET_LAYOUTS[name],
+        in_channels=in_channels,
+        n_classes=n_classes,
+        plain=plain,
+        batchnorm=batchnorm,
+    )
+
+
 def resnet18_layout(
     *,
     in_channels: int = 3,
@@ -312,17 +360,18 @@ def resnet18_layout(
     plain: bool = False,
     batchnorm: bool = True,
 ) -> ResNet:
-    """ResNet-18 (CIFAR variant): widths ``width * (1, 2, 4, 8)``, two BasicBlocks per stage.
+    """ResNet-18 (CIFAR variant): widths ``width * (1, 2, 4, 8)``, two BasicBlocks per stage
+    (``resnet_layout("resnet18", ...)``).
 
     References
     ----------
     K. He et al., "Deep residual learning for image recognition", CVPR 2016.
     """
-    return ResNet(
-        [width, 2 * width, 4 * width, 8 * width],
-        [2, 2, 2, 2],
+    return resnet_layout(
+        "resnet18",
         in_channels=in_channels,
         n_classes=n_classes,
+        width=width,
         plain=plain,
         batchnorm=batchnorm,
     )
