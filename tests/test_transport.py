@@ -296,12 +296,14 @@ def test_geomloss_backend_agrees_after_unit_conversion(debias):
 def test_auto_reports_its_choice():
     x, y = residual_pair(60, 3)
     assert wasserstein(x, y).method == "assignment"
-    # unrelated clouds over the budget: the sparse path cannot certify, the dense one does not fit
+    # unrelated clouds over the budget: the sparse path cannot certify, the dense one does not
+    # fit, so the streamed auction (no n x n matrix) gives the exact value, and auto says why
     y = np.random.default_rng(1).normal(size=x.shape)
     res = wasserstein(x, y, max_dense_bytes=1000, eps=2.0)
-    assert res.method == "sinkhorn" and "chunked Sinkhorn" in res.params["auto"]
-    assert "sparse path fell back" in res.params["auto"]
-    assert res.params["mode"] in ("dense", "chunked")
+    assert res.method == "assignment" and res.params["path"] == "auction" and res.converged
+    assert "streamed auction" in res.params["auto"] and res.params["fallback"]
+    assert res.cost == pytest.approx(pot_emd2(x, y), rel=1e-9)
+    assert res.params["unused_options"] == ["eps"]
 
 
 @pytest.mark.parametrize("n", [60, 700])
@@ -340,10 +342,13 @@ def test_exact_refuses_oversized_problems_naming_alternatives():
     x, y = residual_pair(60, 3)
     with pytest.raises(ValueError, match=r"sinkhorn.*sliced"):
         wasserstein(x, y, method="exact", max_dense_bytes=1000)
-    # the assignment needs the dense matrix only when its sparse path cannot certify
+    # the assignment needs no dense matrix: beyond the budget, unrelated clouds go to the
+    # streamed auction; only the dense path asked for by name is refused
     y = np.random.default_rng(3).normal(size=x.shape)
-    with pytest.raises(ValueError, match=r"sparse assignment fell back .*sinkhorn.*sliced"):
-        wasserstein(x, y, method="assignment", max_dense_bytes=1000)
+    res = wasserstein(x, y, method="assignment", max_dense_bytes=1000)
+    assert res.params["path"] == "auction" and res.converged
+    with pytest.raises(ValueError, match=r"over the budget.*sinkhorn.*sliced"):
+        wasserstein(x, y, method="assignment", candidates="dense", max_dense_bytes=1000)
 
 
 def test_result_to_dict_is_json_safe():
@@ -566,14 +571,13 @@ def test_sparse_path_needs_no_dense_matrix():
     budget = 1000  # far below one 600 x 600 matrix
     res = wasserstein(x, y, method="assignment", max_dense_bytes=budget)
     assert res.params["path"] == "sparse" and res.cost == pytest.approx(pot_emd2(x, y), rel=1e-12)
-    with pytest.raises(ValueError, match=r"sparse assignment fell back .*sinkhorn"):
-        g = np.random.default_rng(12)
-        wasserstein(
-            g.normal(size=(600, 16)),
-            g.normal(size=(600, 16)),
-            method="assignment",
-            max_dense_bytes=budget,
-        )
+    # unrelated clouds: the sparse path falls back, and beyond the budget to the streamed
+    # auction, which needs no dense matrix either
+    g = np.random.default_rng(12)
+    x, y = g.normal(size=(600, 16)), g.normal(size=(600, 16))
+    res = wasserstein(x, y, method="assignment", max_dense_bytes=budget)
+    assert res.params["path"] == "auction" and res.params["fallback"]
+    assert res.cost == pytest.approx(pot_emd2(x, y), rel=1e-9) and res.converged
 
 
 def test_dense_path_certificate_on_request():
