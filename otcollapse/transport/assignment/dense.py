@@ -185,7 +185,10 @@ def solve_assignment(
         candidates == "auto" and (n >= STREAMED_MIN_N or not geom.fits(ASSIGNMENT_COPIES))
     ):
         # unrelated clouds, large or beyond the dense budget: the streamed auction, certified
-        return _streamed_result(geom, opts, fallback, t0)
+        res = _streamed_result(geom, opts, fallback, t0)
+        if res.converged or candidates == "auction" or not geom.fits(ASSIGNMENT_COPIES):
+            return res
+        fallback = "dense path: the streamed auction did not certify"
     return _solve_dense(geom, a, b, opts, fallback, t0)
 
 

@@ -114,6 +114,17 @@ def solve_streamed_assignment(
 
     See the module docstring for the four stages. ``k``: candidate columns per row.
     """
+    if geom.n == 1:  # one pair: its cost is the value, u = c, v = 0 the certificate
+        c = float(((geom.x64 - geom.y64) ** 2).sum())
+        return StreamedAssignment(
+            assignment=np.zeros(1, dtype=np.int64),
+            pair_cost=np.array([c]),
+            u=np.array([c]),
+            v=np.zeros(1),
+            lower=c,
+            converged=True,
+            params={"k": 0, "note": "one point"},
+        )
     return _Streamed(geom, k).run(max_scans)
 
 
@@ -166,7 +177,9 @@ class _Streamed:
         cols = torch.randperm(self.n, generator=g)[:SAMPLE].to(self.dev)
         xs, ys = self.x64[rows], self.y64[cols]
         c = (xs * xs).sum(1)[:, None] + (ys * ys).sum(1)[None, :] - 2 * xs @ ys.T
-        return float(c.std()), float(c.abs().max())
+        # population std (one point gives 0, not NaN); a floor keeps every ε above zero
+        tiny = float(np.finfo(np.float64).tiny)
+        return float(c.std(correction=0)), max(float(c.abs().max()), tiny)
 
     def streamed_auction(self, scale: float, magnitude: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Float32 prices and a permutation from the streamed Jacobi auction."""
@@ -309,10 +322,13 @@ class _Streamed:
         scans, flagged, margin, violation = 0, 0, 0.0, 0.0
         bound = ProjectedBound(self.x64, self.y64, None, scan_dtype(dev), radius=self.radius)
         budget = max(16 * n, 1)
+        auction = True
         while True:
-            held, bids = self.sparse_auction(price, eps_list)
-            self.params["sparse_bids"].append(bids)
-            self.lap("sparse auction")
+            if auction:
+                held, bids = self.sparse_auction(price, eps_list)
+                self.params["sparse_bids"].append(bids)
+                self.lap("sparse auction")
+            auction = True
             converged = bool((held >= 0).all())
             if not converged:
                 self.params["note"] = "the sparse auction ran out of bids"
@@ -330,6 +346,7 @@ class _Streamed:
                 # a float32 margin too coarse for these costs: the same scan in float64
                 bound = ProjectedBound(self.x64, self.y64, None, torch.float64, radius=self.radius)
                 scans -= 1
+                auction = False  # the same potentials, scanned again
                 continue
             fi, fj, margin = hit
             flagged = int(fi.numel())
@@ -347,6 +364,10 @@ class _Streamed:
             # the violating pairs join the candidates, and the sparse auction runs again from
             # the current prices (new arcs can move prices by more than the last ε)
             self._add_arcs(fi[bad], fj[bad])
+        if (held < 0).any():  # out of bids: a permutation all the same (its cost is an upper bound)
+            owned = np.zeros(n, dtype=bool)
+            owned[held[held >= 0]] = True
+            held[held < 0] = np.flatnonzero(~owned)
         held = torch.as_tensor(held, device=dev)
         u, v = self.potentials(torch.as_tensor(price, device=dev))
         sigma = held
@@ -357,7 +378,7 @@ class _Streamed:
         value = float(pair.mean())
         # certified to RTOL, or not at all (prices cannot resolve costs below their own
         # rounding: far-off tight clusters need their own frames, transport.blocks)
-        converged = converged and value - lower <= RTOL * value
+        converged = converged and value - max(lower, 0.0) <= RTOL * value
         if not converged:
             lower = 0.0
         self.lap("value")
