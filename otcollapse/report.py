@@ -233,8 +233,9 @@ _CAPTIONS = {
     "the first and last layer against l/L (the diagonal is a constant-speed geodesic).",
     "ots_lss.png": "Gai & Zhang's scores: OTS (left) and the per-sample LSS (right).",
     "collapse_epochs_nc1.png": "NC1 of the first and last layer over the training epochs.",
-    "mufm_calibration.png": "The MUFM fitted to the ResNet: discrepancy over λ_OT (left) and "
-    "NC1 over depth of the network and the fitted MUFM (right).",
+    "mufm_calibration.png": "The MUFM fitted to the ResNet: discrepancy over λ_OT (left), NC1 "
+    "over depth of the network and the fitted MUFM (middle), and the last-layer features of both "
+    "on the principal axes of the network's (right).",
 }
 
 

@@ -100,7 +100,13 @@ def test_recovers_lambda_star(network: Trajectory, discrepancy: str) -> None:
     assert float(shown["lambda_ot"]) == pytest.approx(cal.lambda_ot, rel=1e-5)
     assert float(shown["lambda_ot"]) == pytest.approx(LAM_STAR, rel=0.02)
     assert float(shown["discrepancy"]) == pytest.approx(cal.value, rel=1e-3)
-    assert table_lines[0].split() == ["lambda_ot", discrepancy, "w2", "nc1_mufm", "converged"]
+    assert table_lines[0].split() == [
+        "lambda_ot",
+        f"D_{discrepancy}",
+        "w2",
+        "nc1_mufm",
+        "converged",
+    ]
     listed = [float(line.split()[0]) for line in table_lines[1:]]
     fitted = sorted(r["lambda_ot"] for r in cal.refinement)
     np.testing.assert_allclose(listed, [r["lambda_ot"] for r in cal.grid] + fitted, rtol=1e-3)

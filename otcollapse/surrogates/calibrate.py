@@ -147,7 +147,9 @@ class MUFMCalibration(Result):
 
     def format_grid(self, precision: int = 4) -> str:
         """The grid (and refinement) table as aligned text."""
-        head = ["lambda_ot", self.discrepancy, "w2", "nc1_mufm", "converged"]
+        # the discrepancy's column says it is one (D_nc1 = |log NC1 gap|, D_w2 = W2): a column
+        # headed "nc1" beside nc1_mufm read as an NC1 value
+        head = ["lambda_ot", f"D_{self.discrepancy}", "w2", "nc1_mufm", "converged"]
         rows = [*self.grid, *sorted(self.refinement, key=lambda r: r["lambda_ot"])]
         body = [
             [f"{r['lambda_ot']:.{precision}g}", f"{r['discrepancy']:.{precision}g}",
