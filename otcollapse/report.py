@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -535,7 +536,8 @@ def _write_report(folder: Path, m: Mapping[str, Any]) -> Path:
     parts += _details_section(m)
     parts.append("<h2>What each number means</h2><table>")
     parts.extend(
-        f"<tr><td class='l'><b>{_e(k)}</b></td><td class='l'>{_e(v)}</td></tr>" for k, v in GLOSSARY
+        f"<tr><td class='l'><b>{_e(k)}</b></td><td class='l'>{_e(v)}</td></tr>"
+        for k, v in _glossary_for("".join(parts))
     )
     parts.append("</table>")
     for key, head in (
@@ -610,13 +612,37 @@ def _longest_note(m: Mapping[str, Any]) -> str:
     )
 
 
+#: glossary terms too common to show that an entry applies
+_GENERIC_TERMS = {"value"}
+
+
+def _glossary_for(body: str) -> list[tuple[str, str]]:
+    """The glossary entries one of whose terms the page shows (an ``analyze`` report has no
+    accuracies or MUFM, so it defines neither)."""
+    out = []
+    for key, text in GLOSSARY:
+        terms = [t.strip() for t in key.split(",") if t.strip() not in _GENERIC_TERMS]
+        if any(re.search(rf"(?<![\w]){re.escape(_e(t))}(?![\w])", body) for t in terms):
+            out.append((key, text))
+    return out
+
+
 def _headline_section(m: Mapping[str, Any]) -> list[str]:
     if not m.get("headline"):
         return []
+    names = list(m["headline"])
+    suffixes = [
+        text
+        for suffix, text in (
+            ("_init", "<code>_init</code>: the same network at initialisation, the baseline"),
+            ("_test", "<code>_test</code>: the test split"),
+        )
+        if any(n.endswith(suffix) for n in names)
+    ]
+    said = f" (suffix {'; '.join(suffixes)})" if suffixes else ""
     return [
         "<h2>Headline numbers</h2>",
-        "<p>Last epoch (suffix <code>_init</code>: the same network at initialisation, the "
-        "baseline; <code>_test</code>: the test split). Definitions at the end of the page."
+        f"<p>Last epoch{said}. Definitions at the end of the page."
         f"{_in_space(m)}{_longest_note(m)}</p>",
         _headline(m["headline"]),
     ]

@@ -448,3 +448,18 @@ def test_every_number_in_the_report_has_a_glossary_entry(quick_run):
     m = json.loads((quick_run / "metrics.json").read_text())
     assert set(m["mufm"]["match"]) <= terms, sorted(set(m["mufm"]["match"]) - terms)
     assert any(h.endswith("_ci") for h in headers) and "*_ci" in terms
+
+
+def test_an_analyze_report_carries_no_run_only_boilerplate(tmp_path):
+    """No ``_init`` suffix, MUFM or accuracy in the report of saved features: its glossary
+    defines what the page shows, and the headline names only the suffixes it has (#20)."""
+    g = np.random.default_rng(0)
+    labels = np.arange(120) % 3
+    traj = transparent_model(g.normal(size=(120, 6)), labels, 3, seed=0)
+    path = tmp_path / "t.npz"
+    save_trajectory(path, traj)
+    assert main(["analyze", str(path), "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    for absent in ("_init", "MUFM λ_OT", "train_accuracy", "discrepancy"):
+        assert absent not in page, absent
+    assert "<b>NC1, nc1, nc1_first, nc1_last</b>" in page  # what it shows is still defined
