@@ -16,6 +16,7 @@ from otcollapse._utils import check_device, json_safe
 from otcollapse._validation import check_int, check_real
 from otcollapse.data import Dataset, dataset_names, from_folder, load_dataset
 from otcollapse.io import open_npz
+from otcollapse.nets import RESNET_LAYOUTS
 
 __all__ = [
     "AUTO_DEVICE",
@@ -34,7 +35,7 @@ __all__ = [
 MODELS = ("mlp", "conv", "resnet18", "resnet34")
 #: the staged ResNets: blocks per stage (``otcollapse.nets.RESNET_LAYOUTS``); widths
 #: ``width * (1, 2, 4, 8)``, so ``RunConfig.width`` is their base width
-RESNETS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+RESNETS = RESNET_LAYOUTS
 #: the ``device`` that picks CUDA when torch sees a GPU, else the CPU
 AUTO_DEVICE = "auto"
 #: the feature space a conv model's layers are captured in (an MLP's are vectors in every case):
