@@ -70,9 +70,11 @@ def test_run_quick_writes_a_complete_run_folder(quick_run):
     # noise floor beside every W2 of the profile
     rows = m["results"]["resnet"]["geodesic"]["profile"]["rows"]
     assert all(r["noise_floor"] is not None and r["noise_floor"] > 0 for r in rows)
-    # the verdict table is computed from the numbers, not asserted
-    v = {x["claim"][:25]: x["holds"] for x in m["verdicts"] if x.get("verdict") != "count"}
-    assert len(v) == 3
+    # the verdict table is computed from the numbers, against every baseline the run has
+    v = {(x.get("score"), x["comparison"]): x for x in m["verdicts"] if x["verdict"] != "count"}
+    assert {c for _, c in v} == {"trained, τ < 0", "trained − init", "ResNet − plain"}
+    assert {s for s, _ in v} == {"nc1_kendall_tau", "path_ratio", "lss_mean", "ots"}
+    assert all(x["verdict"] in ("holds", "fails", "not resolved") for x in v.values())
     # steps at or below the noise floor: flagged per step, counted beside the verdicts
     rows = m["results"]["resnet"]["geodesic"]["profile"]["rows"]
     below = sum(r["distance"] <= r["noise_floor"] for r in rows)
@@ -80,7 +82,9 @@ def test_run_quick_writes_a_complete_run_folder(quick_run):
     (count,) = [x for x in m["verdicts"] if x.get("verdict") == "count"]
     assert f"ResNet: {below} of {len(rows)} steps at or below the floor" in count["measured"]
     res, pl = m["headline"]["resnet"], m["headline"]["plain"]
-    assert any(x["holds"] == (res["ots"] > pl["ots"]) for x in m["verdicts"] if "OTS" in x["claim"])
+    ots = v[("ots", "ResNet − plain")]
+    assert ots["values"] == [[res["ots"], pl["ots"]]]
+    assert ots["effect"] == pytest.approx(res["ots"] - pl["ots"])
     # MUFM calibrated: its NC1 matches the network's within the grid's reach
     assert m["mufm"]["lambda_ot"] > 0 and np.isfinite(m["mufm"]["value"])
     # trajectories at every captured epoch, checkpoints, figures, the report
@@ -153,9 +157,12 @@ def test_seeds_are_aggregated_with_intervals(tmp_path):
     lo, hi = ots["ci95"]
     assert lo <= ots["mean"] <= hi
     # the verdicts are tested over both seeds, as effects with intervals
-    v = next(x for x in m["verdicts"] if x["claim"].startswith("OTS"))
+    v = next(
+        x for x in m["verdicts"] if (x.get("score"), x["comparison"]) == ("ots", "ResNet − plain")
+    )
     diffs = [m["per_seed"][s]["resnet"]["ots"] - m["per_seed"][s]["plain"]["ots"] for s in "01"]
-    assert v["effect"]["values"] == pytest.approx(diffs) and v["effect"]["n"] == 2
+    assert v["effect"] == pytest.approx(np.mean(diffs)) and v["n_seeds"] == 2
+    assert "Student-t interval over 2 seeds" in v["interval"]
     assert v["verdict"] in ("holds", "fails", "not resolved")
     assert (tmp_path / "s" / "seed_1" / "report.html").exists()
     assert "Over 2 seeds" in (tmp_path / "s" / "report.html").read_text()
@@ -168,22 +175,25 @@ def test_seeds_are_aggregated_with_intervals(tmp_path):
         ([(0.0, 1.0), (0.1, 0.9), (0.05, 1.0)], "fails"),
         ([(1.0, 1.0), (1.0, 1.0), (1.0, 1.0)], "not resolved"),  # saturated at both ends
         ([(1.0, 0.0), (0.0, 1.0), (0.5, 0.4)], "not resolved"),  # the interval crosses 0
-        ([(1.0, 0.0)], "not resolved"),  # one seed: no interval
+        ([(1.0, 0.0)], "not resolved"),  # one seed without replicates: no interval
     ],
 )
 def test_verdicts_over_seeds_are_effects_with_intervals(ots, verdict):
-    from otcollapse.experiments.analysis import verdicts_over_seeds
+    from otcollapse.experiments.verdicts import verdicts
 
     per_seed = [
         {"headline": {"resnet": {"ots": r, "nc1_kendall_tau": -1.0}, "plain": {"ots": p}}}
         for r, p in ots
     ]
-    v = {x["claim"][:3]: x for x in verdicts_over_seeds(per_seed)}
-    assert v["OTS"]["verdict"] == verdict
-    assert v["OTS"]["holds"] == {"holds": True, "fails": False}.get(verdict)
-    assert v["OTS"]["n_holds"] == sum(r > p for r, p in ots)
-    assert v["Res"]["verdict"] == ("holds" if len(ots) > 1 else "not resolved")
-    assert "LSS" not in v  # no LSS in these headlines: no verdict, not a made-up one
+    v = {(x["score"], x["comparison"]): x for x in verdicts(per_seed)}
+    got = v[("ots", "ResNet − plain")]
+    assert got["verdict"] == verdict
+    assert got["holds"] == {"holds": True, "fails": False}.get(verdict)
+    assert got["saturated"] == all(r == p == 1.0 for r, p in ots)
+    # τ = -1 in every seed: an interval of zero width, above 0 with two seeds or more
+    tau = v[("nc1_kendall_tau", "trained, τ < 0")]["verdict"]
+    assert tau == ("holds" if len(ots) > 1 else "not resolved")
+    assert not any(s == "lss_mean" for s, _ in v)  # no LSS in these headlines: no verdict
 
 
 def test_aggregation_over_seeds_counts_zeros_as_values():
@@ -441,7 +451,7 @@ def test_every_number_in_the_report_has_a_glossary_entry(quick_run):
     page = (quick_run / "report.html").read_text()
     terms = {t for key, _ in GLOSSARY for t in key.split(", ")}
     structure = {"model", "layer", "epoch", "pair", "segment", "metric", "method", "converged"}
-    structure |= {"gauge", "measured", "prediction", "quantity", "verdict", "published"}
+    structure |= {"gauge", "measured", "prediction", "against", "quantity", "verdict", "published"}
     headers = {html_lib.unescape(h) for h in re.findall(r"<th[^>]*>(.*?)</th>", page)}
     numbers = {h for h in headers - structure if not h.endswith("_ci")}
     assert numbers and numbers <= terms, sorted(numbers - terms)

@@ -303,7 +303,8 @@ def _unglossed(page: str) -> set[str]:
 
     terms = {t for key, _ in GLOSSARY for t in key.split(", ")}
     structure = {"model", "layer", "epoch", "pair", "segment", "metric", "method", "converged"}
-    structure |= {"gauge", "measured", "prediction", "quantity", "verdict", "published", "step"}
+    structure |= {"gauge", "measured", "prediction", "against", "quantity", "verdict", "published"}
+    structure |= {"step"}
     headers = {html_lib.unescape(h) for h in re.findall(r"<th[^>]*>(.*?)</th>", page)}
     return {h for h in headers - structure - terms if not h.endswith("_ci")}
 

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from otcollapse import _resampling
 from otcollapse._utils import atomic_path, json_safe
 from otcollapse.collapse import CollapseProfile, collapse_profile
+from otcollapse.experiments.verdicts import interval, number, verdicts
 from otcollapse.geodesic import GeodesicReport, geodesic_test, lss, ots
 from otcollapse.measures import Trajectory
 from otcollapse.nets import TrainHistory
@@ -31,17 +33,18 @@ __all__ = [
     "geometry_rows",
     "headline",
     "longest_index",
+    "nc1_log_slope",
     "null_baselines",
     "package_versions",
     "projection_distortion",
     "projection_pairs",
     "record_results",
+    "resampled_scores",
     "say",
     "seed_metrics",
     "space_record",
     "stream_distortion",
     "verdicts",
-    "verdicts_over_seeds",
     "write_figures",
 ]
 
@@ -89,7 +92,66 @@ def analyse(
         out["geodesic_aligned"] = geodesic_test(
             traj, seed=seed, n_boot=n_boot, gauge=ALIGNED_GAUGE, progress=progress
         )
+        out["resampled"] = resampled_scores(traj, out["geodesic"], seed=seed, n_boot=n_boot)
     return out
+
+
+#: the scores the verdicts read from resamples (:mod:`otcollapse.experiments.verdicts`)
+_GEODESIC_SCORES = ("path_ratio", "lss_mean", "ots")
+
+
+def _tau(traj: Trajectory) -> float:
+    pfc = collapse_profile(traj, metrics=("nc1",)).pfc.get("nc1")
+    return number(None if pfc is None else pfc.kendall_tau)
+
+
+def resampled_scores(
+    traj: Trajectory, rep: GeodesicReport, *, seed: int, n_boot: int
+) -> dict[str, Any]:
+    """The verdicts' scores on resamples of ``traj``'s samples: ``halves`` (score -> its value on
+    each of the two disjoint stratified halves, :func:`otcollapse._resampling.split_halves`;
+    the split-half floor of a score is their difference) and ``replicates`` (score -> its value
+    on each subsampling replicate, in replicate order).
+
+    The geodesic scores (path ratio, LSS, OTS of the longest segment) of the replicates are
+    ``rep``'s own (:attr:`SegmentReport.replicates`); NC1's Kendall τ is computed on the same
+    replicate subsamples (half the samples, seeds :func:`otcollapse._resampling.boot_seeds`).
+    Two trajectories of the same samples resampled with the same ``seed`` get the same halves
+    and replicates, so effects between them pair. Empty entries where the samples are too few
+    (fewer than 4, or halves of a single class)."""
+    out: dict[str, Any] = {"halves": {}, "replicates": {}}
+    s = _longest(rep)
+    for key in _GEODESIC_SCORES:
+        if key in s.replicates:
+            out["replicates"][key] = list(s.replicates[key])
+    labels = None if traj.labels is None else np.asarray(traj.labels)
+    if labels is not None and n_boot:
+        size = traj.n_samples // 2
+        out["replicates"]["nc1_kendall_tau"] = (
+            [
+                _tau(traj.take(_resampling.stratified_indices(labels, size, bs)))
+                for bs in _resampling.boot_seeds(seed, n_boot)
+            ]
+            if size >= 2
+            else []
+        )
+    halves = _resampling.split_halves(labels, traj.n_samples, seed)
+    if halves is None:
+        return json_safe(out)
+    scores: dict[str, list[float]] = {}
+    seg = list(s.layers)
+    for idx in halves:
+        half = traj.take(idx)
+        if labels is not None:
+            scores.setdefault("nc1_kendall_tau", []).append(_tau(half))
+        try:
+            hs = geodesic_test(half.take_layers(seg), seed=seed).segments[0]
+        except ValueError:  # too few samples for a transport solve or a McCann fit
+            continue
+        for key, val in (("path_ratio", hs.path_ratio), ("lss_mean", hs.lss.mean), ("ots", hs.ots)):
+            scores.setdefault(key, []).append(number(val))
+    out["halves"] = {k: v for k, v in scores.items() if len(v) == 2}
+    return json_safe(out)
 
 
 def describe_space(traj: Trajectory) -> str:
@@ -416,6 +478,20 @@ def _below_floor(rep: GeodesicReport, layers: Sequence[int]) -> int | None:
     return sum(r.distance <= r.noise_floor for r in rows)
 
 
+def nc1_log_slope(values: Sequence[float] | np.ndarray) -> float | None:
+    r"""The least-squares slope $\beta$ of $\ln \mathrm{NC1}_l = \alpha + \beta\, l / L$ over the
+    layers $l = 0..L$ where NC1 is finite and $> 0$: the log-fold change of NC1 across the whole
+    depth (negative: NC1 decreases; comparable between depths). None with fewer than two such
+    layers. Reference: Wang, Gai & Zhang, "Progressive Feedforward Collapse of ResNet
+    Training" (NC1 decreasing over depth)."""
+    v = np.asarray(values, dtype=np.float64)
+    depth = np.linspace(0.0, 1.0, v.size) if v.size > 1 else np.zeros(1)
+    ok = np.isfinite(v) & (v > 0)
+    if ok.sum() < 2:
+        return None
+    return float(np.polyfit(depth[ok], np.log(v[ok]), 1)[0])
+
+
 def headline(results: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers a reader looks at first, per model: OTS, LSS, R, NC1 at both ends, PFC."""
     out: dict[str, Any] = {}
@@ -427,6 +503,7 @@ def headline(results: Mapping[str, Any]) -> dict[str, Any]:
             "nc1_first": float(nc1[0]),
             "nc1_last": float(nc1[-1]),
             "nc1_kendall_tau": None if pfc is None else pfc.kendall_tau,
+            "nc1_log_slope": nc1_log_slope(nc1),
             "nc1_frac_non_increasing": None if pfc is None else pfc.frac_non_increasing,
             "nc1_monotone": None if pfc is None else pfc.monotone,
         }
@@ -440,67 +517,10 @@ def headline(results: Mapping[str, Any]) -> dict[str, Any]:
             h: TrainHistory = res["history"]
             row["train_accuracy"] = h.final_accuracy
             row["train_loss"] = h.loss[-1] if h.loss else None
+            row["terminal_epoch"] = h.terminal_epoch
         if "test_accuracy" in res:
             row["test_accuracy"] = res["test_accuracy"]
         out[name] = json_safe(row)
-    return out
-
-
-def verdicts(head: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """What the theory predicts for a trained ResNet and its plain twin, and whether it held.
-
-    Read from one headline (one seed): a run over several seeds reports the verdicts of its
-    first seed.
-    """
-    res, pl = head.get("resnet"), head.get("plain")
-    out = []
-    if res is not None:
-        tau = res.get("nc1_kendall_tau")
-        out.append(
-            {
-                "claim": "ResNet: NC1 decreases over depth (progressive feedforward collapse)",
-                "measured": (
-                    f"Kendall τ = {tau:+.3f}, non-increasing steps "
-                    f"{res['nc1_frac_non_increasing']:.0%}"
-                    if tau is not None
-                    else "undefined"
-                ),
-                "holds": bool(tau is not None and tau < 0),
-            }
-        )
-    floors = [
-        f"{m}: {h['steps_below_floor']} of {h['steps']} steps at or below the floor"
-        for m, h in (("ResNet", res), ("plain", pl))
-        if h is not None and h.get("steps_below_floor") is not None
-    ]
-    if floors:
-        out.append(
-            {
-                "claim": "Context, not a prediction: steps the geodesic scores can resolve (W2 above "
-                "the split-half noise floor; a step at or below it is indistinguishable from "
-                "sampling noise)",
-                "measured": "; ".join(floors),
-                "holds": None,
-                "verdict": "count",
-            }
-        )
-    if res is None or pl is None or "ots" not in res or "ots" not in pl:
-        return out
-    out.append(
-        {
-            "claim": "OTS of the ResNet above the plain twin's (Gai & Zhang)",
-            "measured": f"{res['ots']:.3f} vs {pl['ots']:.3f}",
-            "holds": bool(res["ots"] > pl["ots"]),
-        }
-    )
-    if res.get("lss_mean") is not None and pl.get("lss_mean") is not None:
-        out.append(
-            {
-                "claim": "LSS of the ResNet below the plain twin's (straighter tracks)",
-                "measured": f"{res['lss_mean']:.3f} vs {pl['lss_mean']:.3f}",
-                "holds": bool(res["lss_mean"] < pl["lss_mean"]),
-            }
-        )
     return out
 
 
@@ -548,6 +568,11 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
             res_t.pop("space", None)
             final[net]["test_accuracy"] = res_t.get("test_accuracy")
             tests[net] = res_t
+    resampled = {
+        name: res.pop("resampled")
+        for name, res in [*final.items(), *((f"{k}_test", v) for k, v in tests.items())]
+        if "resampled" in res
+    }
     head = headline(final)
     if tests:
         head.update(headline({f"{k}_test": v for k, v in tests.items()}))
@@ -572,7 +597,8 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
             "versions": package_versions(),
             "provenance": provenance,
             "headline": head,
-            "verdicts": verdicts(head),
+            "verdicts": verdicts([{"headline": head, "resampled": resampled}]),
+            "resampled": resampled,
             "geometry": geometry,
             "feature_space": spaces,
             "spaces": space_records,
@@ -607,109 +633,13 @@ def _profile_arrays(res: Mapping[str, Any]) -> dict[str, Any]:
             "source": list(range(n_steps)),
             "w2": field(lambda r: r.distance),
             "w2_sq": field(lambda r: r.cost),
-            "noise_floor": field(lambda r: _number(r.noise_floor)),
-            "step_efficiency": field(lambda r: _number(r.efficiency)),
+            "noise_floor": field(lambda r: number(r.noise_floor)),
+            "step_efficiency": field(lambda r: number(r.efficiency)),
         }
     return out
 
 
 # ---------------------------------------------------------------------------- seeds
-#: the predictions tested over seeds: claim, what is measured, the effect that is > 0 when the
-#: prediction holds (from one seed's headline; None where undefined)
-_EFFECTS: tuple[tuple[str, str, Callable[[Mapping[str, Any]], Any]], ...] = (
-    (
-        "ResNet: NC1 decreases over depth (progressive feedforward collapse)",
-        "−Kendall τ of the ResNet's NC1 over depth",
-        lambda h: (
-            None if h["resnet"].get("nc1_kendall_tau") is None else -h["resnet"]["nc1_kendall_tau"]
-        ),
-    ),
-    (
-        "OTS of the ResNet above the plain twin's (Gai & Zhang)",
-        "OTS(ResNet) − OTS(plain)",
-        lambda h: _diff(h, "ots", "resnet", "plain"),
-    ),
-    (
-        "LSS of the ResNet below the plain twin's (straighter tracks)",
-        "LSS(plain) − LSS(ResNet)",
-        lambda h: _diff(h, "lss_mean", "plain", "resnet"),
-    ),
-)
-
-
-def _diff(h: Mapping[str, Any], key: str, a: str, b: str) -> float | None:
-    x, y = h.get(a, {}).get(key), h.get(b, {}).get(key)
-    return None if x is None or y is None else float(x) - float(y)
-
-
-def verdicts_over_seeds(per_seed: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Each prediction tested as an effect over all seeds, with a 95% Student-t interval.
-
-    The effect is positive when the prediction holds (:data:`_EFFECTS`). Verdict: ``"holds"``
-    when the interval lies above 0, ``"fails"`` when it lies below, ``"not resolved"`` when it
-    contains 0 (or with one seed, or when every seed gives exactly 0: a saturated score).
-    ``holds`` is True, False or None accordingly; ``n_holds`` counts the seeds with a positive
-    effect.
-    """
-    out = []
-    for claim, what, effect in _EFFECTS:
-        vals = np.array([_number(effect(p["headline"])) for p in per_seed], dtype=float)
-        vals = vals[np.isfinite(vals)]
-        if not vals.size:
-            continue
-        iv = _interval(vals)
-        lo, hi = iv["ci95"]
-        if vals.size > 1 and lo > 0:
-            verdict = "holds"
-        elif vals.size > 1 and hi < 0:
-            verdict = "fails"
-        else:
-            verdict = "not resolved"
-        out.append(
-            {
-                "claim": claim,
-                "measured": f"{what}: {iv['mean']:+.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}] "
-                f"over {vals.size} seed(s); positive in {int((vals > 0).sum())}",
-                "holds": {"holds": True, "fails": False}.get(verdict),
-                "verdict": verdict,
-                "effect": iv,
-                "n_holds": int((vals > 0).sum()),
-            }
-        )
-    return json_safe(out)
-
-
-def _number(v: Any) -> float:
-    """A headline value as a float; NaN where it is missing (None: a NaN in JSON) or not a number
-    (a flag, a text, ``"inf"``: how JSON records an infinity).
-
-    Zero is a value: a score of exactly 0 (an OTS of 0 at initialisation) counts like any other.
-    """
-    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
-        return float(v)
-    return math.nan
-
-
-def _interval(vals: np.ndarray) -> dict[str, Any]:
-    """Mean, standard deviation and a 95% Student-t interval of ``vals`` (finite, non-empty)."""
-    from scipy import stats
-
-    mean = float(vals.mean())
-    sd = float(vals.std(ddof=1)) if vals.size > 1 else math.nan
-    half = (
-        float(stats.t.ppf(0.975, vals.size - 1) * sd / math.sqrt(vals.size))
-        if vals.size > 1
-        else math.nan
-    )
-    return {
-        "mean": mean,
-        "std": sd,
-        "ci95": [mean - half, mean + half],
-        "n": int(vals.size),
-        "values": vals.tolist(),
-    }
-
-
 def aggregate_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean, standard deviation and a 95% Student-t interval of every headline number.
 
@@ -725,10 +655,10 @@ def aggregate_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         keys = dict.fromkeys(k for r in rows for k in r)  # in order, seed 0's first
         out[m] = {}
         for key in keys:
-            vals = np.array([_number(r.get(key)) for r in rows], dtype=float)
+            vals = np.array([number(r.get(key)) for r in rows], dtype=float)
             vals = vals[np.isfinite(vals)]
             if vals.size:
-                out[m][key] = _interval(vals)
+                out[m][key] = interval(vals)
     return json_safe(out)
 
 

@@ -81,7 +81,14 @@ def analyze_trajectories(
             "versions": stage.package_versions(),
             "provenance": json_safe(dict(source or {})),
             "headline": head,
-            "verdicts": stage.verdicts(head),
+            "verdicts": stage.verdicts(
+                [
+                    {
+                        "headline": head,
+                        "resampled": {k: r.pop("resampled", {}) for k, r in results.items()},
+                    }
+                ]
+            ),
             "results": {k: stage.record_results(v) for k, v in results.items()},
         }
         metrics.update(json_safe(dict(extra or {})))

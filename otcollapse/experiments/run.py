@@ -13,7 +13,8 @@ calling thread, their artefacts kept in the run folder, which is self-contained:
 
 With ``seeds > 1`` each seed gets its own folder ``seed_<s>/`` and the top-level
 ``metrics.json`` aggregates the headline numbers over seeds (mean, standard deviation and a 95%
-Student-t interval); its verdicts, figures and detailed results are those of the first seed.
+Student-t interval) and tests the verdicts over the seeds; its figures and detailed results are
+those of the first seed.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from otcollapse.experiments.analysis import (
     Log,
     aggregate_seeds,
     say,
-    verdicts_over_seeds,
+    verdicts,
     write_figures,
 )
 from otcollapse.experiments.config import TWINS, RunConfig, check_model, load_splits
@@ -211,7 +212,7 @@ def _over_seeds(out: Path, seeds: list[int], per_seed: list[dict[str, Any]]) -> 
             "seeds": seeds,
             "aggregate": aggregate_seeds(per_seed),
             "per_seed": {str(s): p["headline"] for s, p in zip(seeds, per_seed, strict=True)},
-            "verdicts": verdicts_over_seeds(per_seed),
+            "verdicts": verdicts(per_seed),
             "note": f"the verdicts are tested over all {len(seeds)} seeds; the figures and "
             f"detailed results are those of seed {seeds[0]}; every seed's own report is in "
             "seed_<s>/.",

@@ -77,7 +77,7 @@ __all__ = [
 STAGES = ("train", "capture", "analyse", "calibrate", "seed")
 #: bumped whenever what a stage computes or stores changes (a fix of an analysis included):
 #: every key changes with it, so no result of the old code is read back as the new one's
-FORMAT = 3
+FORMAT = 4
 RESULT = "result.pkl"
 TRAJECTORY = "trajectory.npz"
 #: a capture whose layers (and shortcut images) would take more than this many bytes in float32

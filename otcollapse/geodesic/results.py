@@ -309,6 +309,11 @@ class SegmentReport(Result):
     ci : dict str -> (low, high)
         Subsampling intervals (``n_boot > 0``) of ``path_ratio``, ``speed_cv``, ``ots``,
         ``efficiency``, ``lss_mean``, ``lss_median``.
+    replicates : dict str -> tuple of float
+        The same statistics on each subsampling replicate, in replicate order (NaN where
+        undefined; empty without ``n_boot``). Replicate ``i`` of two trajectories of the same
+        samples analysed with the same ``seed`` is the same subsample, so differences between
+        them pair replicate by replicate.
     methods : dict str -> str
         The solver behind each statistic.
     notes : tuple of str
@@ -336,6 +341,7 @@ class SegmentReport(Result):
     #: W2^2(first, last) / paired cost(first, last): OTS's continuous companion (1: the
     #: network's end-to-end map is optimal; NaN when the paired cost is 0)
     efficiency: float = math.nan
+    replicates: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

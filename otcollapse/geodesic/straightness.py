@@ -196,8 +196,19 @@ def geodesic_test(
     ]
     boot_size, seeds = replicates(work.n_samples, n_boot, boot_fraction, seed)
     if seeds:
-        cis = _intervals(work, segments, solvers, boot_size, seeds, ci_level, progress)
-        reports = [dataclasses.replace(r, ci=ci) for r, ci in zip(reports, cis, strict=True)]
+        reps = _replicates(work, segments, solvers, boot_size, seeds, progress)
+        reports = [
+            dataclasses.replace(
+                r,
+                ci={
+                    k: c
+                    for k, v in rep.items()
+                    if (c := _resampling.percentile_interval(v, ci_level)) is not None
+                },
+                replicates={k: tuple(v) for k, v in rep.items()},
+            )
+            for r, rep in zip(reports, reps, strict=True)
+        ]
         notes.append(
             f"intervals: {n_boot} subsamples of {boot_size} without replacement (seed {seed}), "
             f"{ci_level:.0%} percentile; statistics of size-{boot_size} samples (W2, OTS and "
@@ -422,30 +433,23 @@ def _segment_report(
     )
 
 
-def _intervals(
+def _replicates(
     work: Trajectory,
     segments: list[range],
     solvers: _Solvers,
     boot_size: int,
     seeds: list[int],
-    ci_level: float,
     progress: bool,
-) -> list[dict[str, tuple[float, float]]]:
-    """Per segment, percentile intervals of R, speed CV, OTS and LSS over seeded subsamples of
+) -> list[dict[str, list[float]]]:
+    """Per segment, the values of R, speed CV, OTS and LSS on each seeded subsample of
     ``boot_size`` without replacement (duplicated samples would break the identity of input and
-    output that OTS counts)."""
+    output that OTS counts), in the order of ``seeds`` (NaN where undefined): replicate ``i`` of
+    two trajectories of the same samples is the same subsample, so their differences pair."""
     reps: list[dict[str, list[float]]] = [{} for _ in segments]
     for bs in bar(seeds, progress, "subsampling intervals"):
         sub = work.take(work.subsample_indices(boot_size, bs))
         for vals, seg in zip(reps, segments, strict=True):
             steps, _ = _step_lengths(sub, seg, solvers)
             for key, val in _segment_stats(sub, seg, steps, solvers).summary().items():
-                vals.setdefault(key, []).append(val)
-    return [
-        {
-            k: c
-            for k, v in vals.items()
-            if (c := _resampling.percentile_interval(v, ci_level)) is not None
-        }
-        for vals in reps
-    ]
+                vals.setdefault(key, []).append(math.nan if val is None else float(val))
+    return reps
