@@ -318,8 +318,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    """Reproductions: gai-zhang-mnist (one run), resnet-vs-plain-wd and pfc-depth (sweeps over
-    the shipped grid files, on Dask). --data: a built-in data set (digits, mnist1d) or one on
+    """Reproductions: gai-zhang-mnist (one run), resnet-vs-plain-wd, pfc-depth and wd-depth
+    (sweeps over the shipped grid files, on Dask). --data: a built-in data set (digits, mnist1d) or one on
     disk (a .npz with X and y, or an image folder root/<class>/<image>)."""
     from otcollapse.experiments import REPRODUCTIONS, reproduce
 
@@ -483,7 +483,7 @@ def _sweep_options(s: argparse.ArgumentParser) -> None:
 
 
 def _reproduce_options(rr: argparse.ArgumentParser) -> None:
-    rr.add_argument("name", help="gai-zhang-mnist, resnet-vs-plain-wd or pfc-depth")
+    rr.add_argument("name", help="gai-zhang-mnist, resnet-vs-plain-wd, pfc-depth or wd-depth")
     rr.add_argument(
         "--data",
         required=True,
@@ -491,8 +491,8 @@ def _reproduce_options(rr: argparse.ArgumentParser) -> None:
     )
     rr.add_argument(
         "--scheduler",
-        help="for the sweeps (resnet-vs-plain-wd, pfc-depth): 'serial', or a Dask scheduler's "
-        "address; default an embedded LocalCluster",
+        help="for the sweeps (resnet-vs-plain-wd, pfc-depth, wd-depth): 'serial', or a Dask "
+        "scheduler's address; default an embedded LocalCluster",
     )
     rr.add_argument("--out", help="output folder (default runs/reproduce_NAME)")
     rr.add_argument("--quick", action="store_true", help="tiny settings, for checking the pipeline")

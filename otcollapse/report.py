@@ -115,6 +115,28 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
         "as the progressive feedforward collapse conjecture predicts (Wang, Gai & Zhang).",
     ),
     (
+        "effect",
+        "A prediction read against a baseline: s·(score − baseline score), s = −1 where lower is "
+        "the prediction (τ, R, LSS) and +1 for OTS, so that it is positive when the prediction "
+        "holds; with its 95% interval (over seeds, or over paired subsamples of one seed).",
+    ),
+    (
+        "floor, split-half floor",
+        "Of a score: |S(A) − S(B)| between the two disjoint stratified halves of the same "
+        "samples (the largest over the arms compared): what sampling alone moves the score by. "
+        "An effect no larger is not resolved.",
+    ),
+    (
+        "terminal_epoch",
+        "The first epoch with 100% training accuracy: the start of the terminal phase (Papyan, "
+        "Han & Donoho); empty when it was not reached.",
+    ),
+    (
+        "nc1_log_slope",
+        "Least-squares slope β of ln NC1_l = α + β·l/L over the layers: the log-fold change of "
+        "NC1 across the whole depth (negative: NC1 decreases; comparable between depths).",
+    ),
+    (
         "MUFM λ_OT",
         "Transport weight of the multilayer unconstrained feature model whose optimum best "
         "matches the network's last-layer NC1 (λ_OT = 0: the UFM, full collapse; λ_OT → ∞: the "
@@ -300,22 +322,32 @@ def _headline(head: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def _verdicts(verdicts: Sequence[Mapping[str, Any]]) -> str:
+    """The predictions, each against its baselines: one row per comparison, the claim once."""
     if not verdicts:
         return ""
-    rows = []
+    rows, last = [], None
     for v in verdicts:
         word = v.get("verdict", "holds" if v["holds"] else "does not hold")
         cls = {True: "ok", False: "no"}.get(v["holds"], "muted")
-        mark = f"<span class='{cls}'>{_e(word)}</span>"
+        why = f" <span class='muted'>({_e(v['why'])})</span>" if v.get("why") else ""
+        mark = f"<span class='{cls}'>{_e(word)}</span>{why}"
+        claim = "" if v["claim"] == last else _e(v["claim"])
+        last = v["claim"]
         rows.append(
-            f"<tr><td class='l'>{_e(v['claim'])}</td><td class='l'>{_e(v['measured'])}</td>"
-            f"<td class='l'>{mark}</td></tr>"
+            f"<tr><td class='l'>{claim}</td><td class='l'>{_e(v.get('comparison', ''))}</td>"
+            f"<td class='l'>{_e(v['measured'])}</td><td class='l'>{mark}</td></tr>"
         )
+    how = sorted({v["interval"] for v in verdicts if v.get("interval")})
     return (
-        "<h2>What the theory predicts, and what was measured</h2><table><tr><th class='l'>"
-        "prediction</th><th class='l'>measured</th><th class='l'>verdict</th></tr>"
-        + "".join(rows)
-        + "</table>"
+        "<h2>What the theory predicts, and what was measured</h2>"
+        "<p class='muted'>Each prediction is read as an effect against its baselines (trained − "
+        "init, ResNet − plain twin, or the null value), signed positive when the prediction "
+        "holds, with a 95% interval and the split-half floor (the difference the two halves of "
+        "the same samples show). Not resolved: the interval contains 0, the effect is within "
+        "the floor, or the score is saturated in both arms (it cannot discriminate). Intervals: "
+        + _e("; ".join(how) or "none")
+        + ".</p><table><tr><th class='l'>prediction</th><th class='l'>against</th>"
+        "<th class='l'>measured</th><th class='l'>verdict</th></tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -865,7 +897,50 @@ def write_sweep_report(sweep_dir: str | Path, ds: xr.Dataset) -> Path:
             f"{str(folder)!r} has no sweep.json: not a sweep folder (made by `otcollapse sweep`)."
         )
     with locked_folder(folder):
-        return _write_sweep_report(folder, load_json(mpath), ds)
+        out = _write_sweep_report(folder, load_json(mpath), ds)
+        _add_wd_depth_section(folder, out)
+        return out
+
+
+def _add_wd_depth_section(folder: Path, page: Path) -> None:
+    """Put the section of ``reproduce wd-depth`` (its figure, the table of mean ± 95% half-width
+    per cell and the direction of each score, from ``published.json``'s ``wd_depth``) into the
+    sweep's page, before the list of cells. Nothing for other sweeps."""
+    published = folder / "published.json"
+    if not published.is_file():
+        return
+    res = load_json(published).get("wd_depth")
+    if not res:
+        return
+    parts = [
+        "<h2>Weight decay and depth</h2>",
+        "<p>Every score at the last epoch against weight decay, per depth and network: the mean "
+        "over the seeds ± the half-width of its 95% Student-t interval; (k/n): only k of the n "
+        "seeds have a value (λ_OT is not defined at weight decay 0; a terminal epoch exists "
+        "only where the run reached 100% training accuracy).</p>",
+    ]
+    for fig in res.get("figures", []):
+        path = folder / fig["file"]
+        if path.is_file():
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(
+                f"<figure><img alt='{_e(fig['file'])}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{_e(fig.get('caption', ''))}</figcaption></figure>"
+            )
+    parts.append(_table(res.get("table", [])))
+    parts.append(f"<h3>Direction as weight decay grows</h3><p>{_e(res.get('rule', ''))}</p>")
+    rows = [{k: v for k, v in r.items() if k != "per_depth"} for r in res.get("direction", [])]
+    parts.append(_table(rows))
+    reached = res.get("terminal_reached") or []
+    if reached:
+        parts.append("<h3>Terminal phase reached (runs over weight decays and seeds)</h3>")
+        parts.append(_table(reached))
+    text = page.read_text(encoding="utf-8")
+    marker = "<h2>Cells</h2>"
+    where = text.find(marker)
+    section = "\n".join(parts) + "\n"
+    text = text[:where] + section + text[where:] if where >= 0 else text + section
+    atomic_write_text(page, text)
 
 
 def _sweep_metrics(ds: Any) -> list[str]:

@@ -1017,6 +1017,54 @@ class Traced:
 
 TRACED = [
     Traced(
+        "wd-depth.md",
+        "| `otcollapse reproduce wd-depth --data digits` | 7:11.32 (7.2 min) | 789.08 s + 25.08 s |",
+        ("7", "11.32", "789.08", "25.08"),
+        "docs/figures/wd_depth_time.txt",
+    ),
+    Traced(
+        "wd-depth.md",
+        "| `otcollapse reproduce wd-depth --data mnist1d` | 14:26.09 (14.4 min) | 1623.18 s + 38.08 s |",
+        ("14", "26.09", "1623.18", "38.08"),
+        "docs/figures/wd_depth_time.txt",
+    ),
+    Traced(
+        "wd-depth.md",
+        "the ResNet's LSS goes from 1.42 ± 0.035 at weight decay 0 to 1.17 ± 0.012 at 5e-3",
+        ("1.42", "0.035", "1.17", "0.012"),
+        "docs/figures/wd_depth_digits.json",
+    ),
+    Traced(
+        "wd-depth.md",
+        "on MNIST-1D from 1.72 ± 0.14 to 1.27 ± 0.031 (4 blocks) and from 3.29 ± 0.12 to 1.27 ± 0.1",
+        ("1.72", "0.14", "1.27", "0.031", "3.29", "0.12", "0.1"),
+        "docs/figures/wd_depth_mnist1d.json",
+    ),
+    Traced(
+        "wd-depth.md",
+        "(0.789 ± 0.16 at 0, 0.574 ± 0.086 at 5e-3)",
+        ("0.789", "0.16", "0.574", "0.086"),
+        "docs/figures/wd_depth_mnist1d.json",
+    ),
+    Traced(
+        "wd-depth.md",
+        "blocks: -0.856 ± 0.2 at 0, -1.47 ± 0.16 at 5e-3)",
+        ("-0.856", "0.2", "-1.47", "0.16"),
+        "docs/figures/wd_depth_digits.json",
+    ),
+    Traced(
+        "wd-depth.md",
+        "there the calibration's NC1 discrepancy is 0.74–1.28 on digits",
+        ("0.74", "1.28"),
+        "docs/figures/wd_depth_digits.json",
+    ),
+    Traced(
+        "wd-depth.md",
+        "1.42–2.29 on MNIST-1D, against at most 0.029 and 0.025",
+        ("1.42", "2.29", "0.025"),
+        "docs/figures/wd_depth_mnist1d.json",
+    ),
+    Traced(
         "sweeps.md",
         "| stage computations | 24 (2 train, 10 capture, 10 analyse, 1 calibrate, 1 seed) |",
         ("24",),

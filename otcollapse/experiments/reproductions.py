@@ -8,7 +8,7 @@ published numbers beside the measured ones (in ``published.json`` / ``metrics.js
 Our networks are small stand-ins for the papers' (a constant-width residual network and its plain
 twin), so agreement is expected in direction and rough size, not to the digit.
 
-``resnet-vs-plain-wd`` and ``pfc-depth`` are sweeps: their grids are shipped files
+``resnet-vs-plain-wd``, ``pfc-depth`` and ``wd-depth`` are sweeps: their grids are shipped files
 (``otcollapse/experiments/grids/<name>.toml``, printed by :func:`grid_file`) run by
 :func:`otcollapse.experiments.sweep.sweep`, so they use every core (or a cluster) and resume when
 rerun; their folder is a sweep folder (``store.zarr``, ``report.html`` with the grid figures).
@@ -23,6 +23,11 @@ name                   what it reruns
                        OTS ≤ 0.22.
 ``pfc-depth``          Wang, Gai & Zhang: progressive feedforward collapse, collapse metrics
                        decreasing over depth at the terminal phase (MNIST / CIFAR-10).
+``wd-depth``           Both papers: ResNet and plain twin over weight decay (0 to 5e-3) and
+                       depth (4, 8, 16 blocks), 3 seeds; published direction: stronger weight
+                       decay gives straighter, more collapsed trajectories. Its figure and table
+                       (:mod:`otcollapse.experiments.wd_depth`) say per score whether the
+                       direction appears here, by a stated rule.
 =====================  ==========================================================================
 """
 
@@ -165,12 +170,35 @@ def _published_pfc(ds: Any) -> list[dict[str, Any]]:
     ]
 
 
+def _published_wd_depth(ds: Any) -> list[dict[str, Any]]:
+    from otcollapse.experiments.wd_depth import summary
+
+    return summary(ds)["published"]
+
+
+def _wd_depth_extra(out: Path, ds: Any) -> dict[str, Any]:
+    """The wd-depth figure (``figures/wd_depth.png``), its table and its direction rows."""
+    from otcollapse.experiments.wd_depth import write_wd_depth
+
+    data = str(ds["data"].values.reshape(-1)[0]) if "data" in ds.coords else "the data given"
+    return {"wd_depth": write_wd_depth(out, ds, f"wd-depth on {Path(data).name}")}
+
+
+#: sweeps with more than the published rows: name -> writes the figures and returns the record
+_EXTRAS: dict[str, Callable[[Path, Any], dict[str, Any]]] = {"wd-depth": _wd_depth_extra}
+
+
 _SWEEPS: dict[str, tuple[Callable[[Any], list[dict[str, Any]]], str]] = {
     "resnet-vs-plain-wd": (
         _published_resnet_vs_plain,
         _GZ + " (CIFAR-100; measured here on the data given)",
     ),
     "pfc-depth": (_published_pfc, _WGZ + " (MNIST, CIFAR-10)"),
+    "wd-depth": (
+        _published_wd_depth,
+        f"{_WGZ}; {_GZ} (stronger weight decay: straighter, more collapsed trajectories; "
+        "measured here on the data given)",
+    ),
 }
 
 
@@ -185,13 +213,15 @@ def _run_sweep(
     ds = load_sweep(out)
     published, ref = _SWEEPS[name]
     metrics = {"kind": "reproduce", "name": name, "published": published(ds), "reference": ref}
+    if name in _EXTRAS:
+        metrics.update(_EXTRAS[name](out, ds))
     save_json(out / "published.json", metrics)
     print(f"report: {write_sweep_report(out, ds)}")
     return metrics
 
 
 #: the reproductions: one run, or a sweep over a shipped grid file
-REPRODUCTIONS = ("gai-zhang-mnist", "resnet-vs-plain-wd", "pfc-depth")
+REPRODUCTIONS = ("gai-zhang-mnist", "resnet-vs-plain-wd", "pfc-depth", "wd-depth")
 
 
 def reproduce(

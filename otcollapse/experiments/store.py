@@ -105,6 +105,12 @@ VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
         "1",
         "fraction of successive layers at which NC1 does not increase",
     ),
+    "nc1_log_slope": (
+        ("seed", "net", "epoch"),
+        "1",
+        "least-squares slope β of ln NC1_l = α + β·l/L over the layers (the log-fold change of "
+        "NC1 across the depth; < 0: NC1 decreases, comparable between depths)",
+    ),
     "train_accuracy": (("seed", "net", "epoch"), "1", "training accuracy at that epoch"),
     "w2": (
         ("seed", "net", "epoch", "step"),
@@ -121,6 +127,12 @@ VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
         ("seed", "net", "epoch", "step"),
         "1",
         "W2² over the paired cost of the step (1 = the block moves mass optimally)",
+    ),
+    "terminal_epoch": (
+        ("seed", "net"),
+        "epoch",
+        "first epoch with 100% training accuracy (the terminal phase); NaN when training never "
+        "reached it (then train_accuracy at the last epoch is below 1)",
     ),
     "test_accuracy": (("seed", "net"), "1", "accuracy on the test split at the last epoch"),
     "test_ots": (("seed", "net"), "1", "OTS on the test split at the last epoch"),
@@ -229,6 +241,8 @@ def _fill(put: Any, i: int, m: Mapping[str, Any], epochs: list[int]) -> None:
             for name, vals in prof.get("steps", {}).items():
                 if name in VARIABLES:
                     put(name, VARIABLES[name][0], (i, j, k), list(vals))
+        terminal = m["headline"].get(n, {}).get("terminal_epoch")
+        put("terminal_epoch", ("seed", "net"), (i, j), terminal)  # None (never reached): NaN
         test = m["headline"].get(f"{n}_test", {})
         for key in ("accuracy", "ots", "lss_mean", "nc1_kendall_tau"):
             value = m["headline"][n].get("test_accuracy") if key == "accuracy" else test.get(key)
