@@ -34,6 +34,7 @@ __all__ = [
     "plot_layer_pca",
     "plot_mccann_fit",
     "plot_mufm_calibration",
+    "plot_mufm_profile",
     "plot_ots_lss",
     "plot_sweep",
     "plot_transport_steps",
@@ -358,7 +359,9 @@ def plot_layer_pca(
         sc = ax.scatter(c[:, 0], c[:, 1], c=labels, cmap="tab10", s=6, alpha=0.7)
         for p in path:
             ax.plot(p[: j + 1, 0], p[: j + 1, 1], color="grey", lw=0.6, alpha=0.8)
-        ax.set_title(f"layer {traj.names[i]}")
+        # the index every other figure and table uses, and the module's name when it has one
+        name = traj.names[i]
+        ax.set_title(f"layer {i}" if name == str(i) else f"layer {i} ({name})")
         ax.set_xlabel("PC 1 (feature units)")
         if j == 0:
             ax.set_ylabel("PC 2 (feature units)")
@@ -436,6 +439,57 @@ def plot_mufm_calibration(
         right.set_ylabel("PC 2 (feature units)")
         right.set_title("Last-layer features: network (o) and MUFM (▲)")
         right.legend(fontsize="small")
+    return fig
+
+
+def plot_mufm_profile(calibration: Any, network: Trajectory) -> Figure:
+    r"""The MUFM fitted jointly in shape and scale (:func:`otcollapse.calibrate_mufm_profile`)
+    beside the network it was fitted to.
+
+    Left: NC1 at every step $l = 1..L$ of the segment, network and fitted MUFM (log scale).
+    Middle: the normalised step costs $\tilde c_l = W_2^2(\mu_{l-1}, \mu_l) / M_L$ of both.
+    Right: the network's last-layer features and the fitted MUFM's last layer on the same axes
+    (the principal axes of the network's, in feature units), coloured by class: a model that
+    matches only a scale-free ratio shows here as a cloud of another size. ``network`` is the
+    trajectory the calibration was fitted on.
+    """
+    rows = calibration.residuals
+    if not rows:
+        raise ValueError("the calibration has no residuals to draw.")
+    fig, (left, mid, right) = _axes(None, ncols=3, width=5.0)
+    layers = [r["network_layer"] if "network_layer" in r else r["layer"] for r in rows]
+    for ax, key, title in (
+        (left, "nc1", "NC1 per layer"),
+        (mid, "cost", "step cost W2² / M_L"),
+    ):
+        ax.plot(layers, [r[f"{key}_network"] for r in rows], "o-", label="network")
+        ax.plot(layers, [r[f"{key}_mufm"] for r in rows], "^--", label="fitted MUFM")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer (index in the network)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    net = np.asarray(network[calibration.layer_range[1]].numpy(), dtype=float)
+    mufm = np.asarray(calibration.solution.trajectory[-1].numpy(), dtype=float)
+    if net.shape != mufm.shape:
+        raise ValueError(
+            f"network last layer {net.shape} and MUFM last layer {mufm.shape} differ: pass "
+            "the trajectory the calibration was fitted on."
+        )
+    centre = net.mean(0)
+    _, _, vt = np.linalg.svd(net - centre, full_matrices=False)
+    labels = None if network.labels is None else np.asarray(network.labels)
+    for feats, marker, name in ((net, "o", "network"), (mufm, "^", "fitted MUFM")):
+        c = (feats - centre) @ vt[:2].T
+        right.scatter(
+            c[:, 0], c[:, 1], c=labels, cmap="tab10", s=10, marker=marker, alpha=0.6, label=name
+        )
+    right.set_xlabel("PC 1 of the network's last layer (feature units)")
+    right.set_ylabel("PC 2 (feature units)")
+    right.set_title(
+        f"Last layers, W2 relative = {calibration.match['w2_relative']:.3g}: network (o), MUFM (▲)"
+    )
+    right.legend(fontsize="small")
     return fig
 
 

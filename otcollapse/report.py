@@ -137,6 +137,34 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
         "NC1 across the whole depth (negative: NC1 decreases; comparable between depths).",
     ),
     (
+        "λ_H, λ_W, criterion J",
+        "The MUFM's feature decay (fitted jointly with λ_OT) and classifier decay (held fixed at "
+        "the network's weight decay), and J = Σ_l [log(NC1^M_l / NC1^N_l)² + log(c̃^M_l / "
+        "c̃^N_l)²], the joint fit's criterion (0: both profiles agree at every step).",
+    ),
+    (
+        "nc1_network, nc1_mufm, cost_network, cost_mufm",
+        "Per step l of the fitted segment: NC1 of the network's and of the fitted MUFM's layer l, "
+        "and the step cost c̃_l = W2²(μ_{l−1}, μ_l) / M_L, M_L the second moment of that model's "
+        "centred last layer (dimensionless).",
+    ),
+    (
+        "log_ratio_nc1, log_ratio_cost",
+        "log(MUFM value / network value) of NC1 and of c̃_l at a step: the joint fit's residuals "
+        "(0: the model reproduces the network there).",
+    ),
+    (
+        "spread_nc1, spread_cost, within",
+        "|log v(A) − log v(B)| of the network's NC1 and c̃_l between two disjoint halves of the "
+        "fitted samples: how far sampling alone moves the network's own curve. within: both "
+        "residuals of the step are no larger.",
+    ),
+    (
+        "network_layer",
+        "The index in the network of a layer of the fitted segment (0 = the network's first "
+        "captured layer).",
+    ),
+    (
         "MUFM λ_OT",
         "Transport weight of the multilayer unconstrained feature model whose optimum best "
         "matches the network's last-layer NC1 (λ_OT = 0: the UFM, full collapse; λ_OT → ∞: the "
@@ -700,6 +728,33 @@ def _epochs_section(m: Mapping[str, Any]) -> list[str]:
     return parts
 
 
+def _mufm_profile_section(p: Mapping[str, Any] | None) -> list[str]:
+    """The joint fit of the MUFM's shape and scale: the fitted λ's, whether it reproduces the
+    network's curve within its split-half spread, and the per-layer residuals."""
+    if not p:
+        return []
+    out = ["<h3>Shape and scale: λ_OT and λ_H fitted to the per-layer profile</h3>"]
+    if not p.get("fitted"):
+        return [*out, f"<p>{_e(p.get('note', 'not fitted'))}.</p>"]
+    edge = f" At the grid's edge: {_e(', '.join(p['grid_edge']))}." if p.get("grid_edge") else ""
+    conv = "" if p.get("converged") else " Not every fit converged (see the warnings)."
+    said = (
+        f"The fitted model is within the network's split-half spread at {_e(p['reproduces'])} "
+        "(rows marked within); elsewhere it does not reproduce the network's curve."
+        if p.get("reproduces")
+        else "The network's split-half spread is not measured (too few samples)."
+    )
+    out.append(
+        f"<p>λ_OT = {_fmt(p['lambda_ot'])}, λ_H = {_fmt(p['lambda_h'])} (λ_W = "
+        f"{_fmt(p['lambda_w'])} fixed), criterion J = {_fmt(p['criterion'])}: the sum over "
+        "steps of the squared log-ratios model/network of NC1 and of the step cost W2² / M_L. "
+        f"Its last layer lies at W2 relative = {_fmt(p['match']['w2_relative'])} of the "
+        f"network's spread (figure mufm_profile.png, right).{edge}{conv} {said}</p>"
+    )
+    out.append(_table(p["residuals"]))
+    return out
+
+
 def _mufm_section(m: Mapping[str, Any]) -> list[str]:
     parts = []
     if m.get("mufm"):
@@ -719,6 +774,7 @@ def _mufm_section(m: Mapping[str, Any]) -> list[str]:
         parts.append(_table([{"quantity": k, "value": v} for k, v in mu["match"].items()]))
         if mu.get("format_grid"):
             parts.append(f"<pre>{_e(mu['format_grid'])}</pre>")
+        parts += _mufm_profile_section(mu.get("profile"))
     if m.get("solution"):
         parts.append(
             "<h2>MUFM solution</h2><pre>" + _e(json.dumps(m["solution"], indent=2)) + "</pre>"

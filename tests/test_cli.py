@@ -87,6 +87,22 @@ def test_run_quick_writes_a_complete_run_folder(quick_run):
     assert ots["effect"] == pytest.approx(res["ots"] - pl["ots"])
     # MUFM calibrated: its NC1 matches the network's within the grid's reach
     assert m["mufm"]["lambda_ot"] > 0 and np.isfinite(m["mufm"]["value"])
+    # and in shape and scale: per-layer residuals beside the network's split-half spread
+    joint = m["mufm"]["profile"]
+    assert joint["fitted"] and joint["lambda_w"] == m["settings"]["weight_decay"]
+    wd = m["settings"]["weight_decay"]
+    assert wd / 10 * (1 - 1e-9) <= joint["lambda_h"] <= wd * 10 * (1 + 1e-9)
+    rows = joint["residuals"]
+    assert [r["layer"] for r in rows] == list(range(1, len(rows) + 1))
+    for r in rows:
+        assert r["log_ratio_nc1"] == pytest.approx(np.log(r["nc1_mufm"] / r["nc1_network"]))
+        assert r["within"] == (
+            abs(r["log_ratio_nc1"]) <= r["spread_nc1"]
+            and abs(r["log_ratio_cost"]) <= r["spread_cost"]
+        )
+    assert joint["reproduces"] == f"{sum(r['within'] for r in rows)} of {len(rows)} steps"
+    assert "mufm_profile.png" in m["figures"]
+    assert "Shape and scale" in (quick_run / "report.html").read_text()
     # trajectories at every captured epoch, checkpoints, figures, the report
     for e in m["settings"]["capture_epochs"]:
         assert (quick_run / "trajectories" / f"resnet_train_epoch{e:04d}.npz").exists()

@@ -150,3 +150,32 @@ def test_without_replicates_one_seed_is_not_resolved():
 def test_missing_arms_give_no_row():
     rows = verdicts([{"headline": {"resnet": {"nc1_kendall_tau": -1.0}}}])
     assert [r["comparison"] for r in rows] == ["trained, τ < 0"]
+
+
+def test_profile_spread_is_scale_free_and_zero_for_identical_halves():
+    """The network's split-half spread of NC1 and of W2²/M_L (what the joint MUFM fit's residuals
+    are read against): unchanged when the trajectory is scaled, zero when both halves are the
+    same points."""
+    from otcollapse.experiments.stages import profile_spread
+
+    traj = _detour()
+    a = profile_spread(traj, None, seed=0)
+    scaled = Trajectory.from_arrays([7.0 * np.asarray(h) for h in traj.layers], labels=traj.labels)
+    b = profile_spread(scaled, None, seed=0)
+    assert len(a["nc1"]) == len(a["cost"]) == L
+    assert np.allclose(a["nc1"], b["nc1"], atol=1e-9) and np.allclose(
+        a["cost"], b["cost"], atol=1e-9
+    )
+    assert max(a["nc1"]) > 0
+    # every sample twice: the split halves hold the same points when each pair is split
+    from otcollapse._resampling import split_halves
+
+    first, second = split_halves(traj.labels, traj.n_samples, 0)
+    twin_layers = []
+    for h in traj.layers:
+        h = np.asarray(h).copy()
+        h[second] = h[first]
+        twin_layers.append(h)
+    twin = Trajectory.from_arrays(twin_layers, labels=traj.labels)
+    c = profile_spread(twin, None, seed=0)
+    assert np.allclose(c["nc1"], 0, atol=1e-9) and np.allclose(c["cost"], 0, atol=1e-9)

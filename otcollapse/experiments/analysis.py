@@ -36,6 +36,7 @@ __all__ = [
     "nc1_log_slope",
     "null_baselines",
     "package_versions",
+    "profile_record",
     "projection_distortion",
     "projection_pairs",
     "record_results",
@@ -589,6 +590,9 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
         first, last = cal["calibration"].layer_range
         mufm["fitted_layers"] = f"{fitted.names[first]} … {fitted.names[last]}"
         mufm["fitted_dim"] = int(fitted.dims[first])
+        mufm["profile"] = profile_record(
+            cal.get("profile"), cal.get("profile_spread"), cal.get("profile_note", "")
+        )
     return json_safe(
         {
             "kind": "run",
@@ -608,6 +612,58 @@ def seed_metrics(config: Any, seed: int, parts: Mapping[str, Any]) -> dict[str, 
             "results": {k: record_results(v) for k, v in final.items()},
             "test": {k: record_results(v) for k, v in tests.items()},
             "mufm": mufm,
+        }
+    )
+
+
+def profile_record(
+    joint: Any, spread: Mapping[str, Sequence[float]] | None, note: str = ""
+) -> dict[str, Any]:
+    """The joint MUFM fit (:class:`otcollapse.surrogates.MUFMProfileCalibration`) as a record:
+    the fitted λ's, the criterion, the match, and per step its residuals beside the network's
+    split-half spread (``spread_nc1``, ``spread_cost``: :func:`stages.profile_spread`) with
+    ``within`` (both log-ratios no larger than the spread). ``reproduces`` counts the steps
+    within. ``{"fitted": False, "note": ...}`` when there is no fit."""
+    if joint is None:
+        return {"fitted": False, "note": note}
+    spread = spread or {}
+    rows = []
+    for i, r in enumerate(joint.residuals):
+        row = {
+            k: r[k]
+            for k in (
+                "layer",
+                "network_layer",
+                "nc1_network",
+                "nc1_mufm",
+                "log_ratio_nc1",
+                "cost_network",
+                "cost_mufm",
+                "log_ratio_cost",
+            )
+        }
+        sn = spread.get("nc1", [])
+        sc = spread.get("cost", [])
+        if i < len(sn) and i < len(sc):
+            row["spread_nc1"], row["spread_cost"] = sn[i], sc[i]
+            row["within"] = bool(
+                abs(r["log_ratio_nc1"]) <= sn[i] and abs(r["log_ratio_cost"]) <= sc[i]
+            )
+        rows.append(row)
+    judged = [r["within"] for r in rows if "within" in r]
+    return json_safe(
+        {
+            "fitted": True,
+            "lambda_ot": joint.lambda_ot,
+            "lambda_h": joint.lambda_h,
+            "lambda_w": joint.lambda_w,
+            "criterion": joint.value,
+            "match": joint.match,
+            "grid_edge": list(joint.grid_edge),
+            "converged": joint.converged,
+            "residuals": rows,
+            "reproduces": None if not judged else f"{sum(judged)} of {len(judged)} steps",
+            "note": note,
         }
     )
 
@@ -703,8 +759,10 @@ def write_figures(
         view = traj if len(traj.segments) == 1 else traj.take_layers(list(longest))
         made.append((f"pca_{name}.png", plots.plot_layer_pca(view, n_tracks=25)))
     if calibration is not None:
-        cal, fitted_on = calibration
+        cal, fitted_on, *joint = calibration
         made.append(("mufm_calibration.png", plots.plot_mufm_calibration(cal, network=fitted_on)))
+        if joint and joint[0] is not None:
+            made.append(("mufm_profile.png", plots.plot_mufm_profile(joint[0], fitted_on)))
     names = []
     for fname, fig in made:
         with atomic_path(fig_dir / fname, suffix=".png") as tmp:

@@ -173,7 +173,7 @@ def _finish_seed(
         {k: v for k, v in final.items() if k in ("resnet", "plain")},
         epochs,
         trajs,
-        None if cal is None else (cal["calibration"], cal["fitted_on"]),
+        None if cal is None else (cal["calibration"], cal["fitted_on"], cal.get("profile")),
         folder / "figures",
     )
     metrics["seconds"] = seconds

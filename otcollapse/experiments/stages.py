@@ -536,8 +536,13 @@ def calibrate_stage(
     seed: int,
     traj_path: str,
 ) -> dict[str, Any]:
-    """``calibrate_mufm`` (NC1 discrepancy) on a stratified subsample of the ResNet's last
-    trajectory; returns the calibration, the subsample and the warnings of unconverged fits.
+    """``calibrate_mufm`` (NC1 discrepancy) and ``calibrate_mufm_profile`` (λ_OT and λ_H fitted
+    jointly to the per-layer NC1 and normalised step costs, λ_W = the weight decay; λ_OT over
+    ``config.mufm_grid``, λ_H over a tenth, one and ten times the weight decay, then at most 12
+    refinement fits) on a stratified subsample of the ResNet's last trajectory; returns both
+    calibrations (the joint one None at weight decay 0, with ``profile_note`` saying why), the
+    subsample, the network's split-half spread of the fitted profile (:func:`profile_spread`)
+    and the warnings of unconverged fits.
 
     A trajectory of several segments (a ResNet-18/34's stages) is calibrated on its last
     segment of at least two layers: the MUFM's layers share one width and its last layer feeds
@@ -546,7 +551,7 @@ def calibrate_stage(
 
     def compute(_folder: Path) -> dict[str, Any]:
         from otcollapse.exceptions import ConvergenceWarning
-        from otcollapse.surrogates import calibrate_mufm
+        from otcollapse.surrogates import calibrate_mufm, calibrate_mufm_profile
 
         traj = load_captured(Path(ctx.root) / traj_path)
         sub = traj.subsample(min(config.mufm_samples, traj.n_samples), seed=seed)
@@ -572,12 +577,71 @@ def calibrate_stage(
                 refine_xatol=0.05,  # λ_OT to about 12%: finer costs fits and changes no conclusion
                 tol=config.mufm_tol,
             )
+            joint, note = None, ""
+            wd = config.weight_decay
+            if wd > 0:
+                ctx.say(f"[seed {seed}] fitting the MUFM's shape and scale (λ_OT, λ_H) jointly")
+                joint = calibrate_mufm_profile(
+                    on_device(sub, config.device),
+                    lambda_w=wd,
+                    lambda_ot_grid=list(config.mufm_grid),
+                    lambda_h_grid=[wd / 10, wd, wd * 10],
+                    seed=seed,
+                    segment=segment,
+                    refine_max_fits=12,
+                    tol=config.mufm_tol,
+                )
+            else:
+                note = (
+                    "not fitted: weight decay 0 gives the classifier λ_W = 0, and the MUFM with "
+                    "λ_W = 0 has no minimiser under cross-entropy"
+                )
         notes = [str(w.message) for w in caught]
         for n in notes:
             ctx.say(f"[seed {seed}] warning: {n}")
-        return {"calibration": cal, "fitted_on": sub, "warnings": notes}
+        seg_layers = list(sub.segments[segment]) if segment is not None else None
+        return {
+            "calibration": cal,
+            "fitted_on": sub,
+            "warnings": notes,
+            "profile": joint,
+            "profile_note": note,
+            "profile_spread": profile_spread(sub, seg_layers, seed),
+        }
 
     return _cached(ctx, key, compute)
+
+
+def profile_spread(
+    traj: Trajectory, layers: Sequence[int] | None, seed: int
+) -> dict[str, list[float]]:
+    r"""How much the network's per-layer profile moves between the two disjoint stratified
+    halves of its samples (:func:`otcollapse._resampling.split_halves`): per step $l = 1..L$ of
+    ``layers`` (all layers when None), $|\log v_l(A) - \log v_l(B)|$ for $v$ = NC1 and for the
+    normalised cost $W_2^2(\mu_{l-1}, \mu_l) / M_L$ (the profile the joint MUFM fit matches,
+    :func:`otcollapse.surrogates.calibrate_mufm_profile`). A model residual no larger is within
+    what sampling alone moves the network's own curve by. Empty lists when the halves are too
+    small (fewer than 4 samples)."""
+    from otcollapse._resampling import split_halves
+    from otcollapse._utils import to_numpy
+    from otcollapse.collapse import nc1
+    from otcollapse.transport import wasserstein
+
+    halves = split_halves(traj.labels, traj.n_samples, seed)
+    if halves is None or traj.labels is None:
+        return {"nc1": [], "cost": []}
+    idx = list(range(len(traj.layers))) if layers is None else list(layers)
+    logs: dict[str, list[np.ndarray]] = {"nc1": [], "cost": []}
+    for half in halves:
+        H = [to_numpy(traj.layers[i])[half].astype(np.float64) for i in idx]
+        y = np.asarray(traj.labels)[half]
+        last = H[-1] - H[-1].mean(0)
+        moment = float(np.mean(np.einsum("ij,ij->i", last, last)))
+        cost = [wasserstein(H[l - 1], H[l]).cost / moment for l in range(1, len(H))]
+        floor = 1e-12  # as the fit's own clipping (calibrate.PROFILE_FLOOR)
+        logs["nc1"].append(np.log(np.maximum([nc1(h, y) for h in H[1:]], floor)))
+        logs["cost"].append(np.log(np.maximum(cost, floor)))
+    return {k: np.abs(v[0] - v[1]).tolist() for k, v in logs.items()}
 
 
 def seed_stage(

@@ -230,10 +230,15 @@ def _measured(score: str, a: str, b: str | None, r: Mapping[str, Any]) -> str:
     if b is not None:
         first += f" vs {np.mean([v[1] for v in r['values']]):.3f}"
     ci = r["ci95"]
-    ci_txt = "no interval" if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    ci_txt = "no interval" if ci is None else f"[{_signed(ci[0])}, {_signed(ci[1])}]"
     floor = "floor unknown" if not math.isfinite(r["floor"]) else f"floor {r['floor']:.3f}"
     seeds = f" (mean of {r['n_seeds']} seeds)" if r["n_seeds"] > 1 else ""
-    return f"{first}{seeds}; effect {r['effect']:+.3f}, 95% {ci_txt}, {floor}"
+    return f"{first}{seeds}; effect {_signed(r['effect'])}, 95% {ci_txt}, {floor}"
+
+
+def _signed(x: float) -> str:
+    """``x`` to three decimals with its sign; a value that rounds to zero is +0.000."""
+    return f"{round(x, 3) + 0.0:+.3f}"
 
 
 def verdicts(per_seed: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
