@@ -160,6 +160,11 @@ GLOSSARY: tuple[tuple[str, str], ...] = (
         "residuals of the step are no larger.",
     ),
     (
+        "seed_spread_nc1, seed_spread_cost, within_seeds",
+        "Over the seeds of a run: the range (max − min) of the network's log NC1 and log c̃_l at "
+        "a step; within_seeds: both of the first seed's fit residuals there are no larger.",
+    ),
+    (
         "network_layer",
         "The index in the network of a layer of the fitted segment (0 = the network's first "
         "captured layer).",
@@ -744,6 +749,11 @@ def _mufm_profile_section(p: Mapping[str, Any] | None) -> list[str]:
         if p.get("reproduces")
         else "The network's split-half spread is not measured (too few samples)."
     )
+    if p.get("reproduces_seeds"):
+        said += (
+            f" Against the seed-to-seed spread of the network's profile it is within at "
+            f"{_e(p['reproduces_seeds'])} (rows marked within_seeds)."
+        )
     out.append(
         f"<p>λ_OT = {_fmt(p['lambda_ot'])}, λ_H = {_fmt(p['lambda_h'])} (λ_W = "
         f"{_fmt(p['lambda_w'])} fixed), criterion J = {_fmt(p['criterion'])}: the sum over "

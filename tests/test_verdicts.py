@@ -179,3 +179,38 @@ def test_profile_spread_is_scale_free_and_zero_for_identical_halves():
     twin = Trajectory.from_arrays(twin_layers, labels=traj.labels)
     c = profile_spread(twin, None, seed=0)
     assert np.allclose(c["nc1"], 0, atol=1e-9) and np.allclose(c["cost"], 0, atol=1e-9)
+
+
+def test_the_joint_fit_is_read_against_the_seed_to_seed_spread():
+    from otcollapse.experiments.analysis import profile_over_seeds
+
+    def seed(nc1_net: list[float], cost_net: list[float]) -> dict:
+        rows = [
+            {
+                "layer": l + 1,
+                "nc1_network": a,
+                "cost_network": c,
+                "log_ratio_nc1": 0.1,
+                "log_ratio_cost": 0.05 * (l + 1),
+            }
+            for l, (a, c) in enumerate(zip(nc1_net, cost_net, strict=True))
+        ]
+        return {"mufm": {"profile": {"fitted": True, "residuals": rows}}}
+
+    # the network's NC1 at step 1 varies by a factor e^0.3 over the seeds, at step 2 by e^0.05
+    per_seed = [
+        seed([1.0, 1.0], [0.2, 0.2]),
+        seed([np.exp(0.3), np.exp(0.05)], [0.2 * np.exp(0.2), 0.2 * np.exp(0.2)]),
+        seed([np.exp(0.1), 1.0], [0.2, 0.2]),
+    ]
+    got = profile_over_seeds(per_seed)
+    r1, r2 = got["residuals"]
+    assert r1["seed_spread_nc1"] == pytest.approx(0.3) and r2["seed_spread_nc1"] == pytest.approx(
+        0.05
+    )
+    assert r1["seed_spread_cost"] == pytest.approx(0.2)
+    # step 1: |0.1| <= 0.3 and |0.05| <= 0.2; step 2: |0.1| > 0.05
+    assert (r1["within_seeds"], r2["within_seeds"]) == (True, False)
+    assert got["reproduces_seeds"] == "1 of 2 steps (over 3 seeds)"
+    # a seed without a fit (weight decay 0): nothing to read
+    assert profile_over_seeds([*per_seed, {"mufm": {"profile": {"fitted": False}}}]) is None

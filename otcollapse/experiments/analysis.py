@@ -36,6 +36,7 @@ __all__ = [
     "nc1_log_slope",
     "null_baselines",
     "package_versions",
+    "profile_over_seeds",
     "profile_record",
     "projection_distortion",
     "projection_pairs",
@@ -664,6 +665,38 @@ def profile_record(
             "residuals": rows,
             "reproduces": None if not judged else f"{sum(judged)} of {len(judged)} steps",
             "note": note,
+        }
+    )
+
+
+def profile_over_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The first seed's joint MUFM fit (``mufm.profile``, :func:`profile_record`) read against
+    the seed-to-seed spread of the network's own profile: per step, ``seed_spread_nc1`` and
+    ``seed_spread_cost``, the range (max − min) over the seeds of the network's log NC1 and log
+    step cost, and ``within_seeds`` (both of the fit's log-ratios no larger);
+    ``reproduces_seeds`` counts the steps within. None when the first seed has no fit or some
+    seed's fitted segment has another number of steps."""
+    fits = [(p.get("mufm") or {}).get("profile") or {} for p in per_seed]
+    if not fits[0].get("fitted") or not all(f.get("fitted") for f in fits):
+        return None
+    steps = {len(f["residuals"]) for f in fits}
+    if len(steps) != 1:
+        return None
+    rows = [dict(r) for r in fits[0]["residuals"]]
+    for i, row in enumerate(rows):
+        for key in ("nc1", "cost"):
+            logs = [math.log(max(f["residuals"][i][f"{key}_network"], 1e-300)) for f in fits]
+            row[f"seed_spread_{key}"] = max(logs) - min(logs)
+        row["within_seeds"] = bool(
+            abs(row["log_ratio_nc1"]) <= row["seed_spread_nc1"]
+            and abs(row["log_ratio_cost"]) <= row["seed_spread_cost"]
+        )
+    n_in = sum(r["within_seeds"] for r in rows)
+    return json_safe(
+        {
+            **fits[0],
+            "residuals": rows,
+            "reproduces_seeds": f"{n_in} of {len(rows)} steps (over {len(per_seed)} seeds)",
         }
     )
 

@@ -30,6 +30,7 @@ from otcollapse._validation import check_int
 from otcollapse.experiments.analysis import (
     Log,
     aggregate_seeds,
+    profile_over_seeds,
     say,
     verdicts,
     write_figures,
@@ -207,6 +208,9 @@ def _over_seeds(out: Path, seeds: list[int], per_seed: list[dict[str, Any]]) -> 
     for f in per_seed[0]["figures"]:
         shutil.copyfile(first / "figures" / f, out / "figures" / f)
     metrics = dict(per_seed[0])
+    joint = profile_over_seeds(per_seed)
+    if joint is not None:
+        metrics["mufm"] = {**metrics["mufm"], "profile": joint}
     metrics.update(
         {
             "seeds": seeds,
