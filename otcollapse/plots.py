@@ -419,27 +419,32 @@ def plot_mufm_calibration(
     )
     mid.set_title(f"{metric} over depth: network and fitted MUFM")
     if network is not None:
-        right = axs[2]
-        net = np.asarray(network[calibration.layer_range[1]].numpy(), dtype=float)
-        mufm = np.asarray(calibration.solution.trajectory[-1].numpy(), dtype=float)
-        if net.shape != mufm.shape:
-            raise ValueError(
-                f"network last layer {net.shape} and MUFM last layer {mufm.shape} differ: pass "
-                "the trajectory the calibration was fitted on."
-            )
-        centre = net.mean(0)
-        _, _, vt = np.linalg.svd(net - centre, full_matrices=False)
-        labels = None if network.labels is None else np.asarray(network.labels)
-        for feats, marker, name in ((net, "o", "network"), (mufm, "^", "fitted MUFM")):
-            c = (feats - centre) @ vt[:2].T
-            right.scatter(
-                c[:, 0], c[:, 1], c=labels, cmap="tab10", s=10, marker=marker, alpha=0.6, label=name
-            )
-        right.set_xlabel("PC 1 of the network's last layer (feature units)")
-        right.set_ylabel("PC 2 (feature units)")
-        right.set_title("Last-layer features: network (o) and MUFM (▲)")
-        right.legend(fontsize="small")
+        _last_layers(axs[2], calibration, network)
+        axs[2].set_title("Last-layer features: network (o) and MUFM (▲)")
     return fig
+
+
+def _last_layers(ax: Any, calibration: Any, network: Trajectory) -> None:
+    """The network's last layer of the fitted segment and the fitted MUFM's, on the principal
+    axes of the network's (feature units), coloured by class."""
+    net = np.asarray(network[calibration.layer_range[1]].numpy(), dtype=float)
+    mufm = np.asarray(calibration.solution.trajectory[-1].numpy(), dtype=float)
+    if net.shape != mufm.shape:
+        raise ValueError(
+            f"network last layer {net.shape} and MUFM last layer {mufm.shape} differ: pass "
+            "the trajectory the calibration was fitted on."
+        )
+    centre = net.mean(0)
+    _, _, vt = np.linalg.svd(net - centre, full_matrices=False)
+    labels = None if network.labels is None else np.asarray(network.labels)
+    for feats, marker, name in ((net, "o", "network"), (mufm, "^", "fitted MUFM")):
+        c = (feats - centre) @ vt[:2].T
+        ax.scatter(
+            c[:, 0], c[:, 1], c=labels, cmap="tab10", s=10, marker=marker, alpha=0.6, label=name
+        )
+    ax.set_xlabel("PC 1 of the network's last layer (feature units)")
+    ax.set_ylabel("PC 2 (feature units)")
+    ax.legend(fontsize="small")
 
 
 def plot_mufm_profile(calibration: Any, network: Trajectory) -> Figure:
@@ -469,27 +474,10 @@ def plot_mufm_profile(calibration: Any, network: Trajectory) -> Figure:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
-    net = np.asarray(network[calibration.layer_range[1]].numpy(), dtype=float)
-    mufm = np.asarray(calibration.solution.trajectory[-1].numpy(), dtype=float)
-    if net.shape != mufm.shape:
-        raise ValueError(
-            f"network last layer {net.shape} and MUFM last layer {mufm.shape} differ: pass "
-            "the trajectory the calibration was fitted on."
-        )
-    centre = net.mean(0)
-    _, _, vt = np.linalg.svd(net - centre, full_matrices=False)
-    labels = None if network.labels is None else np.asarray(network.labels)
-    for feats, marker, name in ((net, "o", "network"), (mufm, "^", "fitted MUFM")):
-        c = (feats - centre) @ vt[:2].T
-        right.scatter(
-            c[:, 0], c[:, 1], c=labels, cmap="tab10", s=10, marker=marker, alpha=0.6, label=name
-        )
-    right.set_xlabel("PC 1 of the network's last layer (feature units)")
-    right.set_ylabel("PC 2 (feature units)")
+    _last_layers(right, calibration, network)
     right.set_title(
         f"Last layers, W2 relative = {calibration.match['w2_relative']:.3g}: network (o), MUFM (▲)"
     )
-    right.legend(fontsize="small")
     return fig
 
 
