@@ -476,7 +476,7 @@ def plot_mufm_profile(calibration: Any, network: Trajectory) -> Figure:
         ax.legend(fontsize="small")
     _last_layers(right, calibration, network)
     right.set_title(
-        f"Last layers, W2 relative = {calibration.match['w2_relative']:.3g}: network (o), MUFM (▲)"
+        f"Last layers (o network, ▲ MUFM), W2 rel. {calibration.match['w2_relative']:.3g}"
     )
     return fig
 
