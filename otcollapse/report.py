@@ -963,21 +963,16 @@ def write_sweep_report(sweep_dir: str | Path, ds: xr.Dataset) -> Path:
             f"{str(folder)!r} has no sweep.json: not a sweep folder (made by `otcollapse sweep`)."
         )
     with locked_folder(folder):
-        out = _write_sweep_report(folder, load_json(mpath), ds)
-        _add_wd_depth_section(folder, out)
-        return out
+        return _write_sweep_report(folder, load_json(mpath), ds)
 
 
-def _add_wd_depth_section(folder: Path, page: Path) -> None:
-    """Put the section of ``reproduce wd-depth`` (its figure, the table of mean ± 95% half-width
-    per cell and the direction of each score, from ``published.json``'s ``wd_depth``) into the
-    sweep's page, before the list of cells. Nothing for other sweeps."""
-    published = folder / "published.json"
-    if not published.is_file():
-        return
-    res = load_json(published).get("wd_depth")
+def _wd_depth_section(folder: Path, published: Mapping[str, Any]) -> list[str]:
+    """The section of ``reproduce wd-depth`` (its figure, the table of mean ± 95% half-width per
+    cell and the direction of each score, from ``published.json``'s ``wd_depth``); empty for
+    other sweeps."""
+    res = published.get("wd_depth")
     if not res:
-        return
+        return []
     parts = [
         "<h2>Weight decay and depth</h2>",
         "<p>Every score at the last epoch against weight decay, per depth and network: the mean "
@@ -1001,12 +996,7 @@ def _add_wd_depth_section(folder: Path, page: Path) -> None:
     if reached:
         parts.append("<h3>Terminal phase reached (runs over weight decays and seeds)</h3>")
         parts.append(_table(reached))
-    text = page.read_text(encoding="utf-8")
-    marker = "<h2>Cells</h2>"
-    where = text.find(marker)
-    section = "\n".join(parts) + "\n"
-    text = text[:where] + section + text[where:] if where >= 0 else text + section
-    atomic_write_text(page, text)
+    return parts
 
 
 def _sweep_metrics(ds: Any) -> list[str]:
@@ -1194,7 +1184,9 @@ def _write_sweep_report(folder: Path, manifest: Mapping[str, Any], ds: Any) -> P
     parts = _sweep_header(folder, manifest, ds)
     published = folder / "published.json"
     if published.is_file():
-        parts += _published_section(load_json(published))
+        pub = load_json(published)
+        parts += _published_section(pub)
+        parts += _wd_depth_section(folder, pub)
     parts += _sweep_cells(manifest, set(ds["cell"].values.tolist()))
     parts.append(
         "<h2>Headline numbers</h2><p>Per cell and network: the mean over the seeds at the cell's "

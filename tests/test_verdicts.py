@@ -156,7 +156,7 @@ def test_profile_spread_is_scale_free_and_zero_for_identical_halves():
     """The network's split-half spread of NC1 and of W2²/M_L (what the joint MUFM fit's residuals
     are read against): unchanged when the trajectory is scaled, zero when both halves are the
     same points."""
-    from otcollapse.experiments.stages import profile_spread
+    from otcollapse.surrogates.calibrate import profile_spread
 
     traj = _detour()
     a = profile_spread(traj, None, seed=0)

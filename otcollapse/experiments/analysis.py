@@ -622,7 +622,8 @@ def profile_record(
 ) -> dict[str, Any]:
     """The joint MUFM fit (:class:`otcollapse.surrogates.MUFMProfileCalibration`) as a record:
     the fitted λ's, the criterion, the match, and per step its residuals beside the network's
-    split-half spread (``spread_nc1``, ``spread_cost``: :func:`stages.profile_spread`) with
+    split-half spread (``spread_nc1``, ``spread_cost``:
+    :func:`otcollapse.surrogates.calibrate.profile_spread`) with
     ``within`` (both log-ratios no larger than the spread). ``reproduces`` counts the steps
     within. ``{"fitted": False, "note": ...}`` when there is no fit."""
     if joint is None:

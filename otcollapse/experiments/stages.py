@@ -541,7 +541,8 @@ def calibrate_stage(
     ``config.mufm_grid``, λ_H over a tenth, one and ten times the weight decay, then at most 12
     refinement fits) on a stratified subsample of the ResNet's last trajectory; returns both
     calibrations (the joint one None at weight decay 0, with ``profile_note`` saying why), the
-    subsample, the network's split-half spread of the fitted profile (:func:`profile_spread`)
+    subsample, the network's split-half spread of the fitted profile
+    (:func:`otcollapse.surrogates.calibrate.profile_spread`)
     and the warnings of unconverged fits.
 
     A trajectory of several segments (a ResNet-18/34's stages) is calibrated on its last
@@ -552,6 +553,7 @@ def calibrate_stage(
     def compute(_folder: Path) -> dict[str, Any]:
         from otcollapse.exceptions import ConvergenceWarning
         from otcollapse.surrogates import calibrate_mufm, calibrate_mufm_profile
+        from otcollapse.surrogates.calibrate import profile_spread
 
         traj = load_captured(Path(ctx.root) / traj_path)
         sub = traj.subsample(min(config.mufm_samples, traj.n_samples), seed=seed)
@@ -610,38 +612,6 @@ def calibrate_stage(
         }
 
     return _cached(ctx, key, compute)
-
-
-def profile_spread(
-    traj: Trajectory, layers: Sequence[int] | None, seed: int
-) -> dict[str, list[float]]:
-    r"""How much the network's per-layer profile moves between the two disjoint stratified
-    halves of its samples (:func:`otcollapse._resampling.split_halves`): per step $l = 1..L$ of
-    ``layers`` (all layers when None), $|\log v_l(A) - \log v_l(B)|$ for $v$ = NC1 and for the
-    normalised cost $W_2^2(\mu_{l-1}, \mu_l) / M_L$ (the profile the joint MUFM fit matches,
-    :func:`otcollapse.surrogates.calibrate_mufm_profile`). A model residual no larger is within
-    what sampling alone moves the network's own curve by. Empty lists when the halves are too
-    small (fewer than 4 samples)."""
-    from otcollapse._resampling import split_halves
-    from otcollapse._utils import to_numpy
-    from otcollapse.collapse import nc1
-    from otcollapse.transport import wasserstein
-
-    halves = split_halves(traj.labels, traj.n_samples, seed)
-    if halves is None or traj.labels is None:
-        return {"nc1": [], "cost": []}
-    idx = list(range(len(traj.layers))) if layers is None else list(layers)
-    logs: dict[str, list[np.ndarray]] = {"nc1": [], "cost": []}
-    for half in halves:
-        H = [to_numpy(traj.layers[i])[half].astype(np.float64) for i in idx]
-        y = np.asarray(traj.labels)[half]
-        last = H[-1] - H[-1].mean(0)
-        moment = float(np.mean(np.einsum("ij,ij->i", last, last)))
-        cost = [wasserstein(H[l - 1], H[l]).cost / moment for l in range(1, len(H))]
-        floor = 1e-12  # as the fit's own clipping (calibrate.PROFILE_FLOOR)
-        logs["nc1"].append(np.log(np.maximum([nc1(h, y) for h in H[1:]], floor)))
-        logs["cost"].append(np.log(np.maximum(cost, floor)))
-    return {k: np.abs(v[0] - v[1]).tolist() for k, v in logs.items()}
 
 
 def seed_stage(

@@ -54,6 +54,7 @@ __all__ = [
     "calibrate_mufm",
     "calibrate_mufm_profile",
     "default_lambda_grid",
+    "profile_spread",
 ]
 
 DISCREPANCIES = ("w2", "nc1")
@@ -646,6 +647,33 @@ def _side(layers: Sequence[Any], labels: np.ndarray, weights: np.ndarray | None)
         ),
         moment=_moment(H[-1], weights),
     )
+
+
+def profile_spread(
+    traj: Trajectory, layers: Sequence[int] | None, seed: int
+) -> dict[str, list[float]]:
+    r"""How much a network's per-layer profile moves between the two disjoint stratified halves
+    of its samples (:func:`otcollapse._resampling.split_halves`): per step $l = 1..L$ of
+    ``layers`` (all layers when None), $|\log v_l(A) - \log v_l(B)|$ for $v$ = NC1 and for the
+    normalised cost $\tilde c_l = W_2^2(\mu_{l-1}, \mu_l) / M_L$, the profile
+    :func:`calibrate_mufm_profile` matches (values clipped to ``[PROFILE_FLOOR, 1/PROFILE_FLOOR]``
+    as there). A fit residual no larger is within what sampling alone moves the network's own
+    curve by. Empty lists without labels or with fewer than 4 samples."""
+    from otcollapse._resampling import split_halves
+
+    halves = split_halves(traj.labels, traj.n_samples, seed)
+    if halves is None or traj.labels is None:
+        return {"nc1": [], "cost": []}
+    idx = list(range(len(traj.layers))) if layers is None else list(layers)
+    labels = np.asarray(traj.labels)
+    a, b = (
+        _side([to_numpy(traj.layers[i])[h].astype(np.float64) for i in idx], labels[h], None)
+        for h in halves
+    )
+    return {
+        "nc1": np.abs(_log_ratios(a.nc1, b.nc1, PROFILE_FLOOR)).tolist(),
+        "cost": np.abs(_log_ratios(a.cost, b.cost, PROFILE_FLOOR)).tolist(),
+    }
 
 
 def _log_ratios(model: np.ndarray, network: np.ndarray, floor: float) -> np.ndarray:
