@@ -1015,6 +1015,10 @@ class Traced:
     source: str
 
 
+CAL = "docs/figures/mufm_calibration_numbers.txt"
+PIPELINE = "benchmarks/results/pipeline.json"
+PIPELINE_MD = "benchmarks/results/pipeline.md"
+
 TRACED = [
     Traced(
         "wd-depth.md",
@@ -1114,6 +1118,441 @@ TRACED = [
         "two go *below* it (best 0.976)",
         ("0.976",),
         "docs/figures/make_surrogate_figures_ulpm_dufm.py",
+    ),
+    Traced(
+        "mufm.md",
+        "reach the same objective to $10^{-8}$ and the same measures layer by layer "
+        "($W_2^2 < 10^{-10}$)",
+        ("10^{-8}", "10^{-10}"),
+        "docs/figures/make_mufm_solver_numbers.py",
+    ),
+    Traced(
+        "mufm.md",
+        "paired-coupling optimum (objective 0.2388 against the reduced 0.1966)",
+        ("0.2388", "0.1966"),
+        "docs/figures/mufm_solver_numbers.txt",
+    ),
+    Traced(
+        "mufm.md",
+        "it matched the reduced solver in 3 of 12 fits and stopped higher in the others, "
+        "7 of those 9 at the paired-coupling optimum",
+        ("3", "12", "7", "9"),
+        "docs/figures/mufm_solver_numbers.txt",
+    ),
+    Traced(
+        "mufm.md",
+        "where the two problems coincide: 4 of 4",
+        ("4",),
+        "docs/figures/mufm_solver_numbers.txt",
+    ),
+    Traced(
+        "mufm.md",
+        "and $L = 2, 3, 6$: 12 of 12)",
+        ("12",),
+        "docs/figures/mufm_solver_numbers.txt",
+    ),
+    Traced(
+        "mufm.md",
+        "global optimum in 4 of 12 problems",
+        ("4", "12"),
+        "docs/figures/mufm_solver_numbers.txt",
+    ),
+    Traced(
+        "mufm.md",
+        "stopped 0.010–0.050 (13–65 %) above it",
+        ("0.010", "0.050", "13", "65"),
+        "docs/figures/mufm_solver_numbers.txt",
+    ),
+    Traced(
+        "mufm.md",
+        "with objective 0.778 against the warm-started branch's 0.104",
+        ("0.778", "0.104"),
+        "docs/figures/mufm_solver_numbers.txt",
+    ),
+    Traced("mufm.md", "the 150 samples the run calibrates on", ("150",), CAL),
+    Traced(
+        "mufm.md",
+        "matched the network's last-layer NC1 (0.1961 against 0.1975)",
+        ("0.1961", "0.1975"),
+        CAL,
+    ),
+    Traced(
+        "mufm.md",
+        "its spread (root-mean-square distance to its mean) was 2.48 against the network's 11.2, and $W_2$ between the two last layers 0.91 times the network's spread",
+        ("2.48", "11.2", "0.91"),
+        CAL,
+    ),
+    Traced(
+        "mufm.md",
+        "($\\lambda_{OT} = 0.093$, the search bounded at 0.1, a grid step past the grid's last point 0.01)",
+        ("0.093", "0.1", "0.01"),
+        CAL,
+    ),
+    Traced(
+        "mufm.md",
+        "(1.0006 times the network's own input-to-output $W_2$ at the end), while the MUFM's NC1 rises to 0.386",
+        ("1.0006", "0.386"),
+        CAL,
+    ),
+    Traced(
+        "mufm.md",
+        "stopped there after 74 fits, both weights a factor 16 too small with their ratio right ($J = 0.15$)",
+        ("74", "16", "0.15"),
+        CAL,
+    ),
+    Traced(
+        "mufm.md",
+        "found $(0.023, 0.0046)$, $(0.088, 0.018)$ and $(0.12, 0.025)$",
+        ("0.023", "0.0046", "0.088", "0.018", "0.12", "0.025"),
+        CAL,
+    ),
+    Traced("mufm.md", "last layers within 0.8 % of the network's spread", ("0.8",), CAL),
+    Traced(
+        "mufm.md",
+        "The best grid point, $(0.1, 0.03)$, is off by a factor 2 in $\\lambda_{OT}$ and 3 in $\\lambda_H$; the refinement (23 fits here)",
+        ("0.1", "0.03", "2", "3", "23"),
+        CAL,
+    ),
+    Traced("mufm.md", "against 0.18 for the NC1-only calibration", ("0.18",), CAL),
+    Traced(
+        "mufm.md",
+        "raises $J$ only to 0.0015–0.003, while moving them by a factor 2 across it (one up, the other down) raises $J$ to 23, and by a decade to 203–204",
+        ("0.0015", "0.003", "23", "203", "204"),
+        CAL,
+    ),
+    Traced(
+        "mufm.md",
+        "which is 7 % of the spread), both weights came back within a factor 1.4",
+        ("7", "1.4"),
+        CAL,
+    ),
+    Traced(
+        "mufm.md",
+        "with 10 % noise $\\lambda_{OT}$ within a factor 1.8 and $\\lambda_H$ 2.3–3.2 times too large (three of the four at the grid's edge, flagged)",
+        ("10", "1.8", "2.3", "3.2"),
+        CAL,
+    ),
+    Traced("mufm.md", "it pushed the weights up in 15 of the 16 cases", ("15", "16"), CAL),
+    Traced("mufm.md", "took 44 fits, 4.1 s", ("44", "4.1"), CAL),
+    Traced(
+        "dufm.md",
+        "matches $\\mathcal L_{DNC}$ to $2.1\\times10^{-7}$ relative",
+        ("2.1",),
+        "docs/figures/dufm_kink_numbers.txt",
+    ),
+    Traced(
+        "dufm.md",
+        "For $K = 2$ it is $2 - \\sqrt2 = 0.586$",
+        ("0.586",),
+        "docs/figures/dufm_kink_numbers.txt",
+    ),
+    Traced(
+        "dufm.md",
+        "the solver stops unconverged for 5 of the 12 seeds; `fit_dufm` stops unconverged for 0 of 12",
+        ("5", "12", "0"),
+        "docs/figures/dufm_kink_numbers.txt",
+    ),
+    Traced(
+        "dufm.md",
+        "At seed 9 the exact solve alone stops at 0.0093795335 against $\\mathcal L_{DNC} = 0.0093794588$, with relative gradient $5.6\\times10^{-6}$",
+        ("9", "0.0093795335", "0.0093794588", "5.6"),
+        "docs/figures/dufm_kink_numbers.txt",
+    ),
+    Traced(
+        "dufm.md",
+        "Six pre-activations there lie between $5.0\\times10^{-12}$ and $1.2\\times10^{-9}$ from 0 (the next is $1.8\\times10^{-7}$)",
+        ("5.0", "1.2", "1.8"),
+        "docs/figures/dufm_kink_numbers.txt",
+    ),
+    Traced(
+        "dufm.md",
+        "the objective falls by at most $9.8\\times10^{-16}$",
+        ("9.8",),
+        "docs/figures/dufm_kink_numbers.txt",
+    ),
+    Traced(
+        "dufm.md",
+        "`fit_dufm` at seed 9 converges to 0.0093794630, and its smallest pre-activation is $7.0\\times10^{-8}$ from 0",
+        ("0.0093794630", "7.0"),
+        "docs/figures/dufm_kink_numbers.txt",
+    ),
+    Traced(
+        "dufm.md",
+        "(seed 7: 0.0138343, relative gradient $5.8\\times10^{-3}$)",
+        ("7", "0.0138343", "5.8"),
+        "docs/figures/dufm_kink_numbers.txt",
+    ),
+    Traced(
+        "dufm.md",
+        "(relative gradient $1.7\\times10^{-3}$)",
+        ("1.7",),
+        "docs/figures/dufm_kink_numbers.txt",
+    ),
+    Traced(
+        "transport.md",
+        "took 0.64 s against 6.07 s for the POT loop",
+        ("0.64", "6.07"),
+        "benchmarks/results/transport.md",
+    ),
+    Traced(
+        "transport.md",
+        "2.19 s and 705.3 MiB of peak memory",
+        ("2.19", "705.3"),
+        "benchmarks/results/transport_unrelated-large.md",
+    ),
+    Traced(
+        "transport.md",
+        "against 2.75 s and 1180 MiB at $n = 8000$",
+        ("2.75", "1180"),
+        "benchmarks/results/transport.md",
+    ),
+    Traced(
+        "transport.md",
+        "| 8,000 | 2.19 s | 705.3 MiB | 39.7 s, 2896 MiB (same value to 3e-16: 18.1× slower) |",
+        ("2.19", "705.3", "39.7", "2896", "3e-16", "18.1"),
+        "benchmarks/results/transport_unrelated-large.md",
+    ),
+    Traced(
+        "transport.md",
+        "| 20,000 | 14.0 s | 806.3 MiB |",
+        ("14.0", "806.3"),
+        "benchmarks/results/transport_unrelated-large.md",
+    ),
+    Traced(
+        "transport.md",
+        "| 50,000 | 104.1 s | 1145 MiB |",
+        ("104.1", "1145"),
+        "benchmarks/results/transport_unrelated-large.md",
+    ),
+    Traced(
+        "perturbation.md",
+        "| $\\sigma_{\\min}(F_{k,k})$, Theorem 4.2 | 0.9940540 | 0.9970270 |",
+        ("0.9940540", "0.9970270"),
+        "docs/figures/perturbation_numbers.txt",
+    ),
+    Traced(
+        "perturbation.md",
+        "| $\\sigma_{\\min}(F_{k,k})$, exact Jacobian | 0.9940891 | 0.9970358 |",
+        ("0.9940891", "0.9970358"),
+        "docs/figures/perturbation_numbers.txt",
+    ),
+    Traced(
+        "perturbation.md",
+        "| $\\sigma_{\\max}(F_{k,\\tilde k})$, Theorem 4.2 | 0.0015910 | 0.0007955 |",
+        ("0.0015910", "0.0007955"),
+        "docs/figures/perturbation_numbers.txt",
+    ),
+    Traced(
+        "perturbation.md",
+        "| $\\sigma_{\\max}(F_{k,\\tilde k})$, exact Jacobian | 0.0015860 | 0.0007943 |",
+        ("0.0015860", "0.0007943"),
+        "docs/figures/perturbation_numbers.txt",
+    ),
+    Traced(
+        "perturbation.md",
+        "shrink by a factor of 4.0 when",
+        ("4.0",),
+        "docs/figures/perturbation_numbers.txt",
+    ),
+    Traced(
+        "perturbation.md",
+        "block is below $10^{-18}$",
+        ("10^{-18}",),
+        "docs/figures/make_perturbation_numbers.py",
+    ),
+    Traced(
+        "square_loss.md",
+        "at most 0.004 rad per epoch over the last 10 epochs with BN",
+        ("0.004",),
+        "docs/figures/square_loss_seeds.txt",
+    ),
+    Traced(
+        "square_loss.md",
+        "it falls to 0.016 rad per epoch soon after interpolation (epoch 15)",
+        ("0.016", "15"),
+        "docs/figures/square_loss_seeds.txt",
+    ),
+    Traced(
+        "square_loss.md",
+        "0.039 to 0.15 rad per epoch over epochs 51–150",
+        ("0.039", "0.15", "51", "150"),
+        "docs/figures/square_loss_seeds.txt",
+    ),
+    Traced(
+        "square_loss.md",
+        "went the wrong way in 2 of the 5 seeds (seed 1 without BN, seed 2 with BN)",
+        ("2", "5", "1"),
+        "docs/figures/make_square_loss_seeds.py",
+    ),
+    Traced(
+        "square_loss.md",
+        "0.93–1.0 everywhere",
+        ("0.93", "1.0"),
+        "docs/figures/square_loss_seeds.txt",
+    ),
+    Traced(
+        "square_loss.md",
+        "(seed 3: 0.93 against 0.97)",
+        ("3", "0.93", "0.97"),
+        "docs/figures/square_loss_seeds.txt",
+    ),
+    Traced(
+        "ulpm.md",
+        "Expect $\\gamma_t/\\gamma^*$ around 0.98 after $10^4$ steps and 0.99 after $10^5$",
+        ("0.98", "0.99"),
+        "docs/figures/ulpm_margins.txt",
+    ),
+    Traced(
+        "networks.md",
+        "at 0.41 s per epoch at the default batch of 128, on one thread",
+        ("0.41",),
+        "benchmarks/results/nets.md",
+    ),
+    Traced(
+        "networks.md",
+        "times capture at 1.07 to 2.05 times a plain forward pass",
+        ("1.07", "2.05"),
+        "benchmarks/results/nets.md",
+    ),
+    Traced(
+        "wd-depth.md",
+        "and from 2.36 ± 0.11 to 1.68 ± 0.046 with 16 blocks",
+        ("2.36", "0.11", "1.68", "0.046"),
+        "docs/figures/wd_depth_digits.json",
+    ),
+    Traced(
+        "wd-depth.md",
+        "LSS 11.7 ± 0.95 at 5e-3 against the ResNet's 1.68 ± 0.046",
+        ("11.7", "0.95", "1.68", "0.046"),
+        "docs/figures/wd_depth_digits.json",
+    ),
+    Traced(
+        "wd-depth.md",
+        "at 16 blocks it rises from 0.955 ± 0.16 to 1 ± 0",
+        ("0.955", "0.16"),
+        "docs/figures/wd_depth_digits.json",
+    ),
+    Traced(
+        "wd-depth.md",
+        "0.363 ± 0.072 to 0.504 ± 0.21, τ = 1",
+        ("0.363", "0.072", "0.504", "0.21"),
+        "docs/figures/wd_depth_mnist1d.json",
+    ),
+    Traced(
+        "wd-depth.md",
+        "(-2.64 ± 0.55 to -3.8 ± 1.1)",
+        ("-2.64", "0.55", "-3.8", "1.1"),
+        "docs/figures/wd_depth_mnist1d.json",
+    ),
+    Traced(
+        "wd-depth.md",
+        "(0.0546 ± 0.014 with 4 blocks",
+        ("0.0546", "0.014"),
+        "docs/figures/wd_depth_mnist1d.json",
+    ),
+    Traced(
+        "wd-depth.md",
+        "| 789.08 s + 25.08 s | 644016 KiB |",
+        ("644016",),
+        "docs/figures/wd_depth_time.txt",
+    ),
+    Traced(
+        "wd-depth.md",
+        "| 1623.18 s + 38.08 s | 693784 KiB |",
+        ("693784",),
+        "docs/figures/wd_depth_time.txt",
+    ),
+    Traced(
+        "getting-started.md",
+        "the default run took 240.2 s (4 min 0 s), `--quick` 49.8 s",
+        ("240.2", "49.8"),
+        PIPELINE_MD,
+    ),
+    Traced(
+        "getting-started.md",
+        "for the ResNet, OTS 1.000, mean LSS 1.61, path ratio 1.60",
+        ("1.000", "1.61", "1.60"),
+        PIPELINE,
+    ),
+    Traced(
+        "getting-started.md",
+        "NC1 falling at every layer from 0.35 to 0.14",
+        ("0.35", "0.14"),
+        PIPELINE,
+    ),
+    Traced(
+        "getting-started.md",
+        "for the plain twin OTS 0.000, mean LSS 4.90 and path ratio 4.17",
+        ("0.000", "4.90", "4.17"),
+        PIPELINE,
+    ),
+    Traced(
+        "getting-started.md",
+        "path ratio from 2.437 to 1.602 (effect +0.834, interval [+0.828, +0.844], floor 0.009) "
+        "and LSS from 2.433 to 1.608",
+        ("2.437", "1.602", "+0.834", "+0.828", "+0.844", "0.009", "2.433", "1.608"),
+        PIPELINE,
+    ),
+    Traced("getting-started.md", "in 2 min 6 s on the same 2 cores", ("2", "6"), PIPELINE_MD),
+    Traced(
+        "networks.md",
+        "the `--quick` run took **125.9 s** (2 min 6 s) in all, with 1213 MB of peak memory",
+        ("125.9", "2", "6", "1213"),
+        PIPELINE_MD,
+    ),
+    Traced(
+        "networks.md",
+        "training both networks 65.1 s, ten captures 11.0 s, the analyses 9.4 s, the MUFM 28.8 s",
+        ("65.1", "11.0", "9.4", "28.8"),
+        PIPELINE_MD,
+    ),
+    Traced(
+        "networks.md",
+        "one SGD step of a batch of 128 took 2.76 s and an evaluation pass of 128 images 0.76 s, "
+        "so training the two networks alone would take about 4.2 hours",
+        ("2.76", "0.76", "4.2"),
+        PIPELINE_MD,
+    ),
+    Traced(
+        "networks.md",
+        "ResNet OTS 0.047, mean LSS 1.16, path ratio 1.19; plain twin OTS 0.003, LSS 1.96, path "
+        "ratio 1.58",
+        ("0.047", "1.16", "1.19", "0.003", "1.96", "1.58"),
+        PIPELINE,
+    ),
+    Traced("networks.md", "to 1.77 at the last block", ("1.77",), PIPELINE),
+    Traced("networks.md", "at training accuracies 0.84 and 0.77", ("0.84", "0.77"), PIPELINE),
+    Traced(
+        "networks.md",
+        "λ_OT = 0.071, its NC1 matching the network's 1.02",
+        ("0.071", "1.02"),
+        PIPELINE,
+    ),
+    Traced(
+        "mufm.md",
+        "the fit gave λ_OT = 1.35e-4 and λ_H = 1.80e-4 (λ_W = 5e-4), J = 0.255 (a typical factor "
+        "$e^{0.146}$",
+        ("1.35e-4", "1.80e-4", "5e-4", "0.255", "0.146"),
+        PIPELINE,
+    ),
+    Traced(
+        "mufm.md",
+        "no step within the spread (0 of 6) and a last layer of spread 2.26 against the "
+        "network's 15.7 ($W_2$ relative 0.931)",
+        ("0", "6", "2.26", "15.7", "0.931"),
+        PIPELINE_MD,
+    ),
+    Traced(
+        "mufm.md",
+        "λ_OT = 1.2e-3, λ_H = 1.3e-3, J = 0.101 and a spread of 1.92 against 11.2",
+        ("1.2e-3", "1.3e-3", "0.101", "1.92", "11.2"),
+        PIPELINE,
+    ),
+    Traced(
+        "mufm.md",
+        "(λ_OT = 1.14e-3, λ_H = 1.24e-3, J = 0.100) with the same spread, 1.92 against 11.2",
+        ("1.14e-3", "1.24e-3", "0.100", "1.92", "11.2"),
+        CAL,
     ),
 ]
 

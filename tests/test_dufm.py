@@ -148,9 +148,9 @@ def _check_balance_bound(sol, lw, lh):
 # Convergence (relative gradient norm <= tol) is not guaranteed for the DUFM: its minima lie on
 # ReLU kinks, and some (the low-rank solutions below the DNC value, e.g. K = 3, L = 4) sit on kinks
 # where the one-sided gradient does not vanish, so no point near them meets the criterion. These
-# configurations converge: before the softplus-smoothed warm start, L = 3 with seeds 0, 1 and 2
-# stalled on a kink 3e-8 above the optimum (pre-activations ~1e-11, relative gradient 5.5e-6 for
-# seed 1), the failure this test caught.
+# configurations converge. Before the softplus-smoothed warm start, L = 3 solves stalled on kinks
+# just above the optimum, the failure this test caught (docs/figures/make_dufm_kink_numbers.py
+# shows one: the exact solve alone at seed 9).
 @pytest.mark.parametrize(("L", "seed"), [(2, 3), (3, 0), (3, 1), (3, 2), (4, 1)])
 def test_balancedness_at_the_returned_point(L, seed):
     lw = [LAM, 2 * LAM, 0.5 * LAM, 4 * LAM][:L]

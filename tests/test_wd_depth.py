@@ -1,9 +1,13 @@
 """The weight-decay / depth reproduction (``reproduce wd-depth``): the shipped grid, a quick run
-end to end, the direction rule on data whose answer is known, and the store's new variables."""
+end to end, the direction rule on data whose answer is known, the store's new variables, and the
+tables of docs/wd-depth.md against the committed runs (docs/figures/wd_depth_*.json)."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +161,109 @@ def test_reproduce_wd_depth_quick_writes_the_figure_and_the_table(quick):
         assert var in ds.data_vars
     assert np.isfinite(ds["nc1_log_slope"].isel(epoch=-1)).all()
     assert np.isfinite(ds["mufm_lambda_ot"].where(ds.weight_decay > 0, drop=True)).all()
+
+
+# ----------------------------------------------- the tables of docs/wd-depth.md against the runs
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+_VERDICTS = "appears|opposite|not resolved|mixed|increases|decreases"
+_DEPTH = re.compile(
+    rf"(\d+) blocks \((\S+) → (\S+)\): Δ = (\S+) ± (\S+) \(({_VERDICTS}), τ = (\S+)\)"
+)
+
+
+def _g(x: float | None, digits: int) -> str:
+    """A number as the tables print it: ``digits`` significant digits, ``—`` when undefined."""
+    return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def _tables(section: str) -> list[list[list[str]]]:
+    """The markdown tables of a page section: rows of stripped cells, header first."""
+    tables, rows = [], []
+    for line in [*section.splitlines(), ""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):  # skip the separator row
+                rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            tables.append(rows)
+            rows = []
+    return tables
+
+
+def _cell_problems(text: str, cell: dict, where: str) -> list[str]:
+    """A score cell (``mean ± half``, ``(k/n)``, ``not reached``, ``not defined``) against the
+    run's numbers, to the printed precision (3 significant digits, the half-width 2)."""
+    if text in ("not reached", "not defined", "—"):
+        return [] if cell["n"] == 0 else [f"{where}: {text!r} but {cell['n']} seeds have a value"]
+    m = re.fullmatch(r"(\S+)(?: ± (\S+))?(?: \((\d+)/(\d+)\))?", text)
+    if m is None:
+        return [f"{where}: cannot read {text!r}"]
+    mean, half, k, seeds = m.groups()
+    want_n = int(k) if k else cell["seeds"]
+    problems = []
+    if (want_n, int(seeds or cell["seeds"])) != (cell["n"], cell["seeds"]):
+        problems.append(f"{where}: {text!r} but {cell['n']}/{cell['seeds']} seeds")
+    if mean != _g(cell["mean"], 3):
+        problems.append(f"{where}: mean {mean} but the run has {_g(cell['mean'], 3)}")
+    if (half or "—") != _g(cell["half"], 2):
+        problems.append(f"{where}: ± {half} but the run has {_g(cell['half'], 2)}")
+    return problems
+
+
+@pytest.mark.parametrize(("data", "heading"), [("digits", "digits"), ("mnist1d", "MNIST-1D")])
+def test_docs_tables_hold_the_numbers_of_the_committed_runs(data, heading):
+    """Every number in the tables of a data set's section of docs/wd-depth.md (the cells, the
+    directions, the terminal phase) is the one of its committed run,
+    docs/figures/wd_depth_<data>.json, to the printed precision; no row is missing."""
+    res = json.loads((DOCS / "figures" / f"wd_depth_{data}.json").read_text())["wd_depth"]
+    page = (DOCS / "wd-depth.md").read_text(encoding="utf-8")
+    section = page.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    scores, directions, terminal = _tables(section)
+    labels = {label: var for var, (label, _sign, _nets) in SCORES.items()}
+    problems = []
+
+    wds = [float(w) for w in scores[0][3:]]
+    assert scores[0][:3] == ["score", "net", "blocks"] and wds == res["weight_decays"]
+    cells = {(c["score"], c["net"], c["blocks"], c["weight_decay"]): c for c in res["cells"]}
+    assert len(scores) - 1 == len(res["table"]), "the page's table lacks rows of the run's"
+    for score, net, blocks, *texts in scores[1:]:
+        for wd, text in zip(wds, texts, strict=True):
+            cell = cells[(labels[score], net, int(blocks), wd)]
+            problems += _cell_problems(text, cell, f"{score}, {net}, {blocks} blocks, wd {wd:g}")
+
+    assert "verdict" in directions[0] and len(directions) - 1 == len(res["direction"])
+    for (score, net, published, verdict, per_depth), d in zip(
+        directions[1:], res["direction"], strict=True
+    ):
+        where = f"direction of {score}, {net}"
+        if (score, net, published, verdict) != (
+            d["score"],
+            d["net"],
+            d["published"],
+            f"**{d['verdict']}**",
+        ):
+            problems.append(f"{where}: {published!r}, {verdict!r} but the run has {d}")
+        got = _DEPTH.findall(per_depth)
+        want = [
+            (
+                str(p["blocks"]),
+                _g(p["from"], 3),
+                _g(p["to"], 3),
+                _g(p["diff"], 3),
+                _g(p["half"], 2),
+                p["verdict"],
+                _g(p["kendall_tau"], 2),
+            )
+            for p in d["per_depth"]
+        ]
+        if got != want:
+            problems.append(f"{where}: the page has {got}, the run {want}")
+
+    assert terminal[0][:2] == ["net", "blocks"]
+    want = [
+        [r["net"], str(r["blocks"]), f"{r['reached']} of {r['runs']}"]
+        for r in res["terminal_reached"]
+    ]
+    if terminal[1:] != want:
+        problems.append(f"terminal phase: the page has {terminal[1:]}, the run {want}")
+    assert not problems, "\n".join(problems)
