@@ -1464,8 +1464,8 @@ TRACED = [
     ),
     Traced(
         "getting-started.md",
-        "the default run took 240.2 s (4 min 0 s), `--quick` 49.8 s",
-        ("240.2", "49.8"),
+        "the default run took 186.8 s (3 min 7 s), `--quick` 40.8 s",
+        ("186.8", "3", "7", "40.8"),
         PIPELINE_MD,
     ),
     Traced(
@@ -1493,17 +1493,17 @@ TRACED = [
         ("2.437", "1.602", "+0.834", "+0.828", "+0.844", "0.009", "2.433", "1.608"),
         PIPELINE,
     ),
-    Traced("getting-started.md", "in 2 min 6 s on the same 2 cores", ("2", "6"), PIPELINE_MD),
+    Traced("getting-started.md", "in 1 min 52 s on the same 2 cores", ("1", "52"), PIPELINE_MD),
     Traced(
         "networks.md",
-        "the `--quick` run took **125.9 s** (2 min 6 s) in all, with 1213 MB of peak memory",
-        ("125.9", "2", "6", "1213"),
+        "the `--quick` run took **112.1 s** (1 min 52 s) in all, with 948 MB of peak memory",
+        ("112.1", "1", "52", "948"),
         PIPELINE_MD,
     ),
     Traced(
         "networks.md",
-        "training both networks 65.1 s, ten captures 11.0 s, the analyses 9.4 s, the MUFM 28.8 s",
-        ("65.1", "11.0", "9.4", "28.8"),
+        "training both networks 64.5 s, ten captures 9.5 s, the analyses 9.1 s, the MUFM 18.4 s",
+        ("64.5", "9.5", "9.1", "18.4"),
         PIPELINE_MD,
     ),
     Traced(
@@ -1553,6 +1553,19 @@ TRACED = [
         "(λ_OT = 1.14e-3, λ_H = 1.24e-3, J = 0.100) with the same spread, 1.92 against 11.2",
         ("1.14e-3", "1.24e-3", "0.100", "1.92", "11.2"),
         CAL,
+    ),
+    Traced(
+        "sweeps.md",
+        "8.87 times slower on two threads than on one (15.88 s against 1.79 s) and the MUFM's joint "
+        "fit 4.92 times slower (34.38 s against 6.99 s)",
+        ("8.87", "15.88", "1.79", "4.92", "34.38", "6.99"),
+        "benchmarks/results/threads.md",
+    ),
+    Traced(
+        "sweeps.md",
+        "(two threads took 1.09 and 1.63 times as long)",
+        ("1.09", "1.63"),
+        "benchmarks/results/threads.md",
     ),
 ]
 

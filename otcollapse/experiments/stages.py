@@ -198,6 +198,9 @@ class StageName:
     key: str
 
 
+#: MUFM calibrations on at most this many samples run on one torch thread (see ``calibrate``)
+SMALL_FIT_SAMPLES = 1000
+
 #: held while a stage seeds torch's global generator and draws a model's initial weights
 _SEEDING = threading.Lock()
 
@@ -548,7 +551,8 @@ def calibrate_stage(
     A trajectory of several segments (a ResNet-18/34's stages) is calibrated on its last
     segment of at least two layers: the MUFM's layers share one width and its last layer feeds
     the classifier, as the last stage's does. The subsample is moved to ``config``'s device
-    (:func:`on_device`); every fit stops at ``config.mufm_tol``."""
+    (:func:`on_device`); every fit stops at ``config.mufm_tol``. A subsample of at most
+    :data:`SMALL_FIT_SAMPLES` samples is fitted on one torch thread."""
 
     def compute(_folder: Path) -> dict[str, Any]:
         from otcollapse.exceptions import ConvergenceWarning
@@ -566,7 +570,11 @@ def calibrate_stage(
             f"[seed {seed}] fitting the MUFM to the ResNet ({sub.n_samples} samples{where}, "
             f"λ_OT grid {list(config.mufm_grid)}, λ_W = λ_H = {config.weight_decay})"
         )
-        with warnings.catch_warnings(record=True) as caught:
+        # Fits of a few hundred samples gain nothing from a second thread when the machine is
+        # idle, and beside other CPU-bound work torch's spinning OpenMP threads made them about
+        # 5x slower than one thread (benchmarks/threads.py).
+        threads = 1 if sub.n_samples <= SMALL_FIT_SAMPLES else ctx.threads
+        with warnings.catch_warnings(record=True) as caught, torch_threads(threads):
             warnings.simplefilter("always", ConvergenceWarning)
             cal = calibrate_mufm(
                 on_device(sub, config.device),
