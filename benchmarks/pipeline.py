@@ -123,7 +123,10 @@ def run(name: str) -> dict[str, Any]:
             [sys.executable, "-c", WRAP, *cmd], capture_output=True, text=True, check=False
         )
         seconds = time.perf_counter() - t0
-        status = json.loads(proc.stdout.strip().splitlines()[-1])
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            sys.exit(f"could not run {cmd}:\n{proc.stderr[-3000:]}")
+        status = json.loads(lines[-1])
         if status["rc"] != 0:
             sys.exit(f"otcollapse run {' '.join(RUNS[name])} failed:\n{proc.stderr[-3000:]}")
         metrics = json.loads((out / "metrics.json").read_text())
@@ -131,7 +134,7 @@ def run(name: str) -> dict[str, Any]:
     return {
         "command": " ".join(["otcollapse", "run", *RUNS[name]]),
         "wall_seconds": seconds,
-        "peak_rss_mb": status["maxrss_kb"] / 1024,
+        "peak_rss_mib": status["maxrss_kb"] / 1024,  # ru_maxrss is in KiB on Linux
         "load_at_start": load,
         "stage_seconds": stages,
         **summary(metrics),
@@ -146,6 +149,7 @@ def resnet18_step(epochs: int = 60, batch: int = 128, threads: int = 2) -> dict[
     from otcollapse import load_dataset
     from otcollapse.nets import resnet_layout
 
+    load = os.getloadavg()[0]
     torch.set_num_threads(threads)
     data = load_dataset("shapes32", split="train", seed=0)
     x, y = data.X[:batch], data.y[:batch]
@@ -178,7 +182,7 @@ def resnet18_step(epochs: int = 60, batch: int = 128, threads: int = 2) -> dict[
         "parameters": sum(p.numel() for p in model.parameters()),
         "samples": n,
         "threads": threads,
-        "load_at_start": os.getloadavg()[0],
+        "load_at_start": load,
         "step_seconds": t_step,
         "step_seconds_all": steps,
         "forward_seconds": t_fwd,
@@ -210,7 +214,7 @@ def markdown(rows: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         )
         lines.append(
             f"| `{r['command']}` | {r['wall_seconds']:.1f} s ({minutes(r['wall_seconds'])}) | "
-            f"{r['peak_rss_mb']:.0f} MB | {r['load_at_start']:.2f} | {cells} |"
+            f"{r['peak_rss_mib']:.0f} MiB | {r['load_at_start']:.2f} | {cells} |"
         )
     if "resnet18-step" in rows:
         r = rows["resnet18-step"]

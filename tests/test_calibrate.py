@@ -202,7 +202,7 @@ def test_to_dict_json_safe(network: Trajectory) -> None:
 # K = 3, d = 6, L = 3, λ_W = 1e-3 fixed. The grids are a decade apart and hold neither true value.
 # Measured (docs/figures/make_mufm_calibration_numbers.py): the least-squares refinement recovers
 # both to < 1e-6 relative (J ~ 1e-14); with 3 % Gaussian noise on the layers 1..L both come back
-# within a factor 1.4, with 10 % noise λ_OT within a factor 1.8 and λ_H 2.3-3.2 times too large
+# within a factor 1.4, with 10 % noise λ_OT within a factor 1.83 and λ_H 2.3-3.2 times too large
 # (the criterion's valley runs along λ_H / λ_OT = const).
 
 TRUE_OT, TRUE_H, PLW = 0.05, 0.01, 1e-3

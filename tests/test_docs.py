@@ -1196,7 +1196,7 @@ TRACED = [
     ),
     Traced(
         "mufm.md",
-        "stopped there after 74 fits, both weights a factor 16 too small with their ratio right ($J = 0.15$)",
+        "after 74 fits it stopped with both weights a factor 16 too small and their ratio right ($J = 0.15$)",
         ("74", "16", "0.15"),
         CAL,
     ),
@@ -1228,12 +1228,12 @@ TRACED = [
     ),
     Traced(
         "mufm.md",
-        "with 10 % noise $\\lambda_{OT}$ within a factor 1.8 and $\\lambda_H$ 2.3–3.2 times too large (three of the four at the grid's edge, flagged)",
-        ("10", "1.8", "2.3", "3.2"),
+        "with 10 % noise $\\lambda_{OT}$ within a factor 1.83 and $\\lambda_H$ 2.3–3.2 times too large (three of the four at the grid's edge, flagged)",
+        ("10", "1.83", "2.3", "3.2"),
         CAL,
     ),
     Traced("mufm.md", "it pushed the weights up in 15 of the 16 cases", ("15", "16"), CAL),
-    Traced("mufm.md", "took 44 fits, 4.1 s", ("44", "4.1"), CAL),
+    Traced("mufm.md", "took 44 fits, 4.0 s", ("44", "4.0"), CAL),
     Traced(
         "dufm.md",
         "matches $\\mathcal L_{DNC}$ to $2.1\\times10^{-7}$ relative",
@@ -1404,7 +1404,7 @@ TRACED = [
     ),
     Traced(
         "networks.md",
-        "at 0.41 s per epoch at the default batch of 128, on one thread",
+        "at 0.41 s per epoch at batch 128 on one thread",
         ("0.41",),
         "benchmarks/results/nets.md",
     ),
@@ -1496,7 +1496,7 @@ TRACED = [
     Traced("getting-started.md", "in 1 min 52 s on the same 2 cores", ("1", "52"), PIPELINE_MD),
     Traced(
         "networks.md",
-        "the `--quick` run took **112.1 s** (1 min 52 s) in all, with 948 MB of peak memory",
+        "the `--quick` run took **112.1 s** (1 min 52 s) in all, with 948 MiB of peak memory",
         ("112.1", "1", "52", "948"),
         PIPELINE_MD,
     ),
@@ -1508,9 +1508,9 @@ TRACED = [
     ),
     Traced(
         "networks.md",
-        "one SGD step of a batch of 128 took 2.76 s and an evaluation pass of 128 images 0.76 s, "
-        "so training the two networks alone would take about 4.2 hours",
-        ("2.76", "0.76", "4.2"),
+        "one SGD step of a batch of 128 took 2.57 s and an evaluation pass of 128 images 0.63 s, "
+        "so training the two networks alone would take about 3.8 hours",
+        ("2.57", "0.63", "3.8"),
         PIPELINE_MD,
     ),
     Traced(
@@ -1550,21 +1550,21 @@ TRACED = [
     ),
     Traced(
         "mufm.md",
-        "(λ_OT = 1.14e-3, λ_H = 1.24e-3, J = 0.100) with the same spread, 1.92 against 11.2",
+        "(λ_OT = 1.14e-3, λ_H = 1.24e-3, J = 0.100) and keeps the same spread, 1.92 against 11.2",
         ("1.14e-3", "1.24e-3", "0.100", "1.92", "11.2"),
         CAL,
     ),
     Traced(
         "sweeps.md",
-        "8.87 times slower on two threads than on one (15.88 s against 1.79 s) and the MUFM's joint "
-        "fit 4.92 times slower (34.38 s against 6.99 s)",
-        ("8.87", "15.88", "1.79", "4.92", "34.38", "6.99"),
+        "5.29 times slower on two threads than on one (11.98 s against 2.27 s) and the MUFM's joint "
+        "fit 6.74 times slower (43.15 s against 6.40 s)",
+        ("5.29", "11.98", "2.27", "6.74", "43.15", "6.40"),
         "benchmarks/results/threads.md",
     ),
     Traced(
         "sweeps.md",
-        "(two threads took 1.09 and 1.63 times as long)",
-        ("1.09", "1.63"),
+        "two threads took 0.83 and 1.12 times as long as one",
+        ("0.83", "1.12"),
         "benchmarks/results/threads.md",
     ),
 ]

@@ -322,3 +322,41 @@ def test_a_folder_that_holds_something_else_is_not_a_sweep_folder(tmp_path, caps
     assert main(["sweep", str(f), "--out", str(tmp_path / "x"), "--scheduler", "serial"]) == 2
     assert "holds no sweep" in capsys.readouterr().err
     assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
+
+
+class _Seen(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("samples", "expected"), [(150, 1), (1200, 3)])
+def test_calibrate_stage_fits_small_subsamples_on_one_thread(
+    tmp_path, monkeypatch, samples, expected
+):
+    """The MUFM calibration of at most SMALL_FIT_SAMPLES samples runs on one torch thread (the
+    stage's count is restored after it); a larger one keeps the stage's count."""
+    import torch
+
+    import otcollapse.surrogates as surrogates
+    from otcollapse import Trajectory, save_trajectory
+    from otcollapse.experiments.stages import SMALL_FIT_SAMPLES, StageName, calibrate_stage
+
+    assert 150 <= SMALL_FIT_SAMPLES < 1200
+    seen: list[int] = []
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise _Seen
+
+    monkeypatch.setattr(surrogates, "calibrate_mufm", spy)
+    g = np.random.default_rng(0)
+    y = np.arange(1200) % 3
+    traj = Trajectory.from_arrays([g.normal(size=(1200, 4)) for _ in range(3)], labels=y)
+    save_trajectory(tmp_path / "traj.npz", traj)
+    before = torch.get_num_threads()
+    config = RunConfig(mufm_samples=samples)
+    with pytest.raises(_Seen):
+        calibrate_stage(
+            StageContext(str(tmp_path), threads=3), StageName("k"), config, 0, "traj.npz"
+        )
+    assert seen == [expected]
+    assert torch.get_num_threads() == before

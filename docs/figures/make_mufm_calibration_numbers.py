@@ -24,7 +24,7 @@ Made with the toolkit's public API, fixed seeds and torch on one thread:
 * **the snippet** of "Calibrating shape and scale" (N = 30, K = 3, d = 4, L = 2, a 2 × 2 grid):
   how far its best grid point is from the truth and how many fits its refinement took.
 
-Measured: 169 s wall-clock on a 2-core machine, torch on one thread (the quick
+Measured: 163 s wall-clock on a 2-core machine, torch on one thread (the quick
 run about a minute and a half of it); the file's last line records the time of the run that
 wrote it.
 """
@@ -217,7 +217,7 @@ def recovery(net: Trajectory, lines: list[str]) -> None:
         f"test problem cost: {len(cal.grid)} grid fits + {len(cal.refinement)} refinement fits = "
         f"{len(cal.grid) + len(cal.refinement)} fits, {seconds:.1f} s wall-clock "
         f"(torch on 1 thread; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores shared with other jobs)",
+        f"{os.cpu_count()} cores)",
     ]
 
 
@@ -260,9 +260,9 @@ def noise(lines: list[str]) -> None:
         lines.append(
             f"noise {100 * level:.0f} %: lambda_OT / truth "
             + ", ".join(f"{r:.2f}" for r in f_ot)
-            + f" (within a factor {max(map(factor, f_ot)):.1f}); lambda_H / truth "
+            + f" (within a factor {max(map(factor, f_ot)):.2f}); lambda_H / truth "
             + ", ".join(f"{r:.2f}" for r in f_h)
-            + f" (within a factor {max(map(factor, f_h)):.1f}); at the grid's edge: {edges} of 4"
+            + f" (within a factor {max(map(factor, f_h)):.2f}); at the grid's edge: {edges} of 4"
         )
     lines.append(f"noise: weights above the truth in {pushed} of the {cases} cases")
 
@@ -365,7 +365,7 @@ def main() -> None:
     snippet(lines)
     lines.append(
         f"total: {time.perf_counter() - t0:.0f} s wall-clock (torch on 1 thread; "
-        f"{os.cpu_count()} cores shared with other jobs)"
+        f"{os.cpu_count()} cores)"
     )
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

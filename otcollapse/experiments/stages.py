@@ -199,7 +199,7 @@ class StageName:
 
 
 #: MUFM calibrations on at most this many samples run on one torch thread (see ``calibrate``)
-SMALL_FIT_SAMPLES = 1000
+SMALL_FIT_SAMPLES = 300
 
 #: held while a stage seeds torch's global generator and draws a model's initial weights
 _SEEDING = threading.Lock()
@@ -571,8 +571,9 @@ def calibrate_stage(
             f"λ_OT grid {list(config.mufm_grid)}, λ_W = λ_H = {config.weight_decay})"
         )
         # Fits of a few hundred samples gain nothing from a second thread when the machine is
-        # idle, and beside other CPU-bound work torch's spinning OpenMP threads made them about
-        # 5x slower than one thread (benchmarks/threads.py).
+        # idle (at 1000 samples two threads were 1.2-1.4x faster), and beside other CPU-bound
+        # work torch's spinning OpenMP threads made them several times slower than one thread
+        # (benchmarks/threads.py).
         threads = 1 if sub.n_samples <= SMALL_FIT_SAMPLES else ctx.threads
         with warnings.catch_warnings(record=True) as caught, torch_threads(threads):
             warnings.simplefilter("always", ConvergenceWarning)

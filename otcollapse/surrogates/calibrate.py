@@ -915,8 +915,8 @@ def calibrate_mufm_profile(
     evaluation), bounded to the grid's box, until the relative change of $J$, of the step or the
     scaled gradient falls below ``refine_tol`` (or ``refine_max_fits`` fits); the best point
     evaluated is returned. Least squares rather than Nelder–Mead because $J$ has a long, narrow
-    valley (below): on MUFM-generated data Nelder–Mead (``xatol`` 0.02 in log10) ran along the
-    valley to the grid's edge, both weights a factor 16 too small, where Gauss–Newton steps, which
+    valley (below): on MUFM-generated data Nelder–Mead (``xatol`` 0.02 in log10) from the best
+    grid point stopped with both weights a factor 16 too small, where Gauss–Newton steps, which
     see the valley's curvature, reach the truth (``docs/figures/make_mufm_calibration_numbers.py``).
     The
     result is reported at the grid's edge (``grid_edge``) when it lies within a tenth of a grid
