@@ -1567,6 +1567,13 @@ TRACED = [
         ("0.83", "1.12"),
         "benchmarks/results/threads.md",
     ),
+    Traced(
+        "networks.md",
+        "(Kendall τ = −0.78) for the ResNet, 1018 to 2.50 (τ = −0.94) for the plain twin",
+        ("−0.78", "2.50", "−0.94"),
+        PIPELINE,
+    ),
+    Traced("networks.md", "(W = 64: 11.2 M parameters", ("11.2",), PIPELINE_MD),
 ]
 
 
@@ -1593,7 +1600,8 @@ def test_numbers_of_expensive_runs_are_traceable(entry: Traced) -> None:
     results = _numbers_in(path)
     for n in entry.numbers:
         half = 0.5 * (_unit(n) or 1.0) if "." in n else 0.0
-        assert any(abs(r - float(n)) <= half + 1e-9 for r in results), (
+        value = float(n.replace("\u2212", "-"))  # a page's minus sign is U+2212
+        assert any(abs(r - value) <= half + 1e-9 for r in results), (
             f"docs/{entry.page}: {n} (in {text!r}) is not in {entry.source} to the printed "
             "precision; rerun the benchmark and update the page, or the results file"
         )
