@@ -49,6 +49,9 @@ RUNS: dict[str, list[str]] = {
     "resnet18-quick": ["--model", "resnet18", "--data", "shapes32", "--quick"],
 }
 
+#: every measurement, in the order of the results (the pipeline runs, then the training step)
+NAMES = (*RUNS, "resnet18-step")
+
 # Runs the command line in a child and prints its peak RSS, so each run's memory is its own
 # (RUSAGE_CHILDREN of this process would keep the maximum over all runs).
 WRAP = """
@@ -76,9 +79,10 @@ HEADLINE_KEYS = (
 
 def stage_seconds(stages: Path) -> dict[str, float]:
     """Seconds of computation per stage kind (train, capture, analyse, calibrate, seed)."""
+    from otcollapse.experiments.stages import executions
+
     out: dict[str, float] = defaultdict(float)
-    for line in (stages / "executions.jsonl").read_text().splitlines():
-        rec = json.loads(line)
+    for rec in executions(stages):
         out[rec["key"].split("-")[0]] += rec["seconds"]
     return dict(out)
 
@@ -267,9 +271,7 @@ def markdown(rows: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--only", choices=[*RUNS, "resnet18-step"], action="append", help="run only these"
-    )
+    ap.add_argument("--only", choices=NAMES, action="append", help="run only these")
     args = ap.parse_args()
     path = RESULTS / "pipeline.json"
     data = json.loads(path.read_text()) if path.exists() else {"meta": {}, "runs": {}}
@@ -279,10 +281,10 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    for name in args.only or [*RUNS, "resnet18-step"]:
+    for name in args.only or NAMES:
         print(f"{name} ...", flush=True)
         data["runs"][name] = resnet18_step() if name == "resnet18-step" else run(name)
-    ordered = {k: data["runs"][k] for k in [*RUNS, "resnet18-step"] if k in data["runs"]}
+    ordered = {k: data["runs"][k] for k in NAMES if k in data["runs"]}
     data["runs"] = ordered
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")

@@ -16,7 +16,7 @@ import xarray as xr
 from otcollapse.experiments import REPRODUCTIONS, load_grid, load_sweep, reproduce
 from otcollapse.experiments.reproductions import grid_file
 from otcollapse.experiments.store import VARIABLES, cell_dataset
-from otcollapse.experiments.wd_depth import SCORES, direction, summary
+from otcollapse.experiments.wd_depth import SCORES, _fmt, direction, summary
 
 WDS = [0.0, 1e-4, 5e-4, 1e-3, 5e-3]
 DEPTHS = [4, 8, 16]
@@ -173,8 +173,8 @@ _DEPTH = re.compile(
 
 
 def _g(x: float | None, digits: int) -> str:
-    """A number as the tables print it: ``digits`` significant digits, ``—`` when undefined."""
-    return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+    """A number as the tables print it (the json holds an undefined one as null)."""
+    return _fmt(math.nan if x is None else x, digits)
 
 
 def _tables(section: str) -> list[list[list[str]]]:

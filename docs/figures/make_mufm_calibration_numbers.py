@@ -143,7 +143,6 @@ def wide_lambda_h(sub: Trajectory, cfg: dict, lines: list[str]) -> None:
         refine_max_fits=12,
         tol=cfg["mufm_tol"],
     )
-    net_spread = spread(sub.layers[-1])
     for name, h_grid in (
         ("run's grid", [wd / 10, wd, wd * 10]),
         ("wide grid", [5e-7, 5e-6, 5e-5, 5e-4, 5e-3]),
@@ -154,7 +153,7 @@ def wide_lambda_h(sub: Trajectory, cfg: dict, lines: list[str]) -> None:
         lines.append(
             f"quick joint fit, {name} (lambda_H over {h_grid}): lambda_OT = {cal.lambda_ot:.3g}, "
             f"lambda_H = {cal.lambda_h:.3g}, J = {cal.value:.3f}; last-layer spread MUFM "
-            f"{spread(cal.solution.layers[-1]):.2f} against the network's {net_spread:.1f}; "
+            f"{cal.match['mufm_spread']:.2f} against the network's {cal.match['network_spread']:.1f}; "
             f"grid edge {list(cal.grid_edge) or 'none'}"
         )
 
